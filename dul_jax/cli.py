@@ -1,0 +1,96 @@
+"""The `dul-jax` command.
+
+  dul-jax train  --config experiments/configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--debug]
+  dul-jax eval   --workdir DIR [--config.KEY=VALUE ...]
+  dul-jax sample --workdir DIR [--num N] [--seed S]
+
+A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
+exits with status 2; a diverged run exits with status 1.
+"""
+
+import argparse
+import sys
+
+from dul_jax.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='dul-jax', description=__doc__.split('\n\n')[0])
+    sub = p.add_subparsers(dest='command', required=True)
+    train = sub.add_parser('train', help='train a model (resumes if WORKDIR has checkpoints)')
+    train.add_argument('--config', required=True, help='a config file with get_config()')
+    train.add_argument('--workdir', required=True)
+    train.add_argument('--debug', action='store_true',
+                       help='NaN checks, chex assertions, and the step run without jit')
+    ev = sub.add_parser('eval', help='evaluate the latest checkpoint on the whole eval split')
+    ev.add_argument('--workdir', required=True)
+    sample = sub.add_parser('sample', help='write samples from the latest checkpoint')
+    sample.add_argument('--workdir', required=True)
+    sample.add_argument('--num', type=int, default=16)
+    sample.add_argument('--seed', type=int, default=0)
+    return p
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    overrides = []
+    for item in extra:
+        if not item.startswith('--config.'):
+            raise UserError(f'unrecognised argument "{item}"; config values are set as '
+                            '--config.KEY=VALUE.')
+        overrides.append(item[len('--config.'):])
+    return overrides
+
+
+def _start(cfg, debug: bool) -> None:
+    """Join the other processes (if any), then set debug flags and say where we run."""
+    import chex
+    import jax
+
+    from dul_jax.sharding import distributed
+    distributed.initialize(cfg.distributed)
+    if debug:
+        jax.config.update('jax_debug_nans', True)
+        chex.enable_asserts()
+    if jax.process_index() == 0 and jax.default_backend() == 'cpu':
+        print(f'no accelerator found: running on the CPU ({jax.device_count()} device(s)).',
+              file=sys.stderr)
+
+
+def run(argv: list[str]) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    overrides = _split_overrides(extra)
+    from dul_jax import config as config_lib
+    from dul_jax.train import loop
+    if args.command == 'train':
+        cfg = config_lib.load_config(args.config, overrides)
+    else:
+        cfg = loop.load_config_of(args.workdir, overrides)
+    _start(cfg, getattr(args, 'debug', False))
+    if args.command == 'train':
+        loop.train(cfg, args.workdir, debug=args.debug)
+    elif args.command == 'eval':
+        loop.eval_command(cfg, args.workdir)
+    elif args.command == 'sample':
+        if args.num <= 0:
+            raise UserError(f'--num must be positive, got {args.num}.')
+        loop.sample_command(cfg, args.workdir, args.num, args.seed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return run(argv)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from dul_jax.train.loop import TrainingDiverged
+        if isinstance(e, TrainingDiverged):
+            print(f'error: {e}', file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == '__main__':
+    sys.exit(main())

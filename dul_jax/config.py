@@ -1,0 +1,172 @@
+"""Configs: ml_collections `get_config()` files, command-line overrides, and early validation.
+
+A config file defines `get_config()` returning a ConfigDict, usually `base_config()` below with the
+model and data changed. `--config.a.b=value` overrides parse `value` as the type already in the
+config, so an unknown key or a wrong type is refused before anything compiles.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+
+import ml_collections
+
+from dul_jax.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key the trainer, the CLI and sweep tools rely on, with working defaults."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.task = 'autoregressive'
+    c.parallelism = 'jit'  # or 'pmap': pure data parallelism with jax.pmap
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = 'digits'
+    c.data.dir = '../shared/data'             # local corpora (binarized_mnist/, mnist/, ...)
+    c.data.tfds_dir = '~/.cache/dul_jax/tfds'  # where TFDS builders write prepared files
+    c.data.seq_len = 64                        # text window length
+    c.data.text_vocab = 'bytes'                # 'bytes' (256) or 'chars' (the corpus's own)
+
+    c.model = ml_collections.ConfigDict()       # task-specific; see each task's defaults
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.schedule = 'cosine'                 # 'cosine' (to min_lr_ratio * lr) or 'constant'
+    c.optim.min_lr_ratio = 0.1
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.99
+    c.optim.weight_decay = 0.1                  # on kernels and embeddings only
+    c.optim.clip_norm = 1.0                     # global gradient norm; 0 disables
+    c.optim.ema_decay = 0.0                     # 0 disables EMA params
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.batch_size = 32                     # global, over all devices and processes
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.ckpt_every = 500
+    c.train.sample_every = 0                    # 0: sample only at the end
+    c.train.keep_checkpoints = 3
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 64
+    c.eval.max_examples = 2048                  # per periodic eval; 0 = the whole split
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num = 16
+    c.sample.temperature = 1.0
+    c.sample.top_k = 0                          # 0: sample from the full distribution
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.rules = ()                           # (logical, mesh axis) pairs before the defaults
+
+    c.distributed = ml_collections.ConfigDict()  # multi-process runs; see sharding/distributed.py
+    c.distributed.enabled = False
+    c.distributed.coordinator = ''              # HOST:PORT of process 0
+    c.distributed.num_processes = 0             # 0: from the environment
+    c.distributed.process_id = -1               # -1: from the environment
+    c.distributed.local_device_ids = ()         # e.g. (0,) for one GPU per process
+    return c
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Run `get_config()` from `path`, then apply `key=value` overrides (keys relative to root)."""
+    if not os.path.isfile(path):
+        raise UserError(f'config file {path} does not exist; pass an existing --config file, '
+                        'e.g. experiments/configs/demo.py.')
+    spec = importlib.util.spec_from_file_location('_dul_jax_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+        raise UserError(f'config file {path} defines no get_config(); add one returning a '
+                        'ConfigDict.')
+    cfg = module.get_config()
+    for item in overrides:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
+    """Set `a.b.c=value`, parsing `value` as the type of the existing entry."""
+    if '=' not in item:
+        raise UserError(f'override "{item}" has no "="; write it as --config.KEY=VALUE.')
+    key, text = item.split('=', 1)
+    *parents, leaf = key.split('.')
+    node = cfg
+    for i, name in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            raise UserError(f'unknown config key "{".".join(parents[:i + 1])}"; check the spelling '
+                            f'(known here: {", ".join(sorted(node.keys()))}).')
+        node = node[name]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        known = ', '.join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ''
+        raise UserError(f'unknown config key "{key}"; check the spelling (known here: {known}).')
+    node[leaf] = parse_value(key, text, node[leaf])
+
+
+def parse_value(key: str, text: str, current):
+    """Parse `text` as the type of `current`; one clear sentence when it does not fit."""
+    kind = type(current)
+    try:
+        if kind is bool:
+            if text.lower() not in ('true', 'false', '1', '0'):
+                raise ValueError(text)
+            return text.lower() in ('true', '1')
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if kind is str:
+            return text
+        if kind in (tuple, list):
+            value = ast.literal_eval(text)
+            if not isinstance(value, (tuple, list)):
+                raise ValueError(text)
+            return kind(value)
+        if current is None:  # untyped default: take a Python literal, else the string
+            try:
+                return ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                return text
+    except (ValueError, SyntaxError):
+        pass
+    raise UserError(f'--config.{key}={text} is not a valid {kind.__name__}; give a '
+                    f'{kind.__name__} like {current!r}.')
+
+
+def to_json(cfg: ml_collections.ConfigDict) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(json.loads(text))
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise UserError(message) unless condition: the one-line validation helper."""
+    if not condition:
+        raise UserError(message)
+
+
+def validate_common(cfg) -> None:
+    """Checks that need no data set, model or device: the keys every run relies on."""
+    t = cfg.train
+    for name in ('steps', 'batch_size', 'log_every'):
+        check(t[name] > 0, f'train.{name} must be positive, got {t[name]}; set '
+                           f'--config.train.{name} to a positive integer.')
+    for name in ('eval_every', 'ckpt_every', 'sample_every'):
+        check(t[name] >= 0, f'train.{name} must be >= 0 (0 disables), got {t[name]}.')
+    check(cfg.parallelism in ('jit', 'pmap'),
+          f'parallelism must be "jit" or "pmap", got "{cfg.parallelism}".')
+    check(cfg.optim.schedule in ('cosine', 'constant'),
+          f'optim.schedule must be "cosine" or "constant", got "{cfg.optim.schedule}".')
+    check(0.0 <= cfg.optim.ema_decay < 1.0,
+          f'optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}.')
+    check(cfg.optim.lr > 0, f'optim.lr must be positive, got {cfg.optim.lr}.')
+    check(cfg.eval.batch_size > 0, f'eval.batch_size must be positive, got {cfg.eval.batch_size}.')

@@ -1,0 +1,81 @@
+"""Finding a prepared TFDS builder for a data set name: our local builders, else the catalog."""
+
+import functools
+import socket
+
+import tensorflow_datasets as tfds
+
+from dul_jax.data.image_builders import DulBinarizedMnist, DulDigits, DulMnistTest
+from dul_jax.data.text_builders import DulPythonSource, DulTinyShakespeare
+from dul_jax.errors import UserError
+
+# data.name -> builder class. Registered in TFDS under a `dul_` prefix, so that they never clash
+# with the catalog's own `binarized_mnist` or `tiny_shakespeare` (different features and splits).
+LOCAL_BUILDERS = {cls.LOCAL_NAME: cls for cls in
+                  (DulDigits, DulBinarizedMnist, DulMnistTest, DulTinyShakespeare, DulPythonSource)}
+TEXT_DATA_SETS = {DulTinyShakespeare.LOCAL_NAME, DulPythonSource.LOCAL_NAME}
+
+
+@functools.cache
+def prepared_builder(name, source_dir, tfds_dir):
+    """A builder whose files exist under `tfds_dir`; a local data set is prepared on first use."""
+    if name in LOCAL_BUILDERS:
+        builder = LOCAL_BUILDERS[name](
+            data_dir=tfds_dir, source_dir=source_dir, file_format='array_record')
+        if not builder.is_prepared():
+            builder.source_paths()  # a missing file is reported before TFDS starts writing
+            builder.download_and_prepare()
+        return builder
+    return _prepared_catalog_builder(name, tfds_dir)
+
+
+def _prepared_catalog_builder(name, tfds_dir):
+    try:
+        builder = tfds.builder(name, data_dir=tfds_dir, file_format='array_record')
+    except tfds.core.registered.DatasetNotFoundError:
+        raise UserError(
+            f"data set {name!r} is neither a local data set ({', '.join(sorted(LOCAL_BUILDERS))}) "
+            f"nor in the TFDS catalog; set --config.data.name to one of those.") from None
+    if not builder.is_prepared():
+        _download_and_prepare(name, builder, tfds_dir)
+    file_format = builder.info.file_format
+    if file_format is not None and file_format.value != 'array_record':
+        raise UserError(
+            f'data set {name!r} is prepared under {tfds_dir} as {file_format.value}, but random '
+            f'access needs array_record; run `tfds build {name} --file_format=array_record '
+            f'--data_dir={tfds_dir}` once with internet access.')
+    return builder
+
+
+def _download_and_prepare(name, builder, tfds_dir):
+    unavailable = (f'data set {name!r} is not prepared under {tfds_dir} and could not be '
+                   f'downloaded')
+    advice = ('run once with internet access or set --config.data.tfds_dir to where it is '
+              'prepared')
+    # TFDS retries a failed download for about three minutes; a quick probe fails in a moment.
+    if not internet_reachable():
+        raise UserError(f'{unavailable} (no internet access); {advice}.')
+    try:
+        builder.download_and_prepare()
+    except Exception as e:  # any failure here means the data set is unavailable to this user
+        raise UserError(f'{unavailable} ({type(e).__name__}: {e}); {advice} (preparing most '
+                        f'catalog image sets also needs tensorflow installed).') from e
+
+
+def internet_reachable(host='storage.googleapis.com', port=443, timeout_s=3.0):
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def data_source(name, split, source_dir, tfds_dir):
+    """Random-access source of one split's decoded examples (dicts of numpy arrays)."""
+    builder = prepared_builder(name, source_dir, tfds_dir)
+    if split not in builder.info.splits:
+        raise UserError(f"data set {name!r} has no split {split!r}; use one of "
+                        f"{', '.join(sorted(builder.info.splits))}.")
+    if name in LOCAL_BUILDERS:
+        return builder.as_data_source(split)
+    return tfds.data_source(name, split=split, data_dir=tfds_dir, download=False)

@@ -1,0 +1,71 @@
+"""grain pipelines over example indices: an infinite, checkpointable training iterator and
+padded, exactly-once evaluation batches.
+
+Both work on indices (of examples, or of text windows) and read a whole batch at once, so a batch
+costs one fancy index rather than batch_size Python calls.
+"""
+
+import grain
+import numpy as np
+
+from dul_jax.data.sources import describe, split_reader
+from dul_jax.errors import UserError
+
+# Reading a batch is cheap, so a few threads and a short queue keep memory small.
+READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
+
+
+def train_iterator(data_cfg, batch_size, seed, process_index=0, process_count=1):
+    """An infinite iterator of per-process batches; get_state()/set_state() restore its position.
+
+    Process i of n reads only examples i, i + n, i + 2n, ... Each epoch of that slice is shuffled
+    by `seed` folded with the epoch number, so epochs differ but a seed always gives the same
+    stream. Batches have a fixed shape and may span two epochs.
+    """
+    _check_batch_and_process(batch_size, process_index, process_count)
+    spec = describe(data_cfg)
+    reader = split_reader(data_cfg, spec, spec.train_split, training=True)
+    if len(reader) < process_count:
+        raise UserError(f'the train split of {spec.name!r} has {len(reader)} examples, fewer than '
+                        f'the {process_count} processes; use fewer processes or more data.')
+    indices = grain.MapDataset.range(len(reader))[process_index::process_count]
+    batches = (indices.shuffle(seed=int(seed) % 2**32).repeat()
+               .batch(batch_size, drop_remainder=True).map(reader.read))
+    return iter(batches.to_iter_dataset(READ_OPTIONS))
+
+
+def eval_batches(data_cfg, batch_size, max_examples=None, split=None,
+                 process_index=0, process_count=1):
+    """Batches that show each of the first `max_examples` examples (or text windows) of `split`
+    exactly once, in the stored order, with 'mask' 1 for real examples and 0 for padding.
+
+    Every process yields the same number of equally shaped batches (its slice i::n, padded with
+    copies of example 0), so collective operations line up across processes.
+    """
+    _check_batch_and_process(batch_size, process_index, process_count)
+    spec = describe(data_cfg)
+    reader = split_reader(data_cfg, spec, split or spec.eval_split, training=False)
+    total = len(reader) if max_examples is None else min(len(reader), int(max_examples))
+    num_batches = _ceil_div(_ceil_div(total, process_count), batch_size)
+    mine = np.arange(process_index, total, process_count)
+    indices = np.zeros(num_batches * batch_size, dtype=np.int64)
+    indices[:len(mine)] = mine
+    mask = (np.arange(num_batches * batch_size) < len(mine)).astype(np.float32)
+
+    def read_batch(k):
+        rows = slice(k * batch_size, (k + 1) * batch_size)
+        return {**reader.read(indices[rows]), 'mask': mask[rows]}
+
+    return iter(grain.MapDataset.range(num_batches).map(read_batch).to_iter_dataset(READ_OPTIONS))
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _check_batch_and_process(batch_size, process_index, process_count):
+    if batch_size < 1:
+        raise UserError(f'the per-process batch size is {batch_size}; set the batch size to at '
+                        f'least the number of processes.')
+    if not 0 <= process_index < process_count:
+        raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')

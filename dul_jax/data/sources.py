@@ -1,0 +1,225 @@
+"""What a data set is (DataSpec) and readers that turn example indices into numpy batches."""
+
+import dataclasses
+import functools
+import pathlib
+
+import numpy as np
+
+from dul_jax.data.catalog import LOCAL_BUILDERS, TEXT_DATA_SETS, data_source, prepared_builder
+from dul_jax.errors import UserError
+
+DEFAULT_DATA_DIR = '../shared/data'
+DEFAULT_TFDS_DIR = '~/.cache/dul_jax/tfds'
+TEXT_VOCABS = ('bytes', 'chars')
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    name: str
+    kind: str                 # 'image' or 'text'
+    shape: tuple[int, ...]    # one example's token grid: (H, W, C) for images, (seq_len,) for text
+    num_levels: int           # distinct values per position: gray levels, 256 bytes, or len(vocab)
+    num_classes: int          # 0 when unlabeled
+    vocab: str | None         # 'chars' text: the characters in id order; else None
+    train_split: str
+    eval_split: str           # 'test' where it exists, else 'validation'
+    num_train: int            # examples (images) or tokens (text) in train_split
+    num_eval: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The data config resolved to plain, hashable values (so loaded splits can be cached)."""
+    name: str
+    source_dir: str
+    tfds_dir: str
+    seq_len: int | None
+    text_vocab: str
+
+
+def settings(data_cfg):
+    name = data_cfg.get('name')
+    if not name:
+        raise UserError('data.name is empty; set --config.data.name to a data set name.')
+    # Relative folders resolve against the current directory, like any command-line path.
+    source_dir = pathlib.Path(data_cfg.get('dir') or DEFAULT_DATA_DIR).expanduser().resolve()
+    tfds_dir = pathlib.Path(data_cfg.get('tfds_dir') or DEFAULT_TFDS_DIR).expanduser().resolve()
+    text_vocab = data_cfg.get('text_vocab') or 'bytes'
+    if text_vocab not in TEXT_VOCABS:
+        raise UserError(f"data.text_vocab={text_vocab!r} is not known; "
+                        f"set --config.data.text_vocab to 'bytes' or 'chars'.")
+    seq_len = data_cfg.get('seq_len')
+    return Settings(str(name), str(source_dir), str(tfds_dir),
+                    None if seq_len is None else int(seq_len), text_vocab)
+
+
+def describe(data_cfg):
+    """The DataSpec of the configured data set; prepares a local data set on first use."""
+    s = settings(data_cfg)
+    if s.name in TEXT_DATA_SETS:
+        return _describe_text(s)
+    return _describe_images(s)
+
+
+def _describe_images(s):
+    builder = prepared_builder(s.name, s.source_dir, s.tfds_dir)
+    features = dict(builder.info.features.items())
+    image, label = features.get('image'), features.get('label')
+    if image is None or None in image.shape or len(image.shape) != 3 or image.np_dtype != np.uint8:
+        raise UserError(f"data set {s.name!r} has no uint8 'image' feature of fixed shape "
+                        f"(H, W, C); set --config.data.name to an image data set such as mnist.")
+    train_split, eval_split = _train_and_eval_splits(s.name, builder.info.splits)
+    return DataSpec(
+        name=s.name, kind='image', shape=tuple(image.shape),
+        # Catalog images are 8-bit; our builders state their own gray levels.
+        num_levels=LOCAL_BUILDERS[s.name].NUM_LEVELS if s.name in LOCAL_BUILDERS else 256,
+        num_classes=getattr(label, 'num_classes', None) or 0, vocab=None,
+        train_split=train_split, eval_split=eval_split,
+        num_train=builder.info.splits[train_split].num_examples,
+        num_eval=builder.info.splits[eval_split].num_examples)
+
+
+def _train_and_eval_splits(name, splits):
+    eval_split = next((split for split in ('test', 'validation') if split in splits), None)
+    if 'train' not in splits or eval_split is None:
+        raise UserError(f"data set {name!r} has splits {', '.join(sorted(splits))}, but training "
+                        f"needs 'train' and 'test' or 'validation'; set --config.data.name to "
+                        f"another.")
+    return 'train', eval_split
+
+
+def _describe_text(s):
+    if s.seq_len is None or s.seq_len < 1:
+        raise UserError(f'text data set {s.name!r} needs a positive data.seq_len; '
+                        f'set --config.data.seq_len.')
+    train = text_tokens(s.name, s.source_dir, s.tfds_dir, 'train', s.text_vocab)
+    valid = text_tokens(s.name, s.source_dir, s.tfds_dir, 'validation', s.text_vocab)
+    shortest = min(len(train), len(valid))
+    if s.seq_len > shortest:
+        raise UserError(f'data.seq_len={s.seq_len} is longer than a split of {s.name!r} '
+                        f'({shortest} tokens); set --config.data.seq_len to at most {shortest}.')
+    vocab = char_vocab(s.name, s.source_dir, s.tfds_dir) if s.text_vocab == 'chars' else None
+    return DataSpec(
+        name=s.name, kind='text', shape=(s.seq_len,),
+        num_levels=256 if vocab is None else len(vocab), num_classes=0, vocab=vocab,
+        train_split='train', eval_split='validation', num_train=len(train), num_eval=len(valid))
+
+
+# ---- text ----
+
+@functools.cache
+def split_text(name, source_dir, tfds_dir, split):
+    """A text split exactly as stored: its examples in key order, concatenated (UTF-8 bytes)."""
+    source = data_source(name, split, source_dir, tfds_dir)
+    examples = sorted(source.__getitems__(list(range(len(source)))), key=lambda e: e['key'])
+    return b''.join(e['text'] for e in examples)
+
+
+@functools.cache
+def char_vocab(name, source_dir, tfds_dir):
+    """The sorted distinct characters of train + validation, so ids never depend on the split."""
+    text = (split_text(name, source_dir, tfds_dir, 'train')
+            + split_text(name, source_dir, tfds_dir, 'validation'))
+    try:
+        return ''.join(sorted(set(text.decode('utf-8'))))
+    except UnicodeDecodeError:
+        raise UserError(f"data set {name!r} is not valid UTF-8, so it has no character vocabulary; "
+                        f"set --config.data.text_vocab to 'bytes'.") from None
+
+
+@functools.cache
+def text_tokens(name, source_dir, tfds_dir, split, text_vocab):
+    """The split as one array of token ids (the smallest unsigned dtype that holds them)."""
+    text = split_text(name, source_dir, tfds_dir, split)
+    if text_vocab == 'bytes':
+        return np.frombuffer(text, dtype=np.uint8)
+    vocab = char_vocab(name, source_dir, tfds_dir)
+    code_points = np.frombuffer(text.decode('utf-8').encode('utf-32-le'), dtype=np.uint32)
+    vocab_points = np.frombuffer(vocab.encode('utf-32-le'), dtype=np.uint32)
+    ids = np.searchsorted(vocab_points, code_points)
+    return ids.astype(np.uint8 if len(vocab) <= 256 else np.uint16)
+
+
+def encode_text(text, spec):
+    """str -> int32 token ids under the spec's vocabulary (the inverse of decode_text)."""
+    if spec.vocab is None:
+        return np.frombuffer(text.encode('utf-8'), dtype=np.uint8).astype(np.int32)
+    index = {c: i for i, c in enumerate(spec.vocab)}
+    return np.array([index[c] for c in text], dtype=np.int32)
+
+
+def decode_text(tokens, spec):
+    """Token ids (any shape; read in row-major order) -> str. Invalid UTF-8 becomes U+FFFD."""
+    ids = np.asarray(tokens).reshape(-1)
+    if spec.vocab is None:
+        return ids.astype(np.uint8).tobytes().decode('utf-8', errors='replace')
+    return ''.join(spec.vocab[i] for i in ids)
+
+
+class TextWindows:
+    """Windows of seq_len tokens starting every `stride` tokens; a tail shorter than one stride past
+    the last full window is not covered (eval with stride = seq_len drops under seq_len tokens)."""
+
+    def __init__(self, tokens, seq_len, stride):
+        self.tokens, self.seq_len, self.stride = tokens, seq_len, stride
+
+    def __len__(self):
+        return (len(self.tokens) - self.seq_len) // self.stride + 1
+
+    def read(self, indices):
+        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        positions = starts[:, None] + np.arange(self.seq_len)
+        return {'tokens': self.tokens[positions].astype(np.int32)}
+
+
+# ---- images ----
+
+class ImageArrays:
+    """A split held in memory: our local data sets are small, and a fancy index per batch is far
+    faster than decoding examples one by one."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.images)
+
+    def read(self, indices):
+        return {'image': self.images[indices], 'label': self.labels[indices]}
+
+
+class ImageStream:
+    """A split read from disk batch by batch, for catalog data sets that may not fit in memory."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def read(self, indices):
+        examples = self.source.__getitems__([int(i) for i in indices])
+        return {'image': np.stack([e['image'] for e in examples]).astype(np.uint8),
+                'label': np.array([e.get('label', 0) for e in examples], dtype=np.int32)}
+
+
+@functools.cache
+def _image_arrays(name, source_dir, tfds_dir, split):
+    stream = ImageStream(data_source(name, split, source_dir, tfds_dir))
+    whole_split = stream.read(np.arange(len(stream)))
+    return ImageArrays(whole_split['image'], whole_split['label'])
+
+
+def split_reader(data_cfg, spec, split, training):
+    """The reader for one split: len() examples (or windows), read(indices) -> batch dict."""
+    s = settings(data_cfg)
+    if spec.kind == 'text':
+        if split not in ('train', 'validation'):
+            raise UserError(f'data set {s.name!r} has no split {split!r}; use train or validation.')
+        tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
+        # Training may start a window at any token; eval tiles the split without overlap.
+        return TextWindows(tokens, spec.shape[0], stride=1 if training else spec.shape[0])
+    if s.name in LOCAL_BUILDERS:
+        return _image_arrays(s.name, s.source_dir, s.tfds_dir, split)
+    return ImageStream(data_source(s.name, split, s.source_dir, tfds_dir=s.tfds_dir))

@@ -1,0 +1,29 @@
+"""Writing image grids as PNG."""
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray, num_levels: int) -> np.ndarray:
+    """Levels in [0, num_levels) to 0..255, so 2-level and 17-level images display right."""
+    images = np.asarray(images, np.float64)
+    return np.round(images * (255.0 / max(num_levels - 1, 1))).clip(0, 255).astype(np.uint8)
+
+
+def save_grid(images: np.ndarray, path: str, num_levels: int = 256, cols: int | None = None,
+              scale: int = 1, pad: int = 1) -> str:
+    """Tile (N, H, W, C) images (C = 1 or 3) into one PNG with `pad` pixels of gray between them."""
+    images = to_uint8(images, num_levels)
+    n, h, w, c = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 128, np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    return path

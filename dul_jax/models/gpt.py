@@ -1,0 +1,76 @@
+"""Decoder-only Transformer (GPT on bytes and characters, iGPT on pixels in raster order)."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dul_jax.models.transformer import Stack, dense_init, layer_norm
+
+
+def shift_right(tokens: jax.Array, bos: int) -> jax.Array:
+    """Model inputs for next-token prediction: [bos, x_0, ..., x_{T-2}] for targets x_0..x_{T-1}."""
+    start = jnp.full(tokens.shape[:-1] + (1,), bos, tokens.dtype)
+    return jnp.concatenate([start, tokens[..., :-1]], axis=-1)
+
+
+class GPT(nn.Module):
+    """p(x_t | x_<t [, class]) over `vocab_size` symbols, with an extra start symbol `vocab_size`.
+
+    Inputs are (B, T) ids already shifted right (see `shift_right`); output logits (B, T, vocab_size)
+    in float32, where logits[:, t] predicts target t. With `decode=True` each call takes one
+    position (B, 1) and the position counter and key/value caches live in the `cache` collection.
+    """
+    vocab_size: int
+    max_len: int
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    mlp_dim: int
+    num_classes: int = 0
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+    remat: str = 'none'
+    decode: bool = False
+
+    @property
+    def bos(self) -> int:
+        return self.vocab_size
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, labels: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        length = inputs.shape[1]
+        tok = nn.Embed(self.vocab_size + 1, self.embed_dim, name='tok_embed',
+                       embedding_init=nn.with_logical_partitioning(
+                           nn.initializers.normal(0.02), ('vocab', 'embed')))
+        pos = self.param('pos_embed', nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ('length', 'embed')), (self.max_len, self.embed_dim))
+        if self.decode and self.has_variable('cache', 'position'):
+            position = self.variable('cache', 'position', lambda: jnp.array(0, jnp.int32))
+            positions = jax.lax.dynamic_slice_in_dim(pos, position.value, length)
+            position.value += length
+        else:
+            if self.decode:  # init: create the counter
+                self.variable('cache', 'position', lambda: jnp.array(0, jnp.int32))
+            positions = pos[:length]
+        x = tok(inputs) + positions[None].astype(jnp.float32)
+        if self.num_classes:
+            if labels is None:
+                raise ValueError('this GPT is class-conditional: pass labels')
+            cls = nn.Embed(self.num_classes, self.embed_dim, name='class_embed',
+                           embedding_init=nn.with_logical_partitioning(
+                               nn.initializers.normal(0.02), (None, 'embed')))
+            x = x + cls(labels)[:, None, :]
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic).astype(self.dtype)
+        x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+        x = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=True,
+                  dropout=self.dropout, dtype=self.dtype, decode=self.decode,
+                  remat=self.remat, name='stack')(x, deterministic)
+        x = layer_norm(self.dtype, 'ln_final')(x)
+        logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head',
+                          kernel_init=dense_init(('embed', 'vocab')),
+                          bias_init=nn.with_logical_partitioning(
+                              nn.initializers.zeros, ('vocab',)))(x)
+        return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))

@@ -1,0 +1,168 @@
+"""The one transformer block of dul_jax: attention, MLP, pre-LayerNorm block, and a scanned stack.
+
+The GPT, the MAE encoder and decoder, and the DiT all use these modules; none has a copy of its own.
+Every parameter and activation carries logical axis names (see dul_jax/sharding/rules.py):
+`batch`, `length`, `embed`, `heads`, `kv`, `mlp`, plus `layers` for the scanned stack.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def dense_init(names: tuple[str | None, ...], scale: float = 1.0) -> Callable:
+    """Normal init with variance scale/fan_in, tagged with logical axis names."""
+    return nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(scale, 'fan_in', 'normal'), names)
+
+
+def layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        dtype=dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `jax.nn.dot_product_attention`.
+
+    With `decode=True` the module keeps a key/value cache (collection `cache`) of `max_len`
+    positions and takes one new position per call, so sampling costs O(T) per token, not O(T^2).
+    """
+    num_heads: int
+    causal: bool
+    dtype: Dtype = jnp.float32
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        # Explicit params and einsums rather than nn.DenseGeneral: DenseGeneral initialises a flat
+        # 2-D kernel and applies the 4-D logical constraint to it, which fails inside a mesh.
+        embed = x.shape[-1]
+        head_dim = embed // self.num_heads
+        shape = (embed, 3, self.num_heads, head_dim)
+        w_qkv = self.param('qkv_kernel', nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=0,
+                                             out_axis=(1, 2, 3)),
+            ('embed', None, 'heads', 'kv')), shape)
+        b_qkv = self.param('qkv_bias', nn.with_logical_partitioning(
+            nn.initializers.zeros, (None, 'heads', 'kv')), shape[1:])
+        qkv = jnp.einsum('btd,dchk->cbthk', x, w_qkv.astype(self.dtype))
+        qkv = qkv + b_qkv.astype(self.dtype)[:, None, None]
+        q, k, v = (nn.with_logical_constraint(a, ('batch', 'length', 'heads', 'kv')) for a in qkv)
+        if self.decode:
+            y = self._attend_cached(q, k, v)
+        else:
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        y = nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
+        w_out = self.param('out_kernel', nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=(0, 1), out_axis=2),
+            ('heads', 'kv', 'embed')), (self.num_heads, head_dim, embed))
+        b_out = self.param('out_bias', nn.with_logical_partitioning(
+            nn.initializers.zeros, ('embed',)), (embed,))
+        return jnp.einsum('bthk,hkd->btd', y, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+
+    def _attend_cached(self, q, k, v):
+        """Writes this step's key/value at the cache index and attends to positions <= index."""
+        is_init = not self.has_variable('cache', 'key')
+        cached_key = self.variable('cache', 'key', jnp.zeros, k.shape, k.dtype)
+        cached_value = self.variable('cache', 'value', jnp.zeros, v.shape, v.dtype)
+        index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
+        if is_init:  # init with a full-length input only sizes the cache
+            return jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        if q.shape[1] != 1:
+            raise ValueError(f'decode mode takes one position per call, got {q.shape[1]}')
+        i = index.value
+        cached_key.value = jax.lax.dynamic_update_slice_in_dim(cached_key.value, k, i, axis=1)
+        cached_value.value = jax.lax.dynamic_update_slice_in_dim(cached_value.value, v, i, axis=1)
+        index.value = i + 1
+        max_len = cached_key.value.shape[1]
+        visible = (jnp.arange(max_len) <= i)[None, None, None, :]  # (1, 1, q=1, k=max_len)
+        return jax.nn.dot_product_attention(q, cached_key.value, cached_value.value, mask=visible)
+
+
+class Mlp(nn.Module):
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        embed = x.shape[-1]
+        h = nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc',
+                     kernel_init=dense_init(('embed', 'mlp')),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)))(x)
+        h = nn.with_logical_constraint(nn.gelu(h), ('batch', 'length', 'mlp'))
+        return nn.Dense(embed, dtype=self.dtype, name='proj',
+                        kernel_init=dense_init(('mlp', 'embed')),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(h)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    num_heads: int
+    mlp_dim: int
+    causal: bool
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    decode: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        h = Attention(self.num_heads, self.causal, self.dtype, self.decode, name='attn')(
+            layer_norm(self.dtype, 'ln_attn')(x))
+        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = Mlp(self.mlp_dim, self.dtype, name='mlp')(layer_norm(self.dtype, 'ln_mlp')(x))
+        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class _ScannedBlock(Block):
+    """Block with the (carry, output) signature that nn.scan wants."""
+
+    def __call__(self, x, deterministic):
+        return super().__call__(x, deterministic), None
+
+
+class Stack(nn.Module):
+    """`num_layers` blocks, scanned so that compile time does not grow with depth.
+
+    Parameters get a leading `layers` axis. `remat` is a key of REMAT_POLICIES: recompute the
+    block's activations in the backward pass instead of storing them (memory for compute).
+    """
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    causal: bool
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    decode: bool = False
+    remat: str = 'none'
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        block_cls = _ScannedBlock
+        if self.remat != 'none':
+            block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+        scanned = nn.scan(
+            block_cls,
+            variable_axes={'params': 0, 'cache': 0},
+            split_rngs={'params': True, 'dropout': True},
+            in_axes=nn.broadcast,
+            length=self.num_layers,
+            metadata_params={nn.PARTITION_NAME: 'layers'},
+        )
+        x, _ = scanned(self.num_heads, self.mlp_dim, self.causal, self.dropout, self.dtype,
+                       self.decode, name='blocks')(x, deterministic)
+        return x

@@ -1,0 +1,97 @@
+"""Device meshes, the logical-to-mesh axis rules, and the shardings of the train state and batch.
+
+This is the only module that knows about devices. Models name their axes logically
+(`batch`, `embed`, `heads`, ...); the rule table below maps those names to the mesh axes
+`data`, `fsdp` and `tensor`, so one config switch picks the parallelism:
+  data=N               pure data parallelism (params replicated, batch split)
+  fsdp=N               ZeRO-3: params and optimizer state split along `embed`, batch split too
+  tensor=N             Megatron: attention heads and MLP hidden units split
+and any product of them.
+"""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from dul_jax.errors import UserError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# In priority order; flax gives each array dimension the first rule whose mesh axes are still free
+# in that array, so activations keep `embed` unsharded once `batch` has taken `fsdp`.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ('batch', ('data', 'fsdp')),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('mlp', 'tensor'),
+    ('vocab', 'tensor'),
+    ('kv', None),
+    ('length', None),
+    ('layers', None),
+    ('height', None),
+    ('width', None),
+    ('channels', None),
+    ('conv_in', None),
+    ('conv_out', 'tensor'),
+)
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) from config, with at most one -1 taking the remaining devices."""
+    sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+    fill = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
+        raise UserError(f'mesh sizes {dict(zip(MESH_AXES, sizes))} are invalid: give positive '
+                        'sizes with at most one -1 (which takes the remaining devices).')
+    known = math.prod(s for s in sizes if s != -1)
+    if fill:
+        if num_devices % known:
+            raise UserError(f'the mesh axes other than -1 multiply to {known}, which does not divide '
+                            f'the {num_devices} devices; change --config.mesh.*.')
+        sizes[fill[0]] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise UserError(f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but '
+                        f'{num_devices} are present; make --config.mesh.* multiply to {num_devices}.')
+    return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axes (linen's logical constraints need Auto)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = mesh_shape(mesh_cfg, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+def rules_from_config(cfg) -> tuple:
+    """The rule table: DEFAULT_RULES, with `mesh.rules` entries (pairs) taking precedence."""
+    overrides = tuple(tuple(r) for r in cfg.mesh.get('rules', ()) or ())
+    return overrides + DEFAULT_RULES
+
+
+def logical_to_shardings(logical_specs, mesh: jax.sharding.Mesh, rules) -> object:
+    """Map a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules) -> NamedSharding:
+    """Leading (batch) axis split over whatever mesh axes `batch` maps to; the rest replicated."""
+    axes = nn.logical_to_mesh_axes(('batch',), rules)
+    return NamedSharding(mesh, PartitionSpec(*axes))
+
+
+def batch_divisor(mesh: jax.sharding.Mesh, rules) -> int:
+    """How many ways the global batch is split (data x fsdp with the default rules)."""
+    axes = nn.logical_to_mesh_axes(('batch',), rules)[0]
+    axes = (axes,) if isinstance(axes, str) else (axes or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def put_batch(batch: dict, sharding: NamedSharding) -> dict:
+    """Assemble global arrays from this process's part of the batch (works for 1 or N processes)."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

@@ -1,0 +1,259 @@
+"""The training loop, evaluation and sampling of one run in one workdir.
+
+WORKDIR/ holds config.json, metrics.jsonl, tensorboard/, checkpoints/ (orbax) and samples/.
+Running `train` again on the same workdir resumes from the latest checkpoint. SIGTERM saves a
+checkpoint and returns; a non-finite loss stops the run before any bad state is checkpointed.
+"""
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from dul_jax import config as config_lib
+from dul_jax import data
+from dul_jax.errors import UserError
+from dul_jax.train.checkpoint import Checkpointer, restore_state
+from dul_jax.train.setup import Setup, count_params, prepare
+from dul_jax.train.writers import MetricWriter
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def _is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+    if _is_main():
+        tqdm.tqdm.write(message)
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop polls, so the current step finishes and is saved."""
+
+    def __init__(self):
+        self.raised = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(history: list[dict]) -> dict[str, float]:
+    return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
+
+def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
+    """Train (or resume) the run in `workdir`; returns the final eval metrics ({} on SIGTERM)."""
+    setup = prepare(cfg)
+    if _is_main():
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config_lib.to_json(cfg))
+    # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
+    with contextlib.closing(MetricWriter(workdir)) as writer, \
+            contextlib.closing(Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                            keep=cfg.train.keep_checkpoints)) as ckpt:
+        return _Run(setup, workdir, writer, ckpt, debug).train()
+
+
+class _Run:
+    """The state of one training loop: what it logs, when it evaluates, samples and saves."""
+
+    def __init__(self, setup: Setup, workdir: str, writer: MetricWriter, ckpt: Checkpointer,
+                 debug: bool):
+        self.setup, self.cfg, self.workdir = setup, setup.cfg, workdir
+        self.writer, self.ckpt, self.debug = writer, ckpt, debug
+        self.data_iter = data.train_iterator(self.cfg.data, setup.process_batch_size,
+                                             self.cfg.seed, jax.process_index(),
+                                             jax.process_count())
+        self.pending, self.history = [], []   # device metrics not yet fetched; fetched, unlogged
+        self.last_good = None                 # the newest checkpoint whose losses were all finite
+        self.compile_s = None
+
+    def _restore_or_init(self):
+        start = self.ckpt.latest_step()
+        if start is None:
+            return self.setup.init_state(self.cfg.seed), 0
+        state = self.ckpt.restore(self.setup.abstract_state(), self.data_iter, start)
+        self.last_good = start
+        log(f'resumed from {self.ckpt.directory}/{start}')
+        return state, start
+
+    def train(self) -> dict[str, float]:
+        setup, tc = self.setup, self.cfg.train
+        state, step = self._restore_or_init()
+        log(f'{setup.task.name} on {setup.spec.name}: {count_params(state.params):,} params, '
+            f'mesh {dict(setup.mesh.shape)}, global batch {tc.batch_size}, {tc.steps} steps')
+        step_fn = setup.train_step(jit=not self.debug)
+        progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not _is_main(), unit='step',
+                             dynamic_ncols=True, mininterval=1.0)
+        self.clock = (time.perf_counter(), 0)  # start of the current log interval, steps in it
+        with contextlib.closing(progress), setup.context(), _SigtermFlag() as sigterm, \
+                (jax.disable_jit() if self.debug else contextlib.nullcontext()):
+            while step < tc.steps:
+                state, metrics = step_fn(state, setup.put_batch(next(self.data_iter)))
+                step += 1
+                self.pending.append(metrics)
+                self.clock = (self.clock[0], self.clock[1] + 1)
+                progress.update(1)
+                if self.compile_s is None:
+                    self._time_first_step(state)
+                stopping = sigterm.raised or self.ckpt.reached_preemption(step)
+                if step % tc.log_every == 0 or step == tc.steps or stopping:
+                    progress.set_postfix(self._log_interval(step))
+                if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+                    self.writer.write(step, _prefixed(
+                        evaluate(setup, state, self.cfg.eval.max_examples), 'eval/'))
+                    self.clock = (time.perf_counter(), 0)
+                if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
+                    write_samples(setup, state, self.workdir, step)
+                if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stopping:
+                    self._save(step, state)
+                if stopping:
+                    self.ckpt.wait()
+                    log(f'SIGTERM: saved a checkpoint at step {step} in {self.ckpt.directory}; '
+                        'rerun the same command to resume.')
+                    return {}
+            final = evaluate(setup, state, self.cfg.eval.max_examples)
+            self.writer.write(step, _prefixed(final, 'eval/'))
+            paths = write_samples(setup, state, self.workdir, step)
+        log(f'eval on {setup.spec.eval_split}: ' +
+            ', '.join(f'{k} {v:.4f}' for k, v in final.items()))
+        log(f'workdir {os.path.abspath(self.workdir)}: config.json, metrics.jsonl, tensorboard/, '
+            f'checkpoints/{step}, samples: {", ".join(paths)}')
+        return final
+
+    def _time_first_step(self, state) -> None:
+        jax.block_until_ready(state.step)
+        self.compile_s = time.perf_counter() - self.clock[0]
+        self.clock = (time.perf_counter(), 0)
+        log(f'first step (compile + run) took {self.compile_s:.1f}s')
+
+    def _fetch(self, step: int) -> None:
+        """Fetch pending per-step metrics; stop at the first non-finite loss."""
+        fetched = jax.device_get(self.pending)
+        first = step - len(fetched) + 1
+        for i, m in enumerate(fetched):
+            if not math.isfinite(float(m['loss'])):
+                last = f'step {self.last_good}' if self.last_good is not None else 'none'
+                raise TrainingDiverged(
+                    f'loss became {float(m["loss"])} at step {first + i}; the last good checkpoint '
+                    f'is {last} in {self.ckpt.directory}. Lower --config.optim.lr or '
+                    '--config.optim.clip_norm and rerun.')
+        self.history.extend(fetched)
+        self.pending = []
+
+    def _log_interval(self, step: int) -> dict[str, str]:
+        """Write the mean metrics since the last log, with throughput; return the bar's postfix."""
+        self._fetch(step)
+        start, steps = self.clock
+        elapsed = time.perf_counter() - start
+        row = _mean_metrics(self.history)
+        row['lr'] = float(self.history[-1]['lr'])
+        if steps:
+            batch = self.cfg.train.batch_size
+            row['examples_per_s'] = steps * batch / elapsed
+            row['tokens_per_s'] = steps * batch * self.setup.task.example_size() / elapsed
+            row['step_s'] = elapsed / steps
+        row['compile_s'] = self.compile_s
+        self.writer.write(step, row)
+        self.history = []
+        self.clock = (time.perf_counter(), 0)
+        return {'loss': f'{row["loss"]:.4f}', 'tok_s': f'{row.get("tokens_per_s", 0):,.0f}'}
+
+    def _save(self, step: int, state) -> None:
+        self._fetch(step)  # never checkpoint a state whose losses were not all finite
+        self.ckpt.save(step, state, self.data_iter, force=True)
+        self.last_good = step
+
+
+def _prefixed(metrics: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in metrics.items()}
+
+
+def eval_params(state):
+    """EMA params where the run keeps them (they sample and evaluate better), else the params."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
+def evaluate(setup: Setup, state, max_examples: int = 0) -> dict[str, float]:
+    """Mean per-example metrics over the eval split (the first max_examples; 0 = all of it)."""
+    eval_step = setup.eval_step
+    params = eval_params(state)
+    totals = None
+    with setup.context():
+        for batch in data.eval_batches(setup.cfg.data, setup.cfg.eval.batch_size
+                                       // jax.process_count(), max_examples or None,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+            sums = eval_step(params, setup.put_batch(batch))
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    totals = jax.device_get(totals)
+    count = float(totals.pop('count'))
+    return {k: float(v) / count for k, v in totals.items()}
+
+
+def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None = None,
+                  seed: int | None = None) -> list[str]:
+    num = num or setup.cfg.sample.num
+    rng = jax.random.fold_in(jax.random.key(setup.cfg.seed if seed is None else seed), step)
+    with setup.context():
+        samples = setup.task.sample(eval_params(state), rng, num)
+    if not _is_main():
+        return []
+    return setup.task.save_samples(samples, os.path.join(workdir, 'samples', f'step_{step:06d}'))
+
+
+def load_config_of(workdir: str, overrides: list[str] = ()):
+    """The config a run in `workdir` was trained with, with `key=value` overrides applied."""
+    path = os.path.join(workdir, 'config.json')
+    if not os.path.isfile(path):
+        raise UserError(f'{workdir} has no config.json; pass the --workdir of a run '
+                        'started with `dul-jax train`.')
+    with open(path) as f:
+        cfg = config_lib.from_json(f.read())
+    for item in overrides:
+        config_lib.apply_override(cfg, item)
+    return cfg
+
+
+def load_run(cfg, workdir: str):
+    """The Setup and latest state of a finished or running workdir (for eval and sample)."""
+    setup = prepare(cfg)
+    state = restore_state(os.path.join(workdir, 'checkpoints'), setup.abstract_state())
+    return setup, state
+
+
+def eval_command(cfg, workdir: str) -> dict[str, float]:
+    setup, state = load_run(cfg, workdir)
+    metrics = evaluate(setup, state, 0)
+    step = int(state.step)
+    if _is_main():
+        with open(os.path.join(workdir, f'eval_step_{step:06d}.json'), 'w') as f:
+            json.dump({'step': step, 'split': setup.spec.eval_split, **metrics}, f, indent=2)
+    log(f'step {step}, {setup.spec.name}/{setup.spec.eval_split} (all of it): ' +
+        ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
+    return metrics
+
+
+def sample_command(cfg, workdir: str, num: int, seed: int) -> list[str]:
+    setup, state = load_run(cfg, workdir)
+    paths = write_samples(setup, state, workdir, int(state.step), num, seed)
+    log('wrote ' + ', '.join(paths))
+    return paths

@@ -1,0 +1,126 @@
+"""Everything a run needs before its first step, validated in order from cheap to expensive.
+
+`prepare(cfg)` checks the config, the data set, the model and the mesh (raising UserError with one
+sentence on the first problem), and returns a Setup holding the task, the mesh, the optimizer and the
+shardings of the train state and batch. Nothing has been compiled when it returns.
+"""
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dul_jax import data
+from dul_jax.config import check, validate_common
+from dul_jax.sharding import mesh as mesh_lib
+from dul_jax.tasks import make_task
+from dul_jax.train.optim import make_optimizer
+from dul_jax.train.state import TrainState, create_state, make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Setup:
+    cfg: Any
+    spec: data.DataSpec
+    task: Any
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    tx: Any
+    schedule: Any
+    state_shardings: Any      # TrainState of NamedShardings
+    logical_specs: Any        # TrainState of logical PartitionSpecs
+    batch_sharding: jax.sharding.NamedSharding
+
+    def context(self):
+        """Mesh and axis rules in scope while tracing, so the models' logical constraints apply."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(nn.logical_axis_rules(self.rules))
+        return stack
+
+    @property
+    def process_batch_size(self) -> int:
+        return self.cfg.train.batch_size // jax.process_count()
+
+    def dummy_batch(self, size: int = 1) -> dict:
+        return dummy_batch(self.spec, size)
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and target shardings of the state: what restore needs."""
+        shapes = jax.eval_shape(self._init_unboxed, jax.random.key(0))
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, self.state_shardings)
+
+    def _init_boxed(self, rng) -> TrainState:
+        param_rng, state_rng = jax.random.split(rng)
+        params = self.task.init(param_rng, self.dummy_batch())
+        return create_state(params, self.tx, state_rng, self.cfg.optim.ema_decay)
+
+    def _init_unboxed(self, rng) -> TrainState:
+        return nn.meta.unbox(self._init_boxed(rng))
+
+    def init_state(self, seed: int) -> TrainState:
+        """Initialise directly into the target shardings: no full replica on any one device."""
+        with self.context():
+            init = jax.jit(self._init_unboxed, out_shardings=self.state_shardings)
+            return init(jax.random.key(seed))
+
+    def train_step(self, jit: bool = True):
+        step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay)
+        if not jit:
+            return step
+        return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
+                       out_shardings=(self.state_shardings, None), donate_argnums=(0,))
+
+    @functools.cached_property
+    def eval_step(self):
+        """Jitted once per Setup, so periodic evals reuse the compiled step."""
+        params_sharding = self.state_shardings.params
+        return jax.jit(make_eval_step(self.task), in_shardings=(params_sharding, self.batch_sharding))
+
+    def put_batch(self, batch: dict) -> dict:
+        return mesh_lib.put_batch(batch, self.batch_sharding)
+
+
+def dummy_batch(spec: data.DataSpec, size: int) -> dict:
+    """Zeros shaped like a real batch: for initialisation and shape inference."""
+    if spec.kind == 'image':
+        return {'image': np.zeros((size,) + tuple(spec.shape), np.uint8),
+                'label': np.zeros((size,), np.int32)}
+    return {'tokens': np.zeros((size,) + tuple(spec.shape), np.int32)}
+
+
+def prepare(cfg) -> Setup:
+    validate_common(cfg)
+    spec = data.describe(cfg.data)
+    task = make_task(cfg, spec)
+    task.validate()
+    mesh = mesh_lib.make_mesh(cfg.mesh)
+    rules = mesh_lib.rules_from_config(cfg)
+    ways = mesh_lib.batch_divisor(mesh, rules)
+    for key in ('train', 'eval'):
+        size = cfg[key].batch_size
+        check(size % ways == 0 and size % jax.process_count() == 0,
+              f'{key}.batch_size={size} cannot be split over the {ways} batch shards of mesh '
+              f'{dict(mesh.shape)} and {jax.process_count()} process(es); set '
+              f'--config.{key}.batch_size to a multiple of {np.lcm(ways, jax.process_count())}.')
+    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    setup = Setup(cfg, spec, task, mesh, rules, tx, schedule, None, None,
+                  mesh_lib.batch_sharding(mesh, rules))
+    boxed = jax.eval_shape(setup._init_boxed, jax.random.key(0))
+    setup.logical_specs = nn.get_partition_spec(boxed)
+    setup.state_shardings = mesh_lib.logical_to_shardings(setup.logical_specs, mesh, rules)
+    return setup
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def tree_bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))

@@ -1,0 +1,66 @@
+"""The train state pytree and the pure, jit-able train and eval steps."""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array        # int32 scalar: optimizer steps taken
+    params: Any            # float32
+    opt_state: Any
+    ema_params: Any        # None unless optim.ema_decay > 0
+    rng: jax.Array         # raw uint32 key data (checkpoints hold plain arrays); see step_rng
+
+
+def step_rng(state: TrainState) -> jax.Array:
+    """A fresh key per step, derived from the run's key and the step: resumes reproduce it."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def create_state(params, tx: optax.GradientTransformation, rng_seed_key: jax.Array,
+                 ema_decay: float) -> TrainState:
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ema_params=params if ema_decay > 0 else None,
+                      rng=jax.random.key_data(rng_seed_key))
+
+
+def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    ema_decay: float, axis_name: str | None = None):
+    """One optimizer step. With `axis_name` (the pmap path), gradients and metrics are averaged
+    over that axis; under jit with shardings XLA inserts the same reductions itself."""
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        grad_fn = jax.value_and_grad(task.loss, has_aux=True)
+        (_, metrics), grads = grad_fn(state.params, batch, step_rng(state))
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            metrics = jax.lax.pmean(metrics, axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  ema_params=ema)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(task):
+    """Mask-weighted sums of the task's per-example metrics, plus the example count."""
+
+    def eval_step(params, batch) -> dict[str, jax.Array]:
+        per_example = task.eval_metrics(params, batch)
+        mask = batch['mask'].astype(jnp.float32)
+        sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
+        sums['count'] = jnp.sum(mask)
+        return sums
+
+    return eval_step

@@ -1,0 +1,76 @@
+"""Config loading and overrides: every user mistake is one clear UserError."""
+
+import pytest
+
+from dul_jax import config as config_lib
+from dul_jax.errors import UserError
+from dul_jax.sharding.mesh import mesh_shape
+
+DEMO = str(config_lib.__file__).replace('dul_jax/config.py', 'experiments/configs/demo.py')
+
+
+def test_overrides_parse_as_the_existing_type():
+    cfg = config_lib.load_config(DEMO, ['train.steps=7', 'optim.lr=0.5', 'model.dropout=0',
+                                        'model.class_conditional=false', 'data.name=tiny_shakespeare',
+                                        'mesh.rules=(("embed", None),)'])
+    assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
+    assert cfg.optim.lr == 0.5
+    assert cfg.model.dropout == 0.0 and isinstance(cfg.model.dropout, float)
+    assert cfg.model.class_conditional is False
+    assert cfg.data.name == 'tiny_shakespeare'
+    assert cfg.mesh.rules == (('embed', None),)
+
+
+@pytest.mark.parametrize('override, fragment', [
+    ('train.stpes=3', 'unknown config key "train.stpes"'),
+    ('trian.steps=3', 'unknown config key "trian"'),
+    ('train.steps=three', 'not a valid int'),
+    ('model.class_conditional=maybe', 'not a valid bool'),
+    ('train.steps', 'has no "="'),
+])
+def test_bad_overrides_name_what_to_change(override, fragment):
+    with pytest.raises(UserError, match=fragment):
+        config_lib.load_config(DEMO, [override])
+
+
+def test_missing_config_file():
+    with pytest.raises(UserError, match='does not exist'):
+        config_lib.load_config('experiments/configs/nope.py')
+
+
+@pytest.mark.parametrize('key, value, fragment', [
+    ('steps', 0, 'train.steps must be positive'),
+    ('batch_size', -4, 'train.batch_size must be positive'),
+    ('eval_every', -1, 'train.eval_every must be >= 0'),
+])
+def test_validate_common(key, value, fragment):
+    cfg = config_lib.load_config(DEMO)
+    cfg.train[key] = value
+    with pytest.raises(UserError, match=fragment):
+        config_lib.validate_common(cfg)
+
+
+def test_config_json_round_trip():
+    cfg = config_lib.load_config(DEMO)
+    again = config_lib.from_json(config_lib.to_json(cfg))
+    assert again.to_dict() == config_lib.from_json(config_lib.to_json(again)).to_dict()
+    assert again.model.num_layers == cfg.model.num_layers
+
+
+@pytest.mark.parametrize('sizes, devices, expected', [
+    ({'data': -1, 'fsdp': 1, 'tensor': 1}, 8, (8, 1, 1)),
+    ({'data': 2, 'fsdp': -1, 'tensor': 2}, 8, (2, 2, 2)),
+    ({'data': 1, 'fsdp': 1, 'tensor': 1}, 1, (1, 1, 1)),
+])
+def test_mesh_shape_fills_minus_one(sizes, devices, expected):
+    assert mesh_shape(sizes, devices) == expected
+
+
+@pytest.mark.parametrize('sizes, fragment', [
+    ({'data': 3, 'fsdp': -1, 'tensor': 1}, 'does not divide'),
+    ({'data': 2, 'fsdp': 2, 'tensor': 1}, 'make --config.mesh'),
+    ({'data': -1, 'fsdp': -1, 'tensor': 1}, 'at most one -1'),
+])
+def test_bad_mesh_shapes(sizes, fragment):
+    with pytest.raises(UserError, match=fragment):
+        mesh_shape(sizes, 8)

@@ -1,0 +1,338 @@
+"""Tests of dul_jax.data: the local TFDS builders, the catalog path and the grain pipelines."""
+
+import gzip
+import hashlib
+import io
+import pathlib
+
+import grain
+import ml_collections
+import numpy as np
+import pytest
+import scipy.io
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from dul_jax import data
+from dul_jax.data import catalog, pipeline, sources, text_builders
+from dul_jax.errors import UserError
+
+# The real data sets; tests that need them take conftest's `shared_data` fixture, which skips
+# where ../shared/data is absent. `tfds_dir` (conftest) is one prepared-data folder per session.
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'data'
+
+
+@pytest.fixture
+def make_cfg(tfds_dir):
+    def make(name, **overrides):
+        cfg = ml_collections.ConfigDict({
+            'name': name, 'dir': str(SHARED_DATA), 'tfds_dir': str(tfds_dir), 'seq_len': 32,
+            'text_vocab': 'bytes'})
+        cfg.update(overrides)
+        return cfg
+    return make
+
+
+def all_examples(name, split, tfds_dir, source_dir=SHARED_DATA):
+    source_dir = None if source_dir is None else str(source_dir)
+    source = catalog.data_source(name, split, source_dir, str(tfds_dir))
+    return source.__getitems__(list(range(len(source))))
+
+
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+# ---- local builders ----
+
+def test_digits_split_is_fixed_disjoint_and_has_17_levels(make_cfg, tfds_dir):
+    from sklearn.datasets import load_digits
+    spec = data.describe(make_cfg('digits'))
+    assert (spec.kind, spec.shape, spec.num_levels) == ('image', (8, 8, 1), 17)
+    assert spec.num_classes == 10
+    assert (spec.num_train, spec.num_eval, spec.eval_split) == (1500, 297, 'test')
+    train = all_examples('digits', 'train', tfds_dir)
+    test = all_examples('digits', 'test', tfds_dir)
+    train_ids, test_ids = {e['id'] for e in train}, {e['id'] for e in test}
+    assert not train_ids & test_ids and train_ids | test_ids == set(range(1797))
+    # A fingerprint of the split: changing the split rule must be a deliberate act.
+    fingerprint = hashlib.sha256(str(sorted(test_ids)).encode()).hexdigest()[:16]
+    assert fingerprint == DIGITS_TEST_IDS_SHA256_PREFIX
+    digits = load_digits()
+    for e in test[:20]:
+        np.testing.assert_array_equal(e['image'][..., 0], digits.images[e['id']])
+        assert e['label'] == digits.target[e['id']]
+    assert max(int(e['image'].max()) for e in train) == 16
+
+
+DIGITS_TEST_IDS_SHA256_PREFIX = '00bed0fea1f147e8'
+
+
+def test_binarized_mnist_sizes_and_values(make_cfg, tfds_dir, shared_data):
+    spec = data.describe(make_cfg('binarized_mnist'))
+    assert (spec.shape, spec.num_levels, spec.num_classes) == ((28, 28, 1), 2, 0)
+    builder = catalog.prepared_builder('binarized_mnist', str(SHARED_DATA), str(tfds_dir))
+    sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
+    assert sizes == {'train': 50000, 'validation': 10000, 'test': 10000}
+    raw = scipy.io.loadmat(SHARED_DATA / 'binarized_mnist/binarized_mnist_test.amat')['X']
+    batch = next(data.eval_batches(make_cfg('binarized_mnist'), 500))
+    assert set(np.unique(batch['image'])) == {0, 1}
+    assert not batch['label'].any()
+    for e in all_examples('binarized_mnist', 'test', tfds_dir)[:50]:
+        np.testing.assert_array_equal(e['image'].reshape(-1), raw[e['id']])
+
+
+def test_mnist_test_labels_match_the_idx_file(make_cfg, tfds_dir, shared_data):
+    spec = data.describe(make_cfg('mnist_test'))
+    assert (spec.shape, spec.num_levels, spec.num_classes) == ((28, 28, 1), 256, 10)
+    assert (spec.num_train, spec.num_eval) == (8000, 2000)
+    with gzip.open(SHARED_DATA / 'mnist/t10k-labels-idx1-ubyte.gz') as f:
+        idx_labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    for split, ids in (('train', range(8000)), ('test', range(8000, 10000))):
+        examples = all_examples('mnist_test', split, tfds_dir)
+        assert sorted(e['id'] for e in examples) == list(ids)
+        assert all(e['label'] == idx_labels[e['id']] for e in examples)
+
+
+def test_tiny_shakespeare_vocab_split_and_round_trip(make_cfg, shared_data):
+    text = (SHARED_DATA / 'tinyshakespeare/input.txt').read_text()
+    cfg = make_cfg('tiny_shakespeare', text_vocab='chars')
+    spec = data.describe(cfg)
+    assert spec.num_levels == 65 and spec.vocab == ''.join(sorted(set(text)))
+    assert (spec.num_train, spec.num_eval) == (1003854, 1115394 - 1003854)
+    assert data.decode_text(data.encode_text(text, spec), spec) == text
+    # Eval windows tile the validation text in order, leaving out only the last partial window.
+    windows = [b['tokens'][b['mask'] == 1] for b in data.eval_batches(cfg, 64)]
+    eval_text = data.decode_text(np.concatenate(windows), spec)
+    assert eval_text == text[1003854:][:len(eval_text)]
+    assert len(text) - 1003854 - len(eval_text) < spec.shape[0]
+    byte_spec = data.describe(make_cfg('tiny_shakespeare', text_vocab='bytes'))
+    assert byte_spec.num_levels == 256 and byte_spec.vocab is None
+    assert data.decode_text(data.encode_text(text, byte_spec), byte_spec) == text
+
+
+def test_python_source_hash_is_recorded_stable_and_split_by_file(tmp_path):
+    root, paths = text_builders.stdlib_python_files()
+    manifest = ''.join(f'{hashlib.sha256((root / p).read_bytes()).hexdigest()}  {p}\n'
+                       for p in paths)
+    hashes = []
+    for attempt in ('first', 'second'):
+        builder = catalog.prepared_builder('python_source', None, str(tmp_path / attempt))
+        hashes.append(builder.info.metadata['corpus_sha256'])
+    assert hashes[0] == hashes[1] == hashlib.sha256(manifest.encode()).hexdigest()
+    def keys(split):
+        examples = all_examples('python_source', split, tmp_path / 'first', None)
+        return {e['key'].decode() for e in examples}
+
+    train, valid = keys('train'), keys('validation')
+    assert not train & valid and train | valid == set(paths) and len(valid) > 10
+    # The stored text, not just the recorded hash, is the same in both preparations.
+    first, second = (sources.split_text('python_source', None, str(tmp_path / at), 'validation')
+                     for at in ('first', 'second'))
+    assert first == second == b''.join((root / p).read_bytes() for p in sorted(valid))
+    assert not any('site-packages' in p for p in paths)
+
+
+# ---- the catalog path ----
+
+class DulTestCatalogImages(tfds.core.GeneratorBasedBuilder):
+    """A stand-in for a catalog image set: PNG images and a label, read from a local .npz file."""
+
+    VERSION = tfds.core.Version('1.0.0')
+
+    def __init__(self, *, npz_path=None, **kwargs):
+        self._npz_path = npz_path
+        super().__init__(**kwargs)
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(8, 8, 1)),
+            'label': tfds.features.ClassLabel(num_classes=10)}))
+
+    def _split_generators(self, dl_manager):
+        arrays = np.load(self._npz_path)
+        return {'train': self._generate_examples(arrays['images'][:60], arrays['labels'][:60]),
+                'test': self._generate_examples(arrays['images'][60:], arrays['labels'][60:])}
+
+    def _generate_examples(self, images, labels):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            png = io.BytesIO()  # encoded with PIL: TFDS would need TensorFlow to encode arrays
+            Image.fromarray(image[..., 0]).save(png, format='PNG')
+            yield i, {'image': png.getvalue(), 'label': int(label)}
+
+
+class DulTestUndownloadable(DulTestCatalogImages):
+    def _split_generators(self, dl_manager):
+        raise ConnectionError('the download server could not be reached')
+
+
+def test_catalog_path_reads_a_prepared_tfds_data_set(make_cfg, tfds_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(75, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=75)
+    np.savez(tmp_path / 'images.npz', images=images, labels=labels)
+    DulTestCatalogImages(data_dir=str(tfds_dir), npz_path=tmp_path / 'images.npz',
+                         file_format='array_record').download_and_prepare()
+    cfg = make_cfg('dul_test_catalog_images')
+    spec = data.describe(cfg)
+    assert (spec.shape, spec.num_levels, spec.num_classes) == ((8, 8, 1), 256, 10)
+    assert (spec.num_train, spec.num_eval, spec.eval_split) == (60, 15, 'test')
+    batch = next(data.train_iterator(cfg, 16, seed=0))
+    assert batch['image'].shape == (16, 8, 8, 1) and batch['image'].dtype == np.uint8
+    batches = list(data.eval_batches(cfg, 4))
+    assert len(batches) == 4 and sum(b['mask'].sum() for b in batches) == 15
+    seen = np.concatenate([b['image'][b['mask'] == 1] for b in batches])
+    seen_labels = np.concatenate([b['label'][b['mask'] == 1] for b in batches])
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, images[60:]))
+    assert sorted(seen_labels) == sorted(labels[60:])
+
+
+def test_unprepared_catalog_name_offline_is_a_user_error(make_cfg, monkeypatch):
+    monkeypatch.setattr(catalog, 'internet_reachable', lambda: False)
+    with pytest.raises(UserError, match="'mnist' is not prepared under .* could not be downloaded"):
+        data.describe(make_cfg('mnist'))
+
+
+def test_failed_download_is_a_user_error(make_cfg, monkeypatch):
+    monkeypatch.setattr(catalog, 'internet_reachable', lambda: True)
+    with pytest.raises(UserError, match='could not be downloaded .*ConnectionError'):
+        data.describe(make_cfg('dul_test_undownloadable'))
+
+
+def test_unknown_name_lists_the_local_data_sets(make_cfg):
+    with pytest.raises(UserError, match='binarized_mnist, digits, mnist_test, python_source'):
+        data.describe(make_cfg('no_such_data_set_anywhere'))
+
+
+def test_missing_source_folder_names_the_config_key(make_cfg, tmp_path):
+    cfg = make_cfg('mnist_test', dir=str(tmp_path / 'empty'), tfds_dir=str(tmp_path / 'tfds'))
+    with pytest.raises(UserError, match='--config.data.dir'):
+        data.describe(cfg)
+
+
+def test_bad_text_settings_are_user_errors(make_cfg):
+    with pytest.raises(UserError, match='--config.data.text_vocab'):
+        data.describe(make_cfg('python_source', text_vocab='words'))
+    with pytest.raises(UserError, match='--config.data.seq_len'):
+        data.describe(make_cfg('python_source', seq_len=10**9))
+
+
+# ---- pipelines ----
+
+class IndexReader:
+    """Stands in for a split whose example i is just the number i, to check which indices flow."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def read(self, indices):
+        return {'index': np.asarray(indices)}
+
+
+def test_process_shards_are_disjoint_cover_the_data_and_reshuffle_each_epoch(make_cfg, monkeypatch):
+    n, processes, batch_size = 103, 3, 5
+    monkeypatch.setattr(pipeline, 'split_reader', lambda *args, **kwargs: IndexReader(n))
+    shards = []
+    for p in range(processes):
+        size = len(range(p, n, processes))
+        stream = np.concatenate([b['index'] for b in take(
+            data.train_iterator(make_cfg('digits'), batch_size, 7, p, processes),
+            2 * size // batch_size + 1)])
+        first, second = stream[:size], stream[size:2 * size]
+        assert sorted(first) == sorted(second) == list(range(p, n, processes))
+        assert list(first) != list(second)
+        shards.append(set(first))
+    assert set.union(*shards) == set(range(n)) and sum(map(len, shards)) == n
+
+
+def test_eval_batches_show_each_example_exactly_once(make_cfg, monkeypatch):
+    n, processes, batch_size = 103, 3, 8
+    monkeypatch.setattr(pipeline, 'split_reader', lambda *args, **kwargs: IndexReader(n))
+    for max_examples, expected in ((None, n), (50, 50)):
+        seen, counts = [], set()
+        for p in range(processes):
+            batches = list(data.eval_batches(make_cfg('digits'), batch_size, max_examples,
+                                             process_index=p, process_count=processes))
+            counts.add(len(batches))
+            assert all(b['index'].shape == b['mask'].shape == (batch_size,) for b in batches)
+            seen += [int(i) for b in batches for i in b['index'][b['mask'] == 1]]
+        assert len(counts) == 1 and sorted(seen) == list(range(expected))
+
+
+def test_eval_mask_sums_to_the_split_size_on_real_data(make_cfg):
+    cfg = make_cfg('digits')
+    batches = [list(data.eval_batches(cfg, 64, process_index=p, process_count=2)) for p in (0, 1)]
+    assert len(batches[0]) == len(batches[1]) == 3
+    assert sum(b['mask'].sum() for shard in batches for b in shard) == 297
+    assert all(b['image'].shape == (64, 8, 8, 1) and b['mask'].dtype == np.float32
+               for shard in batches for b in shard)
+
+
+def test_train_iterator_is_deterministic_per_seed(make_cfg):
+    cfg = make_cfg('digits')
+    a = take(data.train_iterator(cfg, 32, seed=1), 3)
+    assert_batches_equal(a, take(data.train_iterator(cfg, 32, seed=1), 3))
+    b = take(data.train_iterator(cfg, 32, seed=2), 3)
+    assert not np.array_equal(a[0]['image'], b[0]['image'])
+    assert a[0]['image'].shape == (32, 8, 8, 1) and a[0]['label'].dtype == np.int32
+
+
+def test_text_training_windows_start_anywhere_in_the_train_split(make_cfg, tfds_dir):
+    cfg = make_cfg('python_source', seq_len=16)
+    spec = data.describe(cfg)
+    train_text = b''.join(e['text'] for e in sorted(
+        all_examples('python_source', 'train', tfds_dir), key=lambda e: e['key']))
+    windows = np.concatenate([b['tokens'] for b in take(data.train_iterator(cfg, 64, 0), 4)])
+    assert windows.shape == (256, 16) and windows.dtype == np.int32
+    starts = [train_text.find(bytes(w.astype(np.uint8))) for w in windows]
+    assert all(s >= 0 for s in starts) and any(s % 16 for s in starts)
+    assert spec.num_train == len(train_text)
+
+
+@pytest.mark.parametrize('name', ['digits', 'python_source'])
+def test_set_state_resumes_exactly_where_the_iterator_was(make_cfg, name):
+    # 30 digits batches of 64 cross the 1,500-example epoch boundary.
+    cfg = make_cfg(name)
+    uninterrupted = data.train_iterator(cfg, 64, seed=3)
+    take(uninterrupted, 30)
+    state = uninterrupted.get_state()
+    expected = take(uninterrupted, 3)
+    resumed = data.train_iterator(cfg, 64, seed=3)
+    resumed.set_state(state)
+    assert_batches_equal(expected, take(resumed, 3))
+
+
+def test_iterator_round_trips_through_an_orbax_checkpoint(make_cfg, tmp_path):
+    import orbax.checkpoint as ocp
+    cfg = make_cfg('digits')
+    iterator = data.train_iterator(cfg, 16, seed=0)
+    take(iterator, 5)
+    with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
+        manager.save(5, args=ocp.args.Composite(
+            state=ocp.args.StandardSave({'w': np.arange(3.0)}),
+            data_iterator=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+    expected = take(iterator, 3)
+    resumed = data.train_iterator(cfg, 16, seed=0)
+    with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
+        restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore({'w': np.zeros(3)}),
+            data_iterator=grain.checkpoint.CheckpointRestore(resumed)))
+    np.testing.assert_array_equal(restored.state['w'], np.arange(3.0))
+    assert_batches_equal(expected, take(resumed, 3))
+
+
+def test_decode_text_with_bytes_replaces_invalid_utf8():
+    spec = data.DataSpec('t', 'text', (4,), 256, 0, None, 'train', 'validation', 4, 4)
+    assert data.decode_text(np.array([104, 105, 0xFF, 33]), spec) == 'hi\ufffd!'

@@ -5,6 +5,12 @@ import os
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One persistent compilation cache for the session and its subprocesses: tests that build the
+# same tiny model in several runs (train, resume, eval, sample) compile it once.
+_CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'dul_jax_test_jit_cache_{os.getpid()}')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pathlib
 

@@ -60,7 +60,9 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 
 def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     """Train (or resume) the run in `workdir`; returns the final eval metrics ({} on SIGTERM)."""
-    setup = prepare(cfg)
+    setup = prepare(cfg, eager=debug)
+    if debug:
+        log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
     if _is_main():
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -104,8 +106,7 @@ class _Run:
         progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not _is_main(), unit='step',
                              dynamic_ncols=True, mininterval=1.0)
         self.clock = (time.perf_counter(), 0)  # start of the current log interval, steps in it
-        with contextlib.closing(progress), setup.context(), _SigtermFlag() as sigterm, \
-                (jax.disable_jit() if self.debug else contextlib.nullcontext()):
+        with contextlib.closing(progress), setup.context(), _SigtermFlag() as sigterm:
             while step < tc.steps:
                 state, metrics = step_fn(state, setup.put_batch(next(self.data_iter)))
                 step += 1

@@ -35,11 +35,17 @@ class Setup:
     state_shardings: Any      # TrainState of NamedShardings
     logical_specs: Any        # TrainState of logical PartitionSpecs
     batch_sharding: jax.sharding.NamedSharding
+    eager: bool = False       # --debug: steps run without jit, so sharding constraints are off
 
     def context(self):
-        """Mesh and axis rules in scope while tracing, so the models' logical constraints apply."""
+        """Mesh and axis rules in scope while tracing, so the models' logical constraints apply.
+
+        Eager (debug) runs leave the mesh out: a constraint outside jit cannot apply to the
+        single-device intermediates of eager ops, and there is nothing to partition anyway.
+        """
         stack = contextlib.ExitStack()
-        stack.enter_context(jax.set_mesh(self.mesh))
+        if not self.eager:
+            stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
         return stack
 
@@ -72,8 +78,11 @@ class Setup:
 
     def train_step(self, jit: bool = True):
         step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay)
-        if not jit:
-            return step
+        if not jit:  # --debug: eager, so a debugger (or jax_debug_nans) stops inside the step
+            def eager_step(state, batch):
+                with jax.disable_jit():
+                    return step(state, batch)
+            return eager_step
         return jax.jit(step, in_shardings=(self.state_shardings, self.batch_sharding),
                        out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
@@ -95,12 +104,16 @@ def dummy_batch(spec: data.DataSpec, size: int) -> dict:
     return {'tokens': np.zeros((size,) + tuple(spec.shape), np.int32)}
 
 
-def prepare(cfg) -> Setup:
+def prepare(cfg, eager: bool = False) -> Setup:
+    """Validate and build a run's Setup. `eager` (--debug) runs on one device, without jit."""
     validate_common(cfg)
     spec = data.describe(cfg.data)
     task = make_task(cfg, spec)
     task.validate()
-    mesh = mesh_lib.make_mesh(cfg.mesh)
+    if eager:
+        mesh = mesh_lib.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1])
+    else:
+        mesh = mesh_lib.make_mesh(cfg.mesh)
     rules = mesh_lib.rules_from_config(cfg)
     ways = mesh_lib.batch_divisor(mesh, rules)
     for key in ('train', 'eval'):
@@ -111,7 +124,7 @@ def prepare(cfg) -> Setup:
               f'--config.{key}.batch_size to a multiple of {np.lcm(ways, jax.process_count())}.')
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     setup = Setup(cfg, spec, task, mesh, rules, tx, schedule, None, None,
-                  mesh_lib.batch_sharding(mesh, rules))
+                  mesh_lib.batch_sharding(mesh, rules), eager)
     boxed = jax.eval_shape(setup._init_boxed, jax.random.key(0))
     setup.logical_specs = nn.get_partition_spec(boxed)
     setup.state_shardings = mesh_lib.logical_to_shardings(setup.logical_specs, mesh, rules)

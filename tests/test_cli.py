@@ -1,0 +1,72 @@
+"""The dul-jax command: bad input ends with status 2 and one sentence; train/eval/sample work."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from dul_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
+TINY = ['--config.model.num_layers=1', '--config.model.embed_dim=32', '--config.model.mlp_dim=64',
+        '--config.train.batch_size=16', '--config.eval.max_examples=64', '--config.sample.num=4']
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith('error:')]
+
+
+@pytest.mark.parametrize('extra, fragment', [
+    (['--config.train.stpes=3'], 'unknown config key "train.stpes"'),
+    (['--config.train.steps=many'], 'not a valid int'),
+    (['--config.train.batch_size=12'], 'cannot be split over the 8 batch shards'),
+    (['--config.data.name=cifar10'], "data set 'cifar10' is not prepared"),
+    (['--config.data.name=binarized_mnist', '--config.data.dir=/nonexistent'], '--config.data.dir'),
+    (['--config.model.embed_dim=30'], 'must be a multiple of model.num_heads'),
+    (['--config.mesh.data=3'], 'mesh'),
+    (['--steps=3'], 'unrecognised argument'),
+])
+def test_bad_input_is_one_sentence_and_status_2(extra, fragment, tmp_path, tfds_dir, capsys):
+    argv = ['train', '--config', DEMO, '--workdir', str(tmp_path / 'w'),
+            f'--config.data.tfds_dir={tfds_dir}', *extra]
+    assert cli.main(argv) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1 and fragment in errors[0], errors
+    assert not os.path.exists(tmp_path / 'w' / 'checkpoints')  # nothing ran
+
+
+def test_real_command_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO,
+                           '--workdir', str(tmp_path), '--config.optim.lrr=1'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert 'Traceback' not in proc.stderr
+    assert _error_lines(proc.stderr) == [
+        'error: unknown config key "optim.lrr"; check the spelling (known here: b1, b2, '
+        'clip_norm, ema_decay, lr, min_lr_ratio, schedule, warmup_steps, weight_decay).']
+
+
+def test_train_eval_sample_and_debug(tmp_path, tfds_dir, capsys):
+    workdir = str(tmp_path / 'run')
+    common = [f'--config.data.tfds_dir={tfds_dir}', *TINY]
+    assert cli.main(['train', '--config', DEMO, '--workdir', workdir,
+                     '--config.train.steps=3', *common]) == 0
+    out = capsys.readouterr()
+    assert 'no accelerator found: running on the CPU' in out.err
+    assert 'samples:' in out.out
+    assert cli.main(['eval', '--workdir', workdir]) == 0
+    assert os.path.isfile(os.path.join(workdir, 'eval_step_000003.json'))
+    assert cli.main(['sample', '--workdir', workdir, '--num', '10', '--seed', '3']) == 0
+    assert os.path.isfile(os.path.join(workdir, 'samples', 'step_000003.png'))
+    assert cli.main(['sample', '--workdir', str(tmp_path / 'none')]) == 2
+    # --debug: NaN checks on and the step run eagerly; two more steps resume from step 3
+    try:
+        assert cli.main(['train', '--config', DEMO, '--workdir', workdir, '--debug',
+                         '--config.train.steps=5', *common]) == 0
+        assert jax.config.jax_debug_nans
+    finally:
+        jax.config.update('jax_debug_nans', False)
+    assert 'resumed from' in capsys.readouterr().out

@@ -28,7 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('embed', 'fsdp'),
     ('heads', 'tensor'),
     ('mlp', 'tensor'),
-    ('vocab', 'tensor'),
+    ('vocab', None),      # vocabularies here are small (2-256); add ('vocab', 'tensor') for big ones
     ('kv', None),
     ('length', None),
     ('layers', None),
@@ -76,6 +76,25 @@ def rules_from_config(cfg) -> tuple:
 def logical_to_shardings(logical_specs, mesh: jax.sharding.Mesh, rules) -> object:
     """Map a tree of logical PartitionSpecs to NamedShardings on `mesh`."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def check_divisible(params, logical_specs, shardings) -> None:
+    """Every sharded parameter dimension must split evenly over its mesh axes (one sentence if not).
+
+    This is where "heads and MLP width must divide by mesh.tensor" is enforced, for every model.
+    """
+    def check(path, x, logical, sharding):
+        for size, name, axes in zip(x.shape, logical, sharding.spec):
+            if axes is None:
+                continue
+            axes = (axes,) if isinstance(axes, str) else axes
+            ways = math.prod(sharding.mesh.shape[a] for a in axes)
+            if size % ways:
+                raise UserError(
+                    f'parameter {jax.tree_util.keystr(path)} has {name!r} of size {size}, which '
+                    f'does not split over mesh axes {"x".join(axes)}={ways}; choose model sizes '
+                    f'divisible by {ways} or a smaller --config.mesh.{axes[0]}.')
+    jax.tree_util.tree_map_with_path(check, params, logical_specs, shardings)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules) -> NamedSharding:

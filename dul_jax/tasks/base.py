@@ -60,6 +60,11 @@ class Task:
         """Per-example metrics, each of shape (batch,); the trainer averages them over the mask."""
         raise NotImplementedError
 
+    def final_metrics(self, params) -> dict[str, float]:
+        """Expensive evaluations run once at the end of training and by `dul-jax eval`, beyond
+        the per-example eval metrics (e.g. a linear probe on frozen features). Default: none."""
+        return {}
+
     def sample(self, params, rng: jax.Array, num: int) -> Any:
         """`num` samples as a numpy array (jitted inside)."""
         raise NotImplementedError

@@ -132,6 +132,7 @@ class _Run:
                         'rerun the same command to resume.')
                     return {}
             final = evaluate(setup, state, self.cfg.eval.max_examples)
+            final.update(setup.task.final_metrics(eval_params(state)))
             self.writer.write(step, _prefixed(final, 'eval/'))
             paths = write_samples(setup, state, self.workdir, step)
         log(f'eval on {setup.spec.eval_split}: ' +
@@ -243,7 +244,9 @@ def load_run(cfg, workdir: str):
 
 def eval_command(cfg, workdir: str) -> dict[str, float]:
     setup, state = load_run(cfg, workdir)
-    metrics = evaluate(setup, state, 0)
+    with setup.context():
+        metrics = evaluate(setup, state, 0)
+        metrics.update(setup.task.final_metrics(eval_params(state)))
     step = int(state.step)
     if _is_main():
         with open(os.path.join(workdir, f'eval_step_{step:06d}.json'), 'w') as f:

@@ -104,8 +104,11 @@ def dummy_batch(spec: data.DataSpec, size: int) -> dict:
     return {'tokens': np.zeros((size,) + tuple(spec.shape), np.int32)}
 
 
-def prepare(cfg, eager: bool = False) -> Setup:
-    """Validate and build a run's Setup. `eager` (--debug) runs on one device, without jit."""
+def prepare(cfg, eager: bool = False, devices=None) -> Setup:
+    """Validate and build a run's Setup on `devices` (default: all of them).
+
+    `eager` (--debug) runs on one device with the train step un-jitted.
+    """
     validate_common(cfg)
     spec = data.describe(cfg.data)
     task = make_task(cfg, spec)
@@ -113,7 +116,7 @@ def prepare(cfg, eager: bool = False) -> Setup:
     if eager:
         mesh = mesh_lib.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1])
     else:
-        mesh = mesh_lib.make_mesh(cfg.mesh)
+        mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     rules = mesh_lib.rules_from_config(cfg)
     ways = mesh_lib.batch_divisor(mesh, rules)
     for key in ('train', 'eval'):
@@ -128,6 +131,8 @@ def prepare(cfg, eager: bool = False) -> Setup:
     boxed = jax.eval_shape(setup._init_boxed, jax.random.key(0))
     setup.logical_specs = nn.get_partition_spec(boxed)
     setup.state_shardings = mesh_lib.logical_to_shardings(setup.logical_specs, mesh, rules)
+    mesh_lib.check_divisible(nn.meta.unbox(boxed.params), setup.logical_specs.params,
+                             setup.state_shardings.params)
     return setup
 
 

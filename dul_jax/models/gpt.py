@@ -32,6 +32,7 @@ class GPT(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     remat: str = 'none'
+    scan_unroll: int = 1
     decode: bool = False
 
     @property
@@ -67,7 +68,7 @@ class GPT(nn.Module):
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         x = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=True,
                   dropout=self.dropout, dtype=self.dtype, decode=self.decode,
-                  remat=self.remat, name='stack')(x, deterministic)
+                  remat=self.remat, unroll=self.scan_unroll, name='stack')(x, deterministic)
         x = layer_norm(self.dtype, 'ln_final')(x)
         logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head',
                           kernel_init=dense_init(('embed', 'vocab')),

@@ -21,11 +21,20 @@ def dense_init(names: tuple[str | None, ...], scale: float = 1.0) -> Callable:
         nn.initializers.variance_scaling(scale, 'fan_in', 'normal'), names)
 
 
-def layer_norm(dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(dtype: Dtype, name: str | None = None, affine: bool = True) -> nn.LayerNorm:
+    """LayerNorm; `affine=False` drops its scale and bias (adaLN supplies them from a condition)."""
     return nn.LayerNorm(
-        dtype=dtype, name=name,
+        dtype=dtype, name=name, use_scale=affine, use_bias=affine,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
+
+
+def attention_implementation(dtype) -> str | None:
+    """cuDNN's fused (flash) attention on NVIDIA GPUs in 16-bit, which never materialises the
+    T x T scores; XLA's own implementation everywhere else."""
+    if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return 'cudnn'
+    return None
 
 
 class Attention(nn.Module):
@@ -58,7 +67,8 @@ class Attention(nn.Module):
         if self.decode:
             y = self._attend_cached(q, k, v)
         else:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+            y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
+                                             implementation=attention_implementation(q.dtype))
         y = nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
         w_out = self.param('out_kernel', nn.with_logical_partitioning(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=(0, 1), out_axis=2),
@@ -103,7 +113,13 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
+
+    With a condition `cond` (B, C) the block is adaLN-Zero (DiT, Peebles & Xie 2023): the
+    LayerNorms lose their own scale and bias, and a Dense of silu(cond), initialised to zero,
+    gives each sub-layer a shift, a scale and a gate: x + gate * f(ln(x) * (1 + scale) + shift).
+    At initialisation every gate is 0, so the block is the identity.
+    """
     num_heads: int
     mlp_dim: int
     causal: bool
@@ -112,12 +128,29 @@ class Block(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-        h = Attention(self.num_heads, self.causal, self.dtype, self.decode, name='attn')(
-            layer_norm(self.dtype, 'ln_attn')(x))
-        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
-        h = Mlp(self.mlp_dim, self.dtype, name='mlp')(layer_norm(self.dtype, 'ln_mlp')(x))
-        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    def __call__(self, x: jax.Array, deterministic: bool = True,
+                 cond: jax.Array | None = None) -> jax.Array:
+        conditioned = cond is not None
+        if conditioned:
+            mod = nn.Dense(6 * x.shape[-1], dtype=self.dtype, name='adaln',
+                           kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                    ('embed', 'mlp')),
+                           bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                  ('mlp',)))(nn.silu(cond))
+            mod = [m[:, None, :] for m in jnp.split(mod, 6, axis=-1)]
+        else:
+            mod = [None] * 6
+        sublayers = (('ln_attn', Attention(self.num_heads, self.causal, self.dtype, self.decode,
+                                           name='attn')),
+                     ('ln_mlp', Mlp(self.mlp_dim, self.dtype, name='mlp')))
+        for (ln_name, layer), (shift, scale, gate) in zip(sublayers, (mod[:3], mod[3:])):
+            h = layer_norm(self.dtype, ln_name, affine=not conditioned)(x)
+            if conditioned:
+                h = h * (1.0 + scale) + shift
+            h = layer(h)
+            if conditioned:
+                h = gate * h
+            x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
 
@@ -131,8 +164,8 @@ REMAT_POLICIES = {
 class _ScannedBlock(Block):
     """Block with the (carry, output) signature that nn.scan wants."""
 
-    def __call__(self, x, deterministic):
-        return super().__call__(x, deterministic), None
+    def __call__(self, x, deterministic, cond):
+        return super().__call__(x, deterministic, cond), None
 
 
 class Stack(nn.Module):
@@ -140,6 +173,8 @@ class Stack(nn.Module):
 
     Parameters get a leading `layers` axis. `remat` is a key of REMAT_POLICIES: recompute the
     block's activations in the backward pass instead of storing them (memory for compute).
+    `cond` (B, C), if given, conditions every block (adaLN-Zero, see Block); it is broadcast, not
+    scanned, so all layers see the same vector.
     """
     num_layers: int
     num_heads: int
@@ -149,9 +184,11 @@ class Stack(nn.Module):
     dtype: Dtype = jnp.float32
     decode: bool = False
     remat: str = 'none'
+    unroll: int = 1           # layers per scan iteration; num_layers = a plain unrolled stack
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True,
+                 cond: jax.Array | None = None) -> jax.Array:
         block_cls = _ScannedBlock
         if self.remat != 'none':
             block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
@@ -161,8 +198,9 @@ class Stack(nn.Module):
             split_rngs={'params': True, 'dropout': True},
             in_axes=nn.broadcast,
             length=self.num_layers,
+            unroll=self.unroll,
             metadata_params={nn.PARTITION_NAME: 'layers'},
         )
         x, _ = scanned(self.num_heads, self.mlp_dim, self.causal, self.dropout, self.dtype,
-                       self.decode, name='blocks')(x, deterministic)
+                       self.decode, name='blocks')(x, deterministic, cond)
         return x

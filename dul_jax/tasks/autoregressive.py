@@ -33,6 +33,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0
     m.dtype = 'float32'          # compute dtype; params stay float32
     m.remat = 'none'             # 'none', 'full' or 'dots'
+    m.scan_unroll = 1            # layers per scan step (num_layers: fully unrolled)
     m.class_conditional = False  # condition on the data set's labels (images)
     return m
 
@@ -49,7 +50,8 @@ class AutoregressiveTask(Task):
             vocab_size=spec.num_levels, max_len=self.length, num_layers=m.num_layers,
             num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
             num_classes=spec.num_classes if self.conditional else 0, dropout=m.dropout,
-            dtype=DTYPES.get(m.dtype, jnp.float32), remat=m.remat)
+            dtype=DTYPES.get(m.dtype, jnp.float32), remat=m.remat,
+            scan_unroll=m.get('scan_unroll', 1))
 
     def validate(self):
         m = self.cfg.model

@@ -7,7 +7,6 @@ checkpoint written on one mesh loads on any other.
 
 import os
 
-import grain
 import orbax.checkpoint as ocp
 
 from dul_jax.errors import UserError
@@ -27,6 +26,7 @@ class Checkpointer:
     def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
         items = {'state': ocp.args.StandardSave(state)}
         if data_iterator is not None:
+            import grain  # only runs that read data through grain need it
             items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
@@ -39,6 +39,7 @@ class Checkpointer:
                             'of a run that saved one.')
         items = {'state': ocp.args.StandardRestore(abstract_state)}
         if data_iterator is not None:
+            import grain
             items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(**items))

@@ -104,13 +104,14 @@ def dummy_batch(spec: data.DataSpec, size: int) -> dict:
     return {'tokens': np.zeros((size,) + tuple(spec.shape), np.int32)}
 
 
-def prepare(cfg, eager: bool = False, devices=None) -> Setup:
+def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None = None) -> Setup:
     """Validate and build a run's Setup on `devices` (default: all of them).
 
-    `eager` (--debug) runs on one device with the train step un-jitted.
+    `eager` (--debug) runs on one device with the train step un-jitted. `spec` replaces the
+    configured data set's (benchmarks on synthetic batches of a given shape).
     """
     validate_common(cfg)
-    spec = data.describe(cfg.data)
+    spec = spec or data.describe(cfg.data)
     task = make_task(cfg, spec)
     task.validate()
     if eager:

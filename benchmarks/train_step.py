@@ -1,0 +1,121 @@
+"""Time the project's own train step for a config, and report MFU.
+
+    python benchmarks/train_step.py --config experiments/configs/NAME.py [--config.KEY=VALUE ...]
+        [--steps 20] [--warmup 3] [--synthetic]
+
+Prints: device, parameters, compile time, median step time over `steps` timed steps after
+`warmup` untimed ones, examples/s and tokens/s, peak memory, FLOPs per step (analytic for the
+Transformer, and XLA's cost analysis for any model), and MFU against the device's peak
+(dul_jax/train/mfu.py: a measured matmul peak on CPU, published bf16 peaks on accelerators).
+`--synthetic` uses random batches of the data set's shape without reading the data set (for
+machines without the data or TFDS).
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+
+from dul_jax import config as config_lib
+from dul_jax.data import DataSpec
+from dul_jax.scaling.accounting import (count_embedding_params, count_params,
+                                        transformer_flops_per_token, xla_flops)
+from dul_jax.train import mfu
+from dul_jax.train.setup import prepare
+
+
+def synthetic_spec(cfg) -> DataSpec:
+    """A text-shaped spec of cfg.data.seq_len tokens over cfg.data.synthetic_vocab symbols."""
+    vocab = int(cfg.data.get('synthetic_vocab', 256))
+    return DataSpec(name='synthetic', kind='text', shape=(cfg.data.seq_len,), num_levels=vocab,
+                    num_classes=0, vocab=None, train_split='train', eval_split='validation',
+                    num_train=0, num_eval=0)
+
+
+def random_batch(spec: DataSpec, batch_size: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    if spec.kind == 'image':
+        return {'image': rng.integers(0, spec.num_levels, (batch_size, *spec.shape), np.uint8),
+                'label': rng.integers(0, max(spec.num_classes, 1), (batch_size,), np.int32)}
+    return {'tokens': rng.integers(0, spec.num_levels, (batch_size, *spec.shape), np.int32)}
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+    stats = jax.devices()[0].memory_stats() or {}
+    if 'peak_bytes_in_use' in stats:
+        return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS'
+
+
+def benchmark(cfg, steps: int, warmup: int, synthetic: bool) -> dict:
+    spec = synthetic_spec(cfg) if synthetic else None
+    setup = prepare(cfg, spec=spec)
+    spec = setup.spec
+    batch = setup.put_batch(random_batch(spec, setup.process_batch_size, cfg.seed))
+    with setup.context():
+        state = setup.init_state(cfg.seed)
+        start = time.perf_counter()
+        compiled = setup.train_step().lower(state, batch).compile()
+        compile_s = time.perf_counter() - start
+        times = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics['loss'])
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+    params = count_params(state.params)
+    tokens = cfg.train.batch_size * setup.task.example_size()
+    devices = setup.mesh.size
+    peak, peak_source = mfu.peak_flops_per_device()
+    result = {
+        'device': f'{jax.devices()[0].device_kind} x{devices}',
+        'config_model': cfg.model.to_dict(), 'batch_size': cfg.train.batch_size,
+        'example_size': setup.task.example_size(), 'params': params,
+        'compile_s': compile_s, 'step_s_median': step_s,
+        'step_s_min': min(times), 'step_s_max': max(times),
+        'examples_per_s': cfg.train.batch_size / step_s, 'tokens_per_s': tokens / step_s,
+        'xla_flops_per_step_per_device': xla_flops(compiled),
+        'peak_flops_per_device': peak, 'peak_source': peak_source,
+    }
+    result['mfu_xla'] = result['xla_flops_per_step_per_device'] / step_s / peak
+    if cfg.task == 'autoregressive':
+        m = cfg.model
+        matmul = params - count_embedding_params(state.params)
+        per_token = transformer_flops_per_token(matmul, m.num_layers, setup.task.example_size(),
+                                                m.embed_dim)
+        result['analytic_flops_per_step'] = per_token * tokens
+        result['mfu_analytic'] = per_token * tokens / step_s / (peak * devices)
+    result['peak_memory_bytes'], result['peak_memory_source'] = peak_memory_bytes()
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--config', required=True)
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--synthetic', action='store_true')
+    parser.add_argument('--json', help='also write the figures to this file')
+    args, extra = parser.parse_known_args(argv)
+    overrides = [a[len('--config.'):] for a in extra if a.startswith('--config.')]
+    cfg = config_lib.load_config(args.config, overrides)
+    result = benchmark(cfg, args.steps, args.warmup, args.synthetic)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f'{value:,.4g}' if isinstance(value, float) else value
+        print(f'{key:<{width}}  {shown}')
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Accounting for scaling studies: parameter counts and training FLOPs."""

@@ -1,0 +1,44 @@
+"""Parameter counts and training FLOPs, analytic and from XLA.
+
+Analytic Transformer count (Kaplan et al. 2020, Sec. 2.1, with the output head included because it
+is a matmul): per token, a forward pass costs 2 * N_matmul multiply-adds-as-FLOPs for the weight
+matmuls plus 2 * L * T * d for attention scores and weighted values (QK^T and AV, each T * d per
+token per layer, full T x T counted even though causal masking could skip half); training is 3x
+the forward pass (backward = 2x forward):
+    FLOPs/token = 6 * N_matmul + 12 * L * T * d.
+N_matmul excludes the token and position embedding tables (lookups, not matmuls).
+"""
+
+import numpy as np
+
+import jax
+
+EMBEDDING_NAMES = ('tok_embed', 'pos_embed', 'class_embed')
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def count_embedding_params(params) -> int:
+    """Parameters of lookup tables (token, position, class embeddings): not matmul weights."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        names = {getattr(k, 'key', None) for k in path}
+        if names & set(EMBEDDING_NAMES):
+            total += int(np.prod(leaf.shape))
+    return total
+
+
+def transformer_flops_per_token(matmul_params: int, num_layers: int, context: int,
+                                embed_dim: int) -> float:
+    """Training FLOPs per token: 6 N_matmul + 12 L T d (see the module docstring)."""
+    return 6.0 * matmul_params + 12.0 * num_layers * context * embed_dim
+
+
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled computation by XLA's cost analysis (0.0 where it reports none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older JAX returned one dict per computation
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get('flops', 0.0))

@@ -3,6 +3,7 @@
   dul-jax train  --config experiments/configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--debug]
   dul-jax eval   --workdir DIR [--config.KEY=VALUE ...]
   dul-jax sample --workdir DIR [--num N] [--seed S]
+  dul-jax inspect --config experiments/configs/NAME.py [--config.KEY=VALUE ...]
 
 A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
 exits with status 2; a diverged run exits with status 1.
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                        help='NaN checks, chex assertions, and the step run without jit')
     ev = sub.add_parser('eval', help='evaluate the latest checkpoint on the whole eval split')
     ev.add_argument('--workdir', required=True)
+    inspect = sub.add_parser('inspect', help='print shardings, bytes per device, collectives')
+    inspect.add_argument('--config', required=True, help='a config file with get_config()')
     sample = sub.add_parser('sample', help='write samples from the latest checkpoint')
     sample.add_argument('--workdir', required=True)
     sample.add_argument('--num', type=int, default=16)
@@ -61,13 +64,17 @@ def run(argv: list[str]) -> int:
     overrides = _split_overrides(extra)
     from dul_jax import config as config_lib
     from dul_jax.train import loop
-    if args.command == 'train':
+    if args.command in ('train', 'inspect'):
         cfg = config_lib.load_config(args.config, overrides)
     else:
         cfg = loop.load_config_of(args.workdir, overrides)
     _start(cfg, getattr(args, 'debug', False))
     if args.command == 'train':
         loop.train(cfg, args.workdir, debug=args.debug)
+    elif args.command == 'inspect':
+        from dul_jax.sharding.inspect import report
+        from dul_jax.train.setup import prepare
+        print(report(prepare(cfg)))
     elif args.command == 'eval':
         loop.eval_command(cfg, args.workdir)
     elif args.command == 'sample':

@@ -240,20 +240,22 @@ class IndexReader:
         return {'index': np.asarray(indices)}
 
 
-def test_process_shards_are_disjoint_cover_the_data_and_reshuffle_each_epoch(make_cfg, monkeypatch):
+def test_processes_split_each_global_batch_and_epochs_reshuffle(make_cfg, monkeypatch):
     n, processes, batch_size = 103, 3, 5
     monkeypatch.setattr(pipeline, 'split_reader', lambda *args, **kwargs: IndexReader(n))
-    shards = []
-    for p in range(processes):
-        size = len(range(p, n, processes))
-        stream = np.concatenate([b['index'] for b in take(
-            data.train_iterator(make_cfg('digits'), batch_size, 7, p, processes),
-            2 * size // batch_size + 1)])
-        first, second = stream[:size], stream[size:2 * size]
-        assert sorted(first) == sorted(second) == list(range(p, n, processes))
-        assert list(first) != list(second)
-        shards.append(set(first))
-    assert set.union(*shards) == set(range(n)) and sum(map(len, shards)) == n
+    num_batches = 2 * n // (batch_size * processes) + 1
+    single = np.concatenate([b['index'] for b in take(
+        data.train_iterator(make_cfg('digits'), batch_size * processes, 7), num_batches)])
+    parts = [[b['index'] for b in take(
+        data.train_iterator(make_cfg('digits'), batch_size, 7, p, processes), num_batches)]
+        for p in range(processes)]
+    # process p holds rows [p*b, (p+1)*b) of every global batch: together, the 1-process stream
+    joined = np.concatenate([np.concatenate([parts[p][k] for p in range(processes)])
+                             for k in range(num_batches)])
+    np.testing.assert_array_equal(joined, single)
+    first, second = single[:n], single[n:2 * n]
+    assert sorted(first) == sorted(second) == list(range(n))  # each epoch covers the data once
+    assert list(first) != list(second)                          # in a new order
 
 
 def test_eval_batches_show_each_example_exactly_once(make_cfg, monkeypatch):

@@ -18,19 +18,22 @@ READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=8)
 def train_iterator(data_cfg, batch_size, seed, process_index=0, process_count=1):
     """An infinite iterator of per-process batches; get_state()/set_state() restore its position.
 
-    Process i of n reads only examples i, i + n, i + 2n, ... Each epoch of that slice is shuffled
-    by `seed` folded with the epoch number, so epochs differ but a seed always gives the same
-    stream. Batches have a fixed shape and may span two epochs.
+    Every process shuffles the same global index stream (by `seed`, reshuffled each epoch) and cuts
+    it into global batches of batch_size * process_count; process i reads only rows
+    [i * batch_size, (i + 1) * batch_size) of each. So the global batch, and the training run, is
+    the same whatever the number of processes. Batches have a fixed shape and may span two epochs.
     """
     _check_batch_and_process(batch_size, process_index, process_count)
     spec = describe(data_cfg)
     reader = split_reader(data_cfg, spec, spec.train_split, training=True)
-    if len(reader) < process_count:
+    global_batch = batch_size * process_count
+    if len(reader) < global_batch:
         raise UserError(f'the train split of {spec.name!r} has {len(reader)} examples, fewer than '
-                        f'the {process_count} processes; use fewer processes or more data.')
-    indices = grain.MapDataset.range(len(reader))[process_index::process_count]
-    batches = (indices.shuffle(seed=int(seed) % 2**32).repeat()
-               .batch(batch_size, drop_remainder=True).map(reader.read))
+                        f'one global batch of {global_batch}; set --config.train.batch_size lower.')
+    mine = slice(process_index * batch_size, (process_index + 1) * batch_size)
+    batches = (grain.MapDataset.range(len(reader)).shuffle(seed=int(seed) % 2**32).repeat()
+               .batch(global_batch, drop_remainder=True)
+               .map(lambda indices: reader.read(indices[mine])))
     return iter(batches.to_iter_dataset(READ_OPTIONS))
 
 

@@ -110,7 +110,30 @@ def batch_divisor(mesh: jax.sharding.Mesh, rules) -> int:
     return math.prod(mesh.shape[a] for a in axes)
 
 
+def check_process_rows(sharding: NamedSharding, global_batch: int) -> None:
+    """The data pipeline gives process i rows [i*b, (i+1)*b) of each global batch; the batch
+    sharding must place exactly those rows on process i's devices."""
+    per_process = global_batch // jax.process_count()
+    start = jax.process_index() * per_process
+    owned = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        owned.update(range(*index[0].indices(global_batch)))
+    if owned != set(range(start, start + per_process)):
+        raise UserError(f'process {jax.process_index()} holds batch rows {sorted(owned)[:4]}..., '
+                        f'not the block starting at {start} that it loads; order the mesh devices '
+                        'by process (the default) or change --config.mesh.rules for batch.')
+
+
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """Assemble global arrays from this process's part of the batch (works for 1 or N processes)."""
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def to_host(x) -> np.ndarray:
+    """A global array as a numpy array on every process, also when it spans other processes'
+    devices (where np.asarray fails): sampled images and texts, gathered for writing."""
+    if getattr(x, 'is_fully_addressable', True):
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

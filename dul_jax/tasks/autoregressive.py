@@ -19,6 +19,7 @@ from dul_jax.data import decode_text
 from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
 from dul_jax.models.gpt import GPT, shift_right
 from dul_jax.sampling import sample_logits
+from dul_jax.sharding.mesh import to_host
 from dul_jax.tasks.base import Task, register
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -126,7 +127,7 @@ class AutoregressiveTask(Task):
         return tokens.T
 
     def sample(self, params, rng, num):
-        tokens = np.asarray(self._sample_tokens(params, rng, num, self.sample_labels(num)))
+        tokens = to_host(self._sample_tokens(params, rng, num, self.sample_labels(num)))
         return tokens.reshape((num,) + tuple(self.spec.shape))
 
     def save_samples(self, samples, path_stem):

@@ -38,20 +38,27 @@ def log(message: str) -> None:
 
 
 class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop polls, so the current step finishes and is saved."""
+    """Turns SIGTERM into a flag the loop polls, so the current step finishes and is saved.
+
+    Only in a single-process run: with several processes JAX's preemption sync manager owns
+    SIGTERM, and orbax's `reached_preemption(step)` makes every process stop at the same step.
+    """
 
     def __init__(self):
         self.raised = False
+        self._active = jax.process_count() == 1
 
     def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        if self._active:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.raised = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._active:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -100,6 +107,7 @@ class _Run:
     def train(self) -> dict[str, float]:
         setup, tc = self.setup, self.cfg.train
         state, step = self._restore_or_init()
+        state = setup.to_step_form(state)
         log(f'{setup.task.name} on {setup.spec.name}: {count_params(state.params):,} params, '
             f'mesh {dict(setup.mesh.shape)}, global batch {tc.batch_size}, {tc.steps} steps')
         step_fn = setup.train_step(jit=not self.debug)
@@ -108,7 +116,7 @@ class _Run:
         self.clock = (time.perf_counter(), 0)  # start of the current log interval, steps in it
         with contextlib.closing(progress), setup.context(), _SigtermFlag() as sigterm:
             while step < tc.steps:
-                state, metrics = step_fn(state, setup.put_batch(next(self.data_iter)))
+                state, metrics = step_fn(state, setup.put_train_batch(next(self.data_iter)))
                 step += 1
                 self.pending.append(metrics)
                 self.clock = (self.clock[0], self.clock[1] + 1)
@@ -119,11 +127,11 @@ class _Run:
                 if step % tc.log_every == 0 or step == tc.steps or stopping:
                     progress.set_postfix(self._log_interval(step))
                 if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-                    self.writer.write(step, _prefixed(
-                        evaluate(setup, state, self.cfg.eval.max_examples), 'eval/'))
+                    self.writer.write(step, _prefixed(evaluate(
+                        setup, setup.from_step_form(state), self.cfg.eval.max_examples), 'eval/'))
                     self.clock = (time.perf_counter(), 0)
                 if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
-                    write_samples(setup, state, self.workdir, step)
+                    write_samples(setup, setup.from_step_form(state), self.workdir, step)
                 if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stopping:
                     self._save(step, state)
                 if stopping:
@@ -131,6 +139,7 @@ class _Run:
                     log(f'SIGTERM: saved a checkpoint at step {step} in {self.ckpt.directory}; '
                         'rerun the same command to resume.')
                     return {}
+            state = setup.from_step_form(state)
             final = evaluate(setup, state, self.cfg.eval.max_examples)
             final.update(setup.task.final_metrics(eval_params(state)))
             self.writer.write(step, _prefixed(final, 'eval/'))
@@ -181,7 +190,7 @@ class _Run:
 
     def _save(self, step: int, state) -> None:
         self._fetch(step)  # never checkpoint a state whose losses were not all finite
-        self.ckpt.save(step, state, self.data_iter, force=True)
+        self.ckpt.save(step, self.setup.from_step_form(state), self.data_iter, force=True)
         self.last_good = step
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from dul_jax import data
 from dul_jax.config import check, validate_common
 from dul_jax.sharding import mesh as mesh_lib
+from dul_jax.sharding import pmap as pmap_lib
 from dul_jax.tasks import make_task
 from dul_jax.train.optim import make_optimizer
 from dul_jax.train.state import TrainState, create_state, make_eval_step, make_train_step
@@ -42,8 +43,12 @@ class Setup:
 
         Eager (debug) runs leave the mesh out: a constraint outside jit cannot apply to the
         single-device intermediates of eager ops, and there is nothing to partition anyway.
+        So does the pmap path: inside pmap there is no mesh to constrain to, and its conversions
+        between stacked and global arrays are per-device ops outside any mesh.
         """
         stack = contextlib.ExitStack()
+        if self.pmap:  # no rules either: pmap's own axis must not meet our logical constraints
+            return stack
         if not self.eager:
             stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
@@ -70,13 +75,35 @@ class Setup:
     def _init_unboxed(self, rng) -> TrainState:
         return nn.meta.unbox(self._init_boxed(rng))
 
+    @property
+    def pmap(self) -> bool:
+        return self.cfg.parallelism == 'pmap' and not self.eager
+
     def init_state(self, seed: int) -> TrainState:
         """Initialise directly into the target shardings: no full replica on any one device."""
         with self.context():
             init = jax.jit(self._init_unboxed, out_shardings=self.state_shardings)
             return init(jax.random.key(seed))
 
+    def to_step_form(self, state: TrainState) -> TrainState:
+        """The state as the train step takes it (stacked replicas on the pmap path)."""
+        return pmap_lib.stack_replicas(state) if self.pmap else state
+
+    def from_step_form(self, state: TrainState) -> TrainState:
+        """The state as checkpoints, eval and sampling take it (global arrays on the mesh)."""
+        return pmap_lib.unstack_replicas(state, self.state_shardings) if self.pmap else state
+
     def train_step(self, jit: bool = True):
+        """(state, batch) -> (state, scalar metrics), for states and batches in step form."""
+        if self.pmap:
+            step = jax.pmap(make_train_step(self.task, self.tx, self.schedule,
+                                            self.cfg.optim.ema_decay, axis_name=pmap_lib.AXIS),
+                            axis_name=pmap_lib.AXIS, donate_argnums=(0,))
+
+            def pmap_step(state, batch):
+                state, metrics = step(state, batch)
+                return state, jax.tree.map(lambda m: m[0], metrics)  # pmean'd: equal everywhere
+            return pmap_step
         step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay)
         if not jit:  # --debug: eager, so a debugger (or jax_debug_nans) stops inside the step
             def eager_step(state, batch):
@@ -93,7 +120,11 @@ class Setup:
         return jax.jit(make_eval_step(self.task), in_shardings=(params_sharding, self.batch_sharding))
 
     def put_batch(self, batch: dict) -> dict:
+        """This process's host batch as the train/eval step takes it."""
         return mesh_lib.put_batch(batch, self.batch_sharding)
+
+    def put_train_batch(self, batch: dict) -> dict:
+        return pmap_lib.split_batch(batch) if self.pmap else self.put_batch(batch)
 
 
 def dummy_batch(spec: data.DataSpec, size: int) -> dict:
@@ -119,6 +150,10 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     else:
         mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     rules = mesh_lib.rules_from_config(cfg)
+    if cfg.parallelism == 'pmap' and not eager:
+        check(mesh.shape['fsdp'] == mesh.shape['tensor'] == 1 and jax.process_count() == 1,
+              'parallelism="pmap" is pure data parallelism in one process here; use the default '
+              'parallelism="jit" for FSDP, tensor parallelism or several processes.')
     ways = mesh_lib.batch_divisor(mesh, rules)
     for key in ('train', 'eval'):
         size = cfg[key].batch_size
@@ -126,6 +161,8 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
               f'{key}.batch_size={size} cannot be split over the {ways} batch shards of mesh '
               f'{dict(mesh.shape)} and {jax.process_count()} process(es); set '
               f'--config.{key}.batch_size to a multiple of {np.lcm(ways, jax.process_count())}.')
+    if not eager and cfg.parallelism == 'jit':
+        mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     setup = Setup(cfg, spec, task, mesh, rules, tx, schedule, None, None,
                   mesh_lib.batch_sharding(mesh, rules), eager)

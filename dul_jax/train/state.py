@@ -35,8 +35,11 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
     over that axis; under jit with shardings XLA inserts the same reductions itself."""
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = step_rng(state)
+        if axis_name is not None:  # pmap: each device its own dropout noise for its sub-batch
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
         grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, batch, step_rng(state))
+        (_, metrics), grads = grad_fn(state.params, batch, rng)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)

@@ -1,0 +1,141 @@
+"""What a sharded run looks like: per-parameter shardings, bytes per device, and the collectives
+XLA put into the compiled train step (`dul-jax inspect`)."""
+
+import collections
+import re
+
+import jax
+import numpy as np
+
+COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
+                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
+# `%name = f32[8,64]{1,0} all-gather(...)`, or a tuple result `(f32[..], f32[..]) all-reduce(`;
+# `-start` variants are the asynchronous forms of the same collectives.
+_OP = re.compile(r'=\s*(\(.*?\)|\S+)\s+(' + '|'.join(COLLECTIVES) + r')(?:-start)?\(')
+_SHAPE = re.compile(r'(\w+)\[([\d,]*)\]')
+
+
+def _shape_bytes(text: str) -> int:
+    total = 0
+    for dtype, dims in _SHAPE.findall(text):
+        size = int(np.prod([int(d) for d in dims.split(',') if d])) if dims else 1
+        total += size * _DTYPE_BYTES.get(dtype, 4)
+    return total
+
+
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
+_WHILE = re.compile(r'body=%([\w.\-]+).*?known_trip_count":\{"n":"(\d+)"')
+_CALLS = re.compile(r'(?:calls|to_apply|branch_computations)=\{?%([\w.\-]+)')
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """{collective: {'count': n, 'bytes': bytes of results}} executed by one run of the module.
+
+    A collective inside a while loop (the scanned layer stack) runs once per iteration, so it is
+    counted trip-count times where XLA knows the trip count.
+    """
+    own, loops, calls, entry, current = {}, {}, {}, None, None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header:
+            current = header.group(1)
+            entry = current if line.startswith('ENTRY') else entry
+            own[current], loops[current], calls[current] = collections.Counter(), [], []
+            continue
+        if current is None or line.startswith('}'):
+            continue
+        loop = _WHILE.search(line)
+        if loop:
+            loops[current].append((loop.group(1), int(loop.group(2))))
+        else:
+            calls[current].extend(_CALLS.findall(line))
+        match = _OP.search(line)
+        if match and '-done(' not in line:  # an async pair is counted at its -start
+            own[current][(match.group(2), 'count')] += 1
+            own[current][(match.group(2), 'bytes')] += _shape_bytes(match.group(1))
+
+    def total(name: str) -> collections.Counter:
+        result = collections.Counter(own.get(name, {}))
+        for body, trips in loops.get(name, ()):
+            for key, value in total(body).items():
+                result[key] += trips * value
+        for callee in calls.get(name, ()):
+            result.update(total(callee))
+        return result
+
+    counts = total(entry) if entry else collections.Counter()
+    return {op: {'count': counts[(op, 'count')], 'bytes': counts[(op, 'bytes')]}
+            for op in COLLECTIVES if counts[(op, 'count')]}
+
+
+def bytes_per_device(tree) -> int:
+    """Bytes that one device holds of a tree of global arrays (its largest shard per leaf)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape)
+        total += int(np.prod(shard)) * x.dtype.itemsize
+    return total
+
+
+def total_bytes(tree) -> int:
+    return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def parameter_rows(setup) -> list[tuple[str, tuple, tuple, str, int]]:
+    """(path, shape, logical axes, mesh PartitionSpec, bytes per device) per parameter."""
+    abstract = setup.abstract_state()
+    rows = []
+    flat = jax.tree_util.tree_leaves_with_path(abstract.params)
+    logical = jax.tree.leaves(setup.logical_specs.params,
+                              is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    for (path, leaf), names in zip(flat, logical):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        rows.append((jax.tree_util.keystr(path), leaf.shape, tuple(names),
+                     str(leaf.sharding.spec), int(np.prod(shard)) * leaf.dtype.itemsize))
+    return rows
+
+
+def compiled_train_step(setup):
+    """The train step compiled for abstract inputs (no state is allocated)."""
+    abstract = setup.abstract_state()
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((setup.cfg.train.batch_size,) + x.shape[1:], x.dtype,
+                                       sharding=setup.batch_sharding),
+        setup.dummy_batch())
+    with setup.context():
+        return setup.train_step().lower(abstract, batch).compile()
+
+
+def report(setup) -> str:
+    """The text `dul-jax inspect` prints."""
+    lines = [f'mesh {dict(setup.mesh.shape)}; rules: ' +
+             ', '.join(f'{a}->{b}' for a, b in setup.rules if b is not None)]
+    rows = parameter_rows(setup)
+    width = max(len(r[0]) for r in rows)
+    lines.append(f'{"parameter":<{width}}  {"shape":<22} {"logical axes":<40} {"sharding":<28} '
+                 'bytes/device')
+    for path, shape, names, spec, nbytes in rows:
+        lines.append(f'{path:<{width}}  {str(shape):<22} {str(names):<40} {spec:<28} {nbytes:,}')
+    abstract = setup.abstract_state()
+    for name in ('params', 'opt_state'):
+        tree = getattr(abstract, name)
+        lines.append(f'{name}: {total_bytes(tree):,} bytes in all, '
+                     f'{bytes_per_device(tree):,} per device')
+    compiled = compiled_train_step(setup)
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        lines.append('compiled step memory per device: ' + ', '.join(
+            f'{k} {getattr(memory, k):,}' for k in ('argument_size_in_bytes',
+                                                     'output_size_in_bytes',
+                                                     'temp_size_in_bytes',
+                                                     'generated_code_size_in_bytes')
+            if hasattr(memory, k)))
+    found = collectives(compiled.as_text())
+    lines.append('collectives in the compiled step (count, bytes of results):')
+    for name in COLLECTIVES:
+        if name in found:
+            lines.append(f'  {name:<20} {found[name]["count"]:>4}  {found[name]["bytes"]:,}')
+    if not found:
+        lines.append('  none')
+    return '\n'.join(lines)

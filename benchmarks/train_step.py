@@ -23,8 +23,12 @@ import numpy as np
 
 from dul_jax import config as config_lib
 from dul_jax.data import DataSpec
-from dul_jax.scaling.accounting import (count_embedding_params, count_params,
-                                        transformer_flops_per_token, xla_flops)
+from dul_jax.scaling.accounting import (
+    count_embedding_params,
+    count_params,
+    transformer_flops_per_token,
+    xla_flops,
+)
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
 

@@ -136,15 +136,13 @@ def test_inspect_sees_fsdp_gathers_and_data_parallel_all_reduce(tfds_dir):
 
 
 def test_collective_counting_follows_loop_trip_counts():
-    hlo = '\n'.join([
-        '%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {',
-        '  %ar = f32[4]{0} all-reduce(%x), replica_groups={}, to_apply=%add',
-        '}',
-        'ENTRY %main (a: f32[4]) -> f32[4] {',
-        '  %w = (s32[], f32[4]) while(%t), condition=%cond, body=%body, '
-        'backend_config={"known_trip_count":{"n":"3"}}',
-        '  %ag = f32[8,2]{1,0} all-gather(%a), dimensions={0}',
-        '}'])
+    hlo = """%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %ar = f32[4]{0} all-reduce(%x), replica_groups={}, to_apply=%add
+}
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %w = (s32[], f32[4]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %ag = f32[8,2]{1,0} all-gather(%a), dimensions={0}
+}"""
     assert collectives(hlo) == {'all-reduce': {'count': 3, 'bytes': 48},
                                 'all-gather': {'count': 1, 'bytes': 64}}
 

@@ -9,9 +9,8 @@ the forward pass (backward = 2x forward):
 N_matmul excludes the token and position embedding tables (lookups, not matmuls).
 """
 
-import numpy as np
-
 import jax
+import numpy as np
 
 EMBEDDING_NAMES = ('tok_embed', 'pos_embed', 'class_embed')
 

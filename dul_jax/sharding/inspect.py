@@ -116,7 +116,7 @@ def report(setup) -> str:
     lines.append(f'{"parameter":<{width}}  {"shape":<22} {"logical axes":<40} {"sharding":<28} '
                  'bytes/device')
     for path, shape, names, spec, nbytes in rows:
-        lines.append(f'{path:<{width}}  {str(shape):<22} {str(names):<40} {spec:<28} {nbytes:,}')
+        lines.append(f'{path:<{width}}  {shape!s:<22} {names!s:<40} {spec:<28} {nbytes:,}')
     abstract = setup.abstract_state()
     for name in ('params', 'opt_state'):
         tree = getattr(abstract, name)

@@ -21,11 +21,11 @@ def get_config():
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.99
-    c.train.steps = 600
+    c.train.steps = 800
     c.train.batch_size = 64
     c.train.log_every = 50
-    c.train.eval_every = 300
-    c.train.ckpt_every = 300
+    c.train.eval_every = 400
+    c.train.ckpt_every = 400
     c.eval.max_examples = 0
     c.sample.num = 40                  # four per class
     return c

@@ -3,6 +3,8 @@
   dul-jax train  --config experiments/configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--debug]
   dul-jax eval   --workdir DIR [--config.KEY=VALUE ...]
   dul-jax sample --workdir DIR [--num N] [--seed S]
+  dul-jax compress   --workdir DIR --input FILE --output FILE   # lossless, with the run's model
+  dul-jax decompress --workdir DIR --input FILE --output FILE
   dul-jax inspect --config experiments/configs/NAME.py [--config.KEY=VALUE ...]
 
 A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
@@ -31,6 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument('--workdir', required=True)
     sample.add_argument('--num', type=int, default=16)
     sample.add_argument('--seed', type=int, default=0)
+    for name, what in (('compress', 'images (.npy) or a file'), ('decompress', 'a compressed file')):
+        coder = sub.add_parser(name, help=f'{name} {what} with the model of a run (exact)')
+        coder.add_argument('--workdir', required=True)
+        coder.add_argument('--input', required=True)
+        coder.add_argument('--output', required=True)
     return p
 
 
@@ -81,6 +88,9 @@ def run(argv: list[str]) -> int:
         if args.num <= 0:
             raise UserError(f'--num must be positive, got {args.num}.')
         loop.sample_command(cfg, args.workdir, args.num, args.seed)
+    elif args.command in ('compress', 'decompress'):
+        from dul_jax import compress
+        compress.command(args.command, cfg, args.workdir, args.input, args.output)
     return 0
 
 

@@ -29,10 +29,12 @@ def layer_norm(dtype: Dtype, name: str | None = None, affine: bool = True) -> nn
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
 
 
-def attention_implementation(dtype) -> str | None:
+def attention_implementation(dtype, length: int) -> str | None:
     """cuDNN's fused (flash) attention on NVIDIA GPUs in 16-bit, which never materialises the
-    T x T scores; XLA's own implementation everywhere else."""
-    if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    T x T scores; XLA's own implementation everywhere else, and for sequence lengths that are not
+    a multiple of 64 (cuDNN refuses some, e.g. MAE's 13 visible tokens)."""
+    if (jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+            and length % 64 == 0):
         return 'cudnn'
     return None
 
@@ -67,8 +69,9 @@ class Attention(nn.Module):
         if self.decode:
             y = self._attend_cached(q, k, v)
         else:
+            implementation = attention_implementation(q.dtype, q.shape[1])
             y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
-                                             implementation=attention_implementation(q.dtype))
+                                             implementation=implementation)
         y = nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
         w_out = self.param('out_kernel', nn.with_logical_partitioning(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=(0, 1), out_axis=2),

@@ -1,0 +1,390 @@
+"""Lossless compression with a trained autoregressive model and range coding (constriction).
+
+  dul-jax compress   --workdir RUN --input X --output Y
+  dul-jax decompress --workdir RUN --input Y --output X
+
+What X is depends on the run in RUN:
+- an image run (task 'pixelcnn', or 'autoregressive' on an image data set): X is a .npy file of a
+  uint8 array (N, H, W, C) of levels in [0, L), with H, W, C and L those of the run's data set
+  (e.g. (N, 28, 28, 1) with values 0/1 for binarized MNIST). Images are coded in raster order.
+- a byte-level text run (task 'autoregressive', data.text_vocab='bytes'): X is any file, coded as
+  raw bytes in windows of data.seq_len (the model's context), each window from the start symbol.
+Class-conditional models are refused: the labels would have to be coded too.
+
+The decoder runs the model on the symbols decoded so far, one position at a time (the PixelCNN on
+its canvas, the Transformer with its KV cache). The encoder runs exactly the same jitted step on
+exactly the same inputs (the true prefix, zeros after it), so the probabilities agree bit for bit
+on the same machine whatever the convolution or attention kernels do with rounding; a parallel
+forward pass would agree only up to float rounding. On the host the float32 logits become
+frequencies deterministically (float64 softmax, floor(p * 2^24), every symbol at least 1, the
+remainder to the most probable symbol), which constriction's range coder turns into bits.
+
+File format (integers big-endian): magic b'DULZ', version u8, kind u8 (1 images, 2 bytes),
+levels u16, precision u8, ndim u8, shape (ndim x u64), sha256 of the model (config + params),
+sha256 of the original data, payload length in 32-bit words (u64), then the payload (little-endian
+uint32 words). Outputs are written to a temporary file and renamed only after success, and
+decompression checks the original's sha256 before writing anything.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+import time
+
+import constriction
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dul_jax.errors import UserError
+
+MAGIC = b'DULZ'
+VERSION = 1
+PRECISION = 24                   # frequency resolution: 2^24, constriction's default for queues
+ROWS = 64                        # images or text windows coded side by side per model call
+KINDS = {'image': 1, 'text': 2}
+_FIXED = struct.Struct('>4sBBHBB')   # magic, version, kind, levels, precision, ndim
+_TAIL = struct.Struct('>32s32sQ')    # model sha256, data sha256, payload words
+
+
+# ---- probabilities -> frequencies -----------------------------------------------------------
+
+def quantize(logits: np.ndarray, precision: int = PRECISION) -> np.ndarray:
+    """(rows, L) float logits -> (rows, L) integer frequencies (as float64) summing to 2^precision.
+
+    Deterministic on the host: float64 softmax, floor(p * 2^precision), at least 1 per symbol
+    (every symbol stays codable), and the remainder added to each row's most probable symbol.
+    """
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    freqs = np.maximum(np.floor(p * 2.0 ** precision), 1.0)
+    rows = np.arange(freqs.shape[0])
+    freqs[rows, freqs.argmax(axis=-1)] += 2.0 ** precision - freqs.sum(axis=-1)
+    return freqs
+
+
+# ---- the model, one position at a time -------------------------------------------------------
+
+class PixelStepper:
+    """A PixelCNN run on the canvas of symbols so far (zeros after them), once per position."""
+
+    def __init__(self, task, params):
+        shape = tuple(task.spec.shape)
+        self.task, self.length, self.params = task, task.dims, params
+        self._logits = jax.jit(lambda p, flat, t: task.position_logits(
+            p, flat.reshape((flat.shape[0],) + shape), t))
+        self._write = jax.jit(lambda flat, t, symbols: flat.at[:, t].set(symbols))
+
+    def start(self, rows):
+        return jnp.zeros((rows, self.length), jnp.int32), 0
+
+    def next(self, state):
+        canvas, t = state
+        return state, self._logits(self.params, canvas, t)
+
+    def feed(self, state, symbols):
+        canvas, t = state
+        return self._write(canvas, t, jnp.asarray(symbols, jnp.int32)), t + 1
+
+
+class CachedStepper:
+    """A GPT in decode mode: one token per call, keys and values kept in its cache."""
+
+    def __init__(self, task, params):
+        self.model = task.model.clone(decode=True)
+        self.task, self.length, self.params = task, task.length, params
+        self._step = jax.jit(lambda p, cache, tokens: self.model.apply(
+            {'params': p, 'cache': cache}, tokens[:, None], None, mutable=['cache']))
+
+    def start(self, rows):
+        dummy = jnp.zeros((rows, self.length), jnp.int32)
+        shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), dummy, None))
+        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+        return cache, jnp.full((rows,), self.model.bos, jnp.int32)
+
+    def next(self, state):
+        logits, updated = self._step(self.params, *state)
+        return (updated['cache'], state[1]), logits[:, 0]
+
+    def feed(self, state, symbols):
+        return state[0], jnp.asarray(symbols, jnp.int32)
+
+
+# ---- the run's model -------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Codec:
+    kind: str              # 'image' or 'text'
+    spec: object           # the run's DataSpec
+    fingerprint: bytes     # sha256 of the model config and parameters
+    stepper: object
+
+    @property
+    def levels(self) -> int:
+        return self.spec.num_levels
+
+
+def model_fingerprint(cfg, params) -> bytes:
+    """sha256 of what determines the probabilities: task, model and data config, and params."""
+    h = hashlib.sha256()
+    described = {'task': cfg.task, 'model': cfg.model.to_dict(),
+                 'data': {k: cfg.data.get(k) for k in ('name', 'seq_len', 'text_vocab')}}
+    h.update(json.dumps(described, sort_keys=True, default=list).encode())
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        a = np.ascontiguousarray(leaf)
+        h.update(f'{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape}'.encode())
+        h.update(a.tobytes())
+    return h.digest()
+
+
+def load_codec(cfg, workdir: str, ema: bool = True) -> Codec:
+    """The coder of the run in `workdir`: its latest checkpoint on one device, with the EMA
+    params where the run keeps them (ema=False: the raw params, e.g. of a run too short for the
+    EMA to have warmed up)."""
+    from dul_jax.train.checkpoint import restore_state
+    from dul_jax.train.loop import eval_params
+    from dul_jax.train.setup import prepare
+    cfg = cfg.copy_and_resolve_references()
+    cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
+    cfg.train.batch_size = cfg.eval.batch_size = 1   # any size divides one device
+    setup = prepare(cfg, devices=jax.devices()[:1])
+    state = restore_state(os.path.join(workdir, 'checkpoints'), setup.abstract_state())
+    params = eval_params(state) if ema else state.params
+    return make_codec(cfg, setup.task, jax.device_get(params), workdir)
+
+
+def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
+    """The coder of `task` (built from `cfg`) with `params` (host arrays)."""
+    spec = task.spec
+    if cfg.model.get('class_conditional', False):
+        raise UserError(f'the run in {workdir} is class-conditional, and compression would need '
+                        'the labels too; use the --workdir of an unconditional run.')
+    if task.name == 'pixelcnn':
+        stepper = PixelStepper(task, params)
+    elif task.name == 'autoregressive':
+        if spec.kind == 'text' and spec.vocab is not None:
+            raise UserError(f'the run in {workdir} models characters, but files are coded as '
+                            "bytes; use a run trained with --config.data.text_vocab=bytes.")
+        stepper = CachedStepper(task, params)
+    else:
+        raise UserError(f'task "{task.name}" of the run in {workdir} gives no exact likelihood '
+                        'to code with; use a "pixelcnn" or "autoregressive" run.')
+    return Codec(spec.kind, spec, model_fingerprint(cfg, params), stepper)
+
+
+# ---- coding rows of symbols -------------------------------------------------------------------
+
+def _chunks(num_rows: int):
+    """(start, stop, rows per model call): the same on both sides, from the header alone."""
+    width = max(min(num_rows, ROWS), 1)
+    return [(s, min(s + width, num_rows), width) for s in range(0, num_rows, width)]
+
+
+def encode_rows(stepper, symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, float]:
+    """Range-code row r's first lengths[r] symbols; returns (uint32 words, ideal bits under the
+    quantized model). Rows are coded side by side, position by position."""
+    encoder = constriction.stream.queue.RangeEncoder()
+    family = constriction.stream.model.Categorical(perfect=False)
+    ideal_bits = 0.0
+    for start, stop, width in _chunks(len(symbols)):
+        block = np.zeros((width, symbols.shape[1]), np.int32)
+        block[:stop - start] = symbols[start:stop]
+        block_lengths = np.zeros(width, np.int64)
+        block_lengths[:stop - start] = lengths[start:stop]
+        state, pending = stepper.start(width), []
+        for t in range(int(block_lengths.max())):
+            state, logits = stepper.next(state)
+            pending.append(logits)             # fetched later: the device runs ahead
+            state = stepper.feed(state, block[:, t])
+        for t, logits in enumerate(pending):
+            active = block_lengths > t
+            freqs = quantize(np.asarray(logits)[active])
+            coded = block[active, t]
+            encoder.encode(coded, family, freqs / 2.0 ** PRECISION)
+            ideal_bits += float(np.sum(PRECISION - np.log2(freqs[np.arange(len(coded)), coded])))
+    return encoder.get_compressed(), ideal_bits
+
+
+def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
+    """The inverse of encode_rows: (rows, width) symbols (zeros past each row's length)."""
+    decoder = constriction.stream.queue.RangeDecoder(words)
+    family = constriction.stream.model.Categorical(perfect=False)
+    out = np.zeros((len(lengths), width), np.int32)
+    for start, stop, rows in _chunks(len(lengths)):
+        block_lengths = np.zeros(rows, np.int64)
+        block_lengths[:stop - start] = lengths[start:stop]
+        state = stepper.start(rows)
+        for t in range(int(block_lengths.max())):
+            state, logits = stepper.next(state)
+            active = block_lengths > t
+            freqs = quantize(np.asarray(logits)[active])
+            symbols = np.zeros(rows, np.int32)
+            symbols[active] = decoder.decode(family, freqs / 2.0 ** PRECISION)
+            out[start:stop, t] = symbols[:stop - start]
+            state = stepper.feed(state, symbols)
+    return out
+
+
+# ---- data <-> rows of symbols -------------------------------------------------------------------
+
+def _read_images(path: str, spec) -> np.ndarray:
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f'{path} is not a readable .npy file ({e}); pass a uint8 array saved '
+                        'with numpy.save.') from None
+    want = (spec.num_levels, tuple(spec.shape))
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want[1]:
+        raise UserError(f'{path} holds a {images.dtype} array of shape {images.shape}, but this '
+                        f'model codes uint8 images (N, {", ".join(map(str, want[1]))}); convert '
+                        'the input to that shape and dtype.')
+    if images.size and int(images.max()) >= spec.num_levels:
+        raise UserError(f'{path} has pixel value {int(images.max())}, but this model codes '
+                        f'levels 0..{spec.num_levels - 1}; quantize the images to '
+                        f'{spec.num_levels} levels first.')
+    return images
+
+
+def _to_rows(codec: Codec, data) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols (rows, width), lengths (rows,)) in coding order."""
+    if codec.kind == 'image':
+        rows = data.reshape(data.shape[0], -1).astype(np.int32)
+        return rows, np.full(len(rows), rows.shape[1], np.int64)
+    window = codec.stepper.length
+    num = -(-len(data) // window)
+    rows = np.zeros((num, window), np.int32)
+    flat = np.frombuffer(data, np.uint8)
+    rows.reshape(-1)[:len(flat)] = flat
+    lengths = np.clip(len(flat) - np.arange(num) * window, 0, window)
+    return rows, lengths
+
+
+def _digest(codec: Codec, data) -> bytes:
+    return hashlib.sha256(data.tobytes() if codec.kind == 'image' else data).digest()
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+def _write_atomically(path: str, payload: bytes) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UserError(f'--output {path} is a folder; pass a file name.')
+    if not os.path.isdir(folder):
+        raise UserError(f'the folder of --output {path} does not exist; create it first.')
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _header(codec: Codec, shape: tuple[int, ...], digest: bytes, words: int) -> bytes:
+    fixed = _FIXED.pack(MAGIC, VERSION, KINDS[codec.kind], codec.levels, PRECISION, len(shape))
+    return (fixed + struct.pack(f'>{len(shape)}Q', *shape)
+            + _TAIL.pack(codec.fingerprint, digest, words))
+
+
+def _parse(blob: bytes, path: str, codec: Codec):
+    """(shape, data sha256, payload words) from a compressed file, or one UserError sentence."""
+    if len(blob) < _FIXED.size or blob[:4] != MAGIC:
+        raise UserError(f'{path} is not a file written by `dul-jax compress`; pass one that is.')
+    _, version, kind, levels, precision, ndim = _FIXED.unpack_from(blob)
+    if version != VERSION:
+        raise UserError(f'{path} has format version {version}, but this dul-jax reads version '
+                        f'{VERSION}; decompress it with the dul-jax that wrote it.')
+    end = _FIXED.size + 8 * ndim + _TAIL.size
+    if len(blob) < end:
+        raise UserError(f'{path} is truncated (its header is incomplete); use the complete file.')
+    shape = struct.unpack_from(f'>{ndim}Q', blob, _FIXED.size)
+    model, digest, num_words = _TAIL.unpack_from(blob, _FIXED.size + 8 * ndim)
+    if model != codec.fingerprint or kind != KINDS[codec.kind] or levels != codec.levels \
+            or precision != PRECISION:
+        raise UserError(f'{path} was compressed with a different model or checkpoint than the '
+                        'run in --workdir; pass the --workdir it was compressed with.')
+    if len(blob) != end + 4 * num_words:
+        raise UserError(f'{path} has {len(blob) - end} payload bytes where its header says '
+                        f'{4 * num_words}: it is truncated or damaged; use the complete file.')
+    words = np.frombuffer(blob, dtype='<u4', offset=end).astype(np.uint32)
+    return shape, digest, words
+
+
+def compress_file(codec: Codec, input_path: str, output_path: str) -> dict:
+    """Compress `input_path` to `output_path`; returns sizes, ideal bits and seconds."""
+    if not os.path.isfile(input_path):
+        raise UserError(f'--input {input_path} does not exist; pass an existing file.')
+    start = time.perf_counter()
+    if codec.kind == 'image':
+        data = _read_images(input_path, codec.spec)
+        shape = data.shape
+    else:
+        with open(input_path, 'rb') as f:
+            data = f.read()
+        shape = (len(data),)
+    rows, lengths = _to_rows(codec, data)
+    words, ideal_bits = encode_rows(codec.stepper, rows, lengths)
+    header = _header(codec, shape, _digest(codec, data), len(words))
+    _write_atomically(output_path, header + words.astype('<u4').tobytes())
+    return {'symbols': int(lengths.sum()), 'input_bytes': os.path.getsize(input_path),
+            'header_bytes': len(header), 'payload_bytes': 4 * len(words),
+            'ideal_bits': ideal_bits, 'seconds': time.perf_counter() - start}
+
+
+def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
+    """Decompress `input_path` to `output_path` (written only if the checksum matches)."""
+    if not os.path.isfile(input_path):
+        raise UserError(f'--input {input_path} does not exist; pass an existing file.')
+    start = time.perf_counter()
+    with open(input_path, 'rb') as f:
+        blob = f.read()
+    shape, digest, words = _parse(blob, input_path, codec)
+    if codec.kind == 'image':
+        lengths = np.full(shape[0], codec.stepper.length, np.int64)
+    else:
+        window = codec.stepper.length
+        lengths = np.clip(shape[0] - np.arange(-(-shape[0] // window)) * window, 0, window)
+    try:
+        rows = decode_rows(codec.stepper, words, lengths, codec.stepper.length)
+    except (ValueError, RuntimeError) as e:   # constriction refuses some damaged payloads
+        raise UserError(f'{input_path} could not be decoded ({e}); it is damaged.') from None
+    if codec.kind == 'image':
+        data = rows.astype(np.uint8).reshape(shape)
+        buffer = io.BytesIO()
+        np.save(buffer, data)
+        payload = buffer.getvalue()
+    else:
+        data = payload = rows.astype(np.uint8).reshape(-1)[:shape[0]].tobytes()
+    if _digest(codec, data) != digest:
+        raise UserError(f'{input_path} decodes to data whose sha256 differs from the original\'s:'
+                        ' it is damaged (nothing was written); use an intact file.')
+    _write_atomically(output_path, payload)
+    return {'symbols': int(lengths.sum()), 'output_bytes': len(payload),
+            'seconds': time.perf_counter() - start}
+
+
+def command(name: str, cfg, workdir: str, input_path: str, output_path: str) -> dict:
+    """`dul-jax compress` / `decompress`: code one file and print one line about it."""
+    if os.path.abspath(input_path) == os.path.abspath(output_path):
+        raise UserError('--input and --output are the same file; write the output elsewhere.')
+    codec = load_codec(cfg, workdir)
+    if name == 'compress':
+        r = compress_file(codec, input_path, output_path)
+        total = r['header_bytes'] + r['payload_bytes']
+        unit = 'dim' if codec.kind == 'image' else 'byte'
+        per = max(r['symbols'], 1)
+        print(f'{input_path} ({r["input_bytes"]:,} bytes, {r["symbols"]:,} symbols) -> '
+              f'{output_path}: {total:,} bytes ({r["header_bytes"]} header), '
+              f'{8 * r["payload_bytes"] / per:.4f} bits/{unit} coded vs '
+              f'{r["ideal_bits"] / per:.4f} under the model, {r["seconds"]:.1f}s')
+    else:
+        r = decompress_file(codec, input_path, output_path)
+        print(f'{input_path} -> {output_path}: {r["output_bytes"]:,} bytes, {r["symbols"]:,} '
+              f'symbols, checksum verified, {r["seconds"]:.1f}s')
+    return r

@@ -1,0 +1,222 @@
+"""Gaussian diffusion: noise schedules, forward noising, prediction targets, losses and the bound.
+
+Notation (Ho et al. 2020, "DDPM"): data x_0 in [-1, 1]; x_t = a_t x_0 + s_t eps with
+a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_bar_t), eps ~ N(0, I); SNR_t = a_t^2 / s_t^2 and
+log-SNR = log(alpha_bar / (1 - alpha_bar)). Discrete schedules index t = 0..T with alpha_bar_0 = 1
+(clean data); continuous schedules take t in [0, 1]. Every loss and KL here is in nats;
+`bits_per_dim` in likelihood.py converts.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCHEDULES = ('linear', 'cosine')
+PREDICTIONS = ('eps', 'v', 'x0')
+WEIGHTINGS = ('eps', 'x0', 'v', 'min_snr_gamma')
+
+# DDPM's linear betas for T = 1000; other T scale them by 1000 / T (Nichol & Dhariwal 2021), so
+# the total noise, and hence alpha_bar at the end, stays about the same.
+LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02
+COSINE_OFFSET = 0.008   # s in f(t) = cos^2((t + s) / (1 + s) * pi / 2)
+MAX_BETA = 0.999        # cosine betas are clipped here, so the last step is not a singularity
+
+
+# ---- schedules ----------------------------------------------------------------------------------
+
+def _cosine_f(t):
+    return np.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * np.pi / 2) ** 2
+
+
+def discrete_alpha_bars(schedule: str, num_steps: int) -> np.ndarray:
+    """alpha_bar_t for t = 0..T as float64, shape (T + 1,), alpha_bar_0 = 1, decreasing.
+
+    linear: beta_t evenly spaced from 1e-4 to 0.02 (times 1000 / T), alpha_bar_t = prod(1 - beta).
+    cosine: alpha_bar_t = f(t / T) / f(0), with beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}.
+    Both clip beta_t at 0.999.
+    """
+    if schedule == 'linear':
+        scale = 1000.0 / num_steps
+        betas = np.minimum(np.linspace(LINEAR_BETA_START * scale, LINEAR_BETA_END * scale,
+                                       num_steps), MAX_BETA)  # T < 20 would reach beta > 1
+    elif schedule == 'cosine':
+        f = _cosine_f(np.arange(num_steps + 1, dtype=np.float64) / num_steps)
+        betas = np.minimum(1.0 - f[1:] / f[:-1], MAX_BETA)
+    else:
+        raise ValueError(f'unknown schedule {schedule!r}; use one of {SCHEDULES}')
+    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+
+
+# Continuous linear schedule: the VP-SDE with beta(t) = b0 + (b1 - b0) t (Song et al. 2021), the
+# T -> infinity limit of DDPM's linear betas (b0 = 1000 * 1e-4, b1 = 1000 * 0.02).
+_B0, _B1 = 0.1, 20.0
+
+
+def alpha_bar(schedule: str, t: jax.Array) -> jax.Array:
+    """alpha_bar(t) for t in [0, 1]: 1 at t = 0, decreasing to about 0 at t = 1.
+
+    linear: exp(-(b0 t + (b1 - b0) t^2 / 2)), b0 = 0.1, b1 = 20.
+    cosine: f(t) / f(0), f(t) = cos^2((t + s) / (1 + s) * pi / 2), s = 0.008 (exactly 0 at t = 1).
+    """
+    t = jnp.asarray(t, jnp.float32)
+    if schedule == 'linear':
+        return jnp.exp(-(_B0 * t + 0.5 * (_B1 - _B0) * t ** 2))
+    if schedule == 'cosine':
+        f = lambda u: jnp.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * jnp.pi / 2) ** 2
+        return f(t) / f(0.0)
+    raise ValueError(f'unknown schedule {schedule!r}; use one of {SCHEDULES}')
+
+
+def log_snr(schedule: str, t: jax.Array) -> jax.Array:
+    """log(alpha_bar / (1 - alpha_bar)) at t in [0, 1] (+inf at t = 0, falling with t).
+
+    linear: -log(expm1(b0 t + (b1 - b0) t^2 / 2)), which stays accurate where alpha_bar ~ 1;
+    cosine: log(alpha_bar) - log1p(-alpha_bar).
+    """
+    t = jnp.asarray(t, jnp.float32)
+    if schedule == 'linear':
+        return -jnp.log(jnp.expm1(_B0 * t + 0.5 * (_B1 - _B0) * t ** 2))
+    ab = alpha_bar(schedule, t)
+    return jnp.log(ab) - jnp.log1p(-ab)
+
+
+def snr_from_alpha_bar(ab):
+    return ab / (1.0 - ab)
+
+
+# ---- forward process and parameterisations -----------------------------------------------------
+
+def q_sample(x0: jax.Array, ab: jax.Array, eps: jax.Array) -> jax.Array:
+    """x_t = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps; `ab` broadcasts against x0 (e.g. (B,
+    1, 1, 1))."""
+    return jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * eps
+
+
+def target(prediction: str, x0, eps, ab):
+    """What a network trained with `prediction` regresses: eps, x_0, or v = a eps - s x_0."""
+    if prediction == 'eps':
+        return eps
+    if prediction == 'x0':
+        return x0
+    if prediction == 'v':
+        return jnp.sqrt(ab) * eps - jnp.sqrt(1.0 - ab) * x0
+    raise ValueError(f'unknown prediction {prediction!r}; use one of {PREDICTIONS}')
+
+
+def to_x0_eps(prediction: str, output, x_t, ab):
+    """(x_0, eps) implied by a network output in the `prediction` parameterisation at x_t.
+
+    eps: x_0 = (x_t - s eps) / a.  x0: eps = (x_t - a x_0) / s.  v: x_0 = a x_t - s v,
+    eps = s x_t + a v (since a^2 + s^2 = 1).
+    """
+    a, s = jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
+    if prediction == 'eps':
+        return (x_t - s * output) / a, output
+    if prediction == 'x0':
+        return output, (x_t - a * output) / s
+    if prediction == 'v':
+        return a * x_t - s * output, s * x_t + a * output
+    raise ValueError(f'unknown prediction {prediction!r}; use one of {PREDICTIONS}')
+
+
+def eps_from_x0(x0, x_t, ab):
+    return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+
+
+# ---- training loss ------------------------------------------------------------------------------
+
+def x0_weight(weighting: str, snr, gamma: float = 5.0):
+    """The weight w(t) of the loss w(t) ||x_0 - x0_hat||^2 (nats-free; per element).
+
+    Since ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||...||^2:
+      'eps': w = SNR           the unweighted eps-MSE, DDPM's L_simple (uniform in eps space)
+      'x0':  w = 1             the unweighted x_0-MSE (the eps-MSE weighted by 1 / SNR)
+      'v':   w = SNR + 1       the unweighted v-MSE (Salimans & Ho 2022)
+      'min_snr_gamma': w = min(SNR, gamma)   Hang et al. 2023: the eps-MSE, capped at high SNR
+    """
+    if weighting == 'eps':
+        return snr
+    if weighting == 'x0':
+        return jnp.ones_like(snr)
+    if weighting == 'v':
+        return snr + 1.0
+    if weighting == 'min_snr_gamma':
+        return jnp.minimum(snr, gamma)
+    raise ValueError(f'unknown weighting {weighting!r}; use one of {WEIGHTINGS}')
+
+
+def loss_weight(weighting: str, prediction: str, snr, gamma: float = 5.0):
+    """The factor on the MSE in the network's own output space that gives `x0_weight`.
+
+    Computed in the output space (not by converting to x_0), because recovering x0_hat from
+    eps_hat divides by a tiny sqrt(alpha_bar) near t = T and loses float32 precision.
+    """
+    if weighting == prediction:
+        return jnp.ones_like(snr)
+    native = {'eps': snr, 'x0': jnp.ones_like(snr), 'v': snr + 1.0}[prediction]
+    if weighting == 'min_snr_gamma' and prediction == 'eps':
+        return jnp.minimum(1.0, gamma / snr)  # min(SNR, gamma) / SNR, finite at SNR = 0
+    return x0_weight(weighting, snr, gamma) / native
+
+
+def diffusion_loss(output, x0, eps, ab, prediction: str, weighting: str, gamma: float = 5.0):
+    """Per-example weighted MSE, shape (B,): loss_weight * mean over pixels (output - target)^2.
+
+    x0, eps, output: (B, H, W, C); ab: (B,) alpha_bar at each example's t.
+    """
+    ab4 = ab.reshape((-1,) + (1,) * (x0.ndim - 1))
+    err = (output.astype(jnp.float32) - target(prediction, x0, eps, ab4)) ** 2
+    mse = err.reshape(err.shape[0], -1).mean(axis=-1)
+    return loss_weight(weighting, prediction, snr_from_alpha_bar(ab), gamma) * mse
+
+
+# ---- the reverse process and the variational bound ---------------------------------------------
+
+def posterior(x0, x_t, ab_t, ab_prev):
+    """Mean and variance of q(x_{t-1} | x_t, x_0) (DDPM eq. 6-7), with beta_t = 1 - ab_t / ab_prev:
+
+    mean = sqrt(ab_prev) beta_t / (1 - ab_t) x_0 + sqrt(1 - beta_t) (1 - ab_prev) / (1 - ab_t) x_t
+    var  = beta_t (1 - ab_prev) / (1 - ab_t)
+    `ab_prev` may be any earlier alpha_bar (a skipped step, as in DDIM), which keeps it exact.
+    """
+    beta = 1.0 - ab_t / ab_prev
+    mean = (jnp.sqrt(ab_prev) * beta / (1.0 - ab_t)) * x0 \
+        + (jnp.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)) * x_t
+    return mean, beta * (1.0 - ab_prev) / (1.0 - ab_t)
+
+
+def gaussian_kl(mean1, var1, mean2, var2):
+    """KL(N(mean1, var1) || N(mean2, var2)) per element, in nats:
+    0.5 * (log(var2 / var1) + (var1 + (mean1 - mean2)^2) / var2 - 1)."""
+    return 0.5 * (jnp.log(var2) - jnp.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+
+
+def levels_to_unit(levels, num_levels: int):
+    """Integer levels 0..K-1 to evenly spaced values in [-1, 1]: 2 k / (K - 1) - 1."""
+    return levels.astype(jnp.float32) * (2.0 / (num_levels - 1)) - 1.0
+
+
+def discretized_gaussian_nll(x, mean, std, num_levels: int):
+    """-log P(x) per element, in nats, where x in [-1, 1] lies on the grid of `num_levels` values
+    and P is the mass N(mean, std^2) puts on x's bin, [x - d, x + d] with d = 1 / (K - 1), the two
+    end bins reaching to -inf and +inf (DDPM's decoder L_0, for any number of levels)."""
+    half = 1.0 / (num_levels - 1)
+    upper = (x + half - mean) / std
+    lower = (x - half - mean) / std
+    log_cdf_upper = jax.scipy.special.log_ndtr(upper)          # log P(z < upper)
+    log_sf_lower = jax.scipy.special.log_ndtr(-lower)           # log P(z > lower)
+    # log(Phi(upper) - Phi(lower)), computed from the side where it does not cancel
+    mid = jnp.where(lower > 0,
+                    log_sf_lower + _log1mexp(jax.scipy.special.log_ndtr(-upper) - log_sf_lower),
+                    log_cdf_upper + _log1mexp(jax.scipy.special.log_ndtr(lower) - log_cdf_upper))
+    logp = jnp.where(x < -1.0 + half, log_cdf_upper,
+                     jnp.where(x > 1.0 - half, log_sf_lower, mid))
+    return -logp
+
+
+def _log1mexp(a):
+    """log(1 - exp(a)) for a <= 0, stable on both sides of -log 2."""
+    a = jnp.minimum(a, -1e-30)
+    return jnp.where(a > -math.log(2.0), jnp.log(-jnp.expm1(a)), jnp.log1p(-jnp.exp(a)))

@@ -1,0 +1,1 @@
+"""Sample-quality metrics: Frechet distance and k-NN precision/recall on classifier features."""

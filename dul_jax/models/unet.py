@@ -1,0 +1,133 @@
+"""The DDPM U-Net (Ho et al. 2020): residual blocks with GroupNorm, conditioned on the noise level
+and class, self-attention at low resolutions, and skip connections from the down to the up path.
+
+Images are (B, H, W, C) with H and W divisible by 2^(len(channel_mults) - 1). Attention is the
+shared transformer Attention over the H*W positions of a feature map.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from dul_jax.models.embeddings import TimeClassEmbed
+from dul_jax.models.transformer import Attention, dense_init
+
+ACTIVATION = ('batch', 'height', 'width', 'channels')
+
+
+def conv(features: int, name: str, stride: int = 1, kernel: int = 3, dtype: Any = jnp.float32,
+         names: tuple = ('height', 'width', 'conv_in', 'conv_out'), zero: bool = False) -> nn.Conv:
+    init = nn.initializers.zeros if zero else nn.initializers.variance_scaling(
+        1.0, 'fan_in', 'normal')
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
+                   dtype=dtype, name=name, kernel_init=nn.with_logical_partitioning(init, names),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
+
+
+def group_norm(groups: int, name: str, dtype: Any) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=groups, dtype=dtype, name=name,
+                        scale_init=nn.with_logical_partitioning(nn.initializers.ones,
+                                                                ('channels',)),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ('channels',)))
+
+
+class ResBlock(nn.Module):
+    """x + conv(drop(act(gn(conv(act(gn(x))) + dense(emb))))), a 1x1 conv on the skip when the
+    width changes; the last conv starts at zero, so a new block starts as the identity."""
+    features: int
+    groups: int
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, emb, deterministic=True):
+        h = conv(self.features, 'conv_0', dtype=self.dtype)(
+            nn.silu(group_norm(self.groups, 'norm_0', self.dtype)(x)))
+        h = h + nn.Dense(self.features, dtype=self.dtype, name='emb_proj',
+                         kernel_init=dense_init(('embed', 'conv_out')),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                ('conv_out',)))(
+            nn.silu(emb))[:, None, None, :]
+        h = nn.silu(group_norm(self.groups, 'norm_1', self.dtype)(h))
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = conv(self.features, 'conv_1', dtype=self.dtype, zero=True)(h)
+        if x.shape[-1] != self.features:
+            x = conv(self.features, 'skip', kernel=1, dtype=self.dtype)(x)
+        return nn.with_logical_constraint(x + h, ACTIVATION)
+
+
+class AttnBlock(nn.Module):
+    """x + attention(gn(x)) over the H*W positions (non-causal, shared Attention module)."""
+    num_heads: int
+    groups: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        tokens = group_norm(self.groups, 'norm', self.dtype)(x).reshape(b, h * w, c)
+        tokens = nn.with_logical_constraint(tokens, ('batch', 'length', 'embed'))
+        out = Attention(self.num_heads, causal=False, dtype=self.dtype, name='attn')(tokens)
+        return nn.with_logical_constraint(x + out.reshape(b, h, w, c), ACTIVATION)
+
+
+class UNet(nn.Module):
+    """(x_t (B, H, W, C), t (B,), labels (B,) or None) -> (B, H, W, C) float32 prediction.
+
+    `channel_mults[i]` * `channels` is the width at resolution H / 2^i; `attn_resolutions` are the
+    feature-map heights that get self-attention. With num_classes > 0 the label `num_classes`
+    is the null class (classifier-free guidance).
+    """
+    channels: int = 64
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (8,)
+    num_heads: int = 4
+    groups: int = 8
+    num_classes: int = 0
+    dropout: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, t, labels=None, deterministic=True):
+        out_channels = x.shape[-1]
+        emb = TimeClassEmbed(4 * self.channels, self.num_classes, freq_dim=self.channels,
+                             dtype=self.dtype, name='embed')(t, labels)
+        res = lambda f, name: ResBlock(f, self.groups, self.dropout, self.dtype, name=name)
+        attn = lambda name: AttnBlock(self.num_heads, self.groups, self.dtype, name=name)
+
+        h = conv(self.channels, 'conv_in', dtype=self.dtype,
+                 names=('height', 'width', 'channels', 'conv_out'))(x.astype(self.dtype))
+        skips = [h]
+        for level, mult in enumerate(self.channel_mults):
+            for i in range(self.num_res_blocks):
+                h = res(mult * self.channels, f'down_{level}_res_{i}')(h, emb, deterministic)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(f'down_{level}_attn_{i}')(h)
+                skips.append(h)
+            if level < len(self.channel_mults) - 1:
+                h = conv(h.shape[-1], f'down_{level}_sample', stride=2, dtype=self.dtype)(h)
+                skips.append(h)
+
+        h = res(h.shape[-1], 'mid_res_0')(h, emb, deterministic)
+        h = attn('mid_attn')(h)
+        h = res(h.shape[-1], 'mid_res_1')(h, emb, deterministic)
+
+        for level, mult in reversed(list(enumerate(self.channel_mults))):
+            for i in range(self.num_res_blocks + 1):
+                h = jnp.concatenate([h, skips.pop()], axis=-1)
+                h = res(mult * self.channels, f'up_{level}_res_{i}')(h, emb, deterministic)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(f'up_{level}_attn_{i}')(h)
+            if level > 0:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
+                h = conv(h.shape[-1], f'up_{level}_sample', dtype=self.dtype)(h)
+        assert not skips
+
+        h = nn.silu(group_norm(self.groups, 'norm_out', self.dtype)(h))
+        out = conv(out_channels, 'conv_out', dtype=self.dtype, zero=True,
+                   names=('height', 'width', 'conv_in', 'channels'))(h)
+        return nn.with_logical_constraint(out.astype(jnp.float32), ACTIVATION)
+

@@ -1,0 +1,406 @@
+"""Denoising diffusion (DDPM / DDIM) on images, with a U-Net or a DiT and classifier-free guidance.
+
+Pixels (levels 0..K-1) become values in [-1, 1], padded with -1 to `model.image_size` if asked.
+Training draws t uniformly from 1..T, noises x_0 to x_t and regresses the configured target
+(eps, v or x_0) with the configured weighting; labels are replaced by the null class with
+probability `model.label_dropout`, so one network is both conditional and unconditional.
+Sampling (from EMA params) runs DDPM ancestral or DDIM steps in one jitted `lax` loop; the end of
+training also reports the variational bound in bits/dim on `eval.vlb_examples` test images.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dul_jax import data, images
+from dul_jax.config import base_config, check
+from dul_jax.losses import diffusion as dl
+from dul_jax.losses.likelihood import bits_per_dim
+from dul_jax.models.dit import DiT
+from dul_jax.models.unet import UNet
+from dul_jax.tasks.base import Task, register
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+SAMPLERS = ('ddpm', 'ddim')
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.kind = 'unet'               # 'unet' or 'dit'
+    m.schedule = 'cosine'         # 'linear' or 'cosine'
+    m.num_steps = 1000            # T
+    m.prediction = 'eps'          # what the network outputs: 'eps', 'v' or 'x0'
+    m.weighting = 'eps'           # loss weighting: 'eps' (L_simple), 'x0', 'v', 'min_snr_gamma'
+    m.snr_gamma = 5.0             # gamma of 'min_snr_gamma'
+    m.class_conditional = True
+    m.label_dropout = 0.1         # P(label -> null class) in training: classifier-free guidance
+    m.image_size = 0              # pad images with background to this size; 0: the data's size
+    m.dropout = 0.0
+    m.dtype = 'float32'           # compute dtype; params stay float32
+    m.num_heads = 4
+    # U-Net
+    m.channels = 64
+    m.channel_mults = (1, 2, 2)
+    m.num_res_blocks = 2
+    m.attn_resolutions = (8,)     # feature-map heights with self-attention
+    m.groups = 8                  # GroupNorm groups
+    # DiT
+    m.patch = 2
+    m.embed_dim = 128
+    m.num_layers = 4
+    m.mlp_dim = 512
+    m.remat = 'none'
+    return m
+
+
+def diffusion_config() -> ml_collections.ConfigDict:
+    """base_config() with the diffusion task's model, sampling and evaluation keys."""
+    c = base_config()
+    c.task = 'diffusion'
+    c.model = default_model_config()
+    c.optim.ema_decay = 0.999
+    c.sample.sampler = 'ddim'         # 'ddim' (eta below) or 'ddpm' (ancestral)
+    c.sample.steps = 100              # sampling steps on an even grid of 1..T; 0: all T
+    c.sample.eta = 0.0                # DDIM noise: 0 deterministic, 1 = DDPM's posterior noise
+    c.sample.guidance = 1.0           # classifier-free guidance scale (1: plain conditional)
+    c.sample.guidance_sweep = ()      # scales for an extra grid: rows = scales, columns = classes
+    c.sample.clip_x0 = True           # clip predicted x_0 to [-1, 1] at every step
+    c.eval.vlb_examples = 256         # test images for the bound in bits/dim (0: skip it)
+    return c
+
+
+def guided_output(apply_fn, x, t, labels, null_class: int, scale):
+    """Classifier-free guidance: uncond + scale * (cond - uncond), both from one batched call.
+
+    Scale 0 is the unconditional prediction, 1 the conditional one. Linear in the output, so it
+    is the same in eps, v or x_0 space."""
+    both = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+                    jnp.concatenate([labels, jnp.full_like(labels, null_class)]))
+    cond, uncond = jnp.split(both, 2)
+    return uncond + scale * (cond - uncond)
+
+
+def step_grid(num_steps: int, steps: int) -> np.ndarray:
+    """`steps` + 1 evenly spaced integers from 0 to T (all of 0..T when steps = T)."""
+    return np.round(np.linspace(0, num_steps, steps + 1)).astype(np.int32)
+
+
+@register('diffusion')
+class DiffusionTask(Task):
+
+    def __init__(self, cfg, spec):
+        super().__init__(cfg, spec)
+        m = cfg.model
+        self.height, self.width, self.channels = spec.shape
+        self.size = int(m.image_size) or max(self.height, self.width)
+        self.conditional = bool(m.class_conditional) and spec.num_classes > 0
+        self.null_class = spec.num_classes
+        self.num_steps = int(m.num_steps)
+        self.alpha_bars = dl.discrete_alpha_bars(m.schedule, self.num_steps) \
+            if m.schedule in dl.SCHEDULES and self.num_steps > 0 else None
+        common = {'num_heads': m.num_heads, 'dropout': m.dropout,
+                  'num_classes': spec.num_classes if self.conditional else 0,
+                  'dtype': DTYPES.get(m.dtype, jnp.float32)}
+        if m.kind == 'dit':
+            self.model = DiT(patch=m.patch, embed_dim=m.embed_dim, num_layers=m.num_layers,
+                             mlp_dim=m.mlp_dim, remat=m.remat, **common)
+        else:
+            self.model = UNet(channels=m.channels, channel_mults=tuple(m.channel_mults),
+                              num_res_blocks=m.num_res_blocks,
+                              attn_resolutions=tuple(m.attn_resolutions), groups=m.groups,
+                              **common)
+
+    def validate(self):
+        m, s = self.cfg.model, self.cfg.sample
+        check(self.spec.kind == 'image', f'the diffusion task needs an image data set, but '
+              f'"{self.spec.name}" is {self.spec.kind}; set --config.data.name to one.')
+        for key, allowed in (('kind', ('unet', 'dit')), ('schedule', dl.SCHEDULES),
+                             ('prediction', dl.PREDICTIONS), ('weighting', dl.WEIGHTINGS),
+                             ('dtype', tuple(DTYPES))):
+            check(m[key] in allowed, f'model.{key} must be one of {", ".join(allowed)}, '
+                                     f'got "{m[key]}".')
+        check(m.num_steps >= 2, f'model.num_steps must be at least 2, got {m.num_steps}.')
+        check(0.0 <= m.label_dropout < 1.0,
+              f'model.label_dropout must be in [0, 1), got {m.label_dropout}.')
+        check(not m.class_conditional or self.spec.num_classes > 0,
+              f'model.class_conditional needs labels, but data set "{self.spec.name}" has none; '
+              'set --config.model.class_conditional=False.')
+        check(self.size >= max(self.height, self.width),
+              f'model.image_size={self.size} is smaller than the {self.height}x{self.width} '
+              'images; set it to 0 or at least their size.')
+        self._validate_network(m)
+        check(s.sampler in SAMPLERS, f'sample.sampler must be "ddpm" or "ddim", got "{s.sampler}".')
+        check(0 <= s.steps <= m.num_steps,
+              f'sample.steps must be in [0, model.num_steps={m.num_steps}], got {s.steps}.')
+        check(s.eta >= 0, f'sample.eta must be >= 0, got {s.eta}.')
+        cfg_ready = self.conditional and m.label_dropout > 0
+        check(cfg_ready or (s.guidance == 1.0 and not s.guidance_sweep),
+              'classifier-free guidance (sample.guidance != 1 or a sample.guidance_sweep) needs a '
+              'class-conditional model trained with model.label_dropout > 0; set those or '
+              'sample.guidance=1 and sample.guidance_sweep=().')
+
+    def _validate_network(self, m):
+        if m.kind == 'unet':
+            check(m.num_res_blocks >= 0,
+                  f'model.num_res_blocks must be >= 0, got {m.num_res_blocks}.')
+            halvings = len(m.channel_mults) - 1
+            check(self.size % 2 ** halvings == 0,
+                  f'the U-Net halves a {self.size}x{self.size} image {halvings} times; use fewer '
+                  'model.channel_mults or pad with model.image_size (e.g. 32 for 28x28).')
+            for mult in m.channel_mults:
+                width = mult * m.channels
+                check(width % m.groups == 0 and width % m.num_heads == 0,
+                      f'U-Net width {width} (model.channels x {mult}) must be a multiple of '
+                      f'model.groups={m.groups} and model.num_heads={m.num_heads}.')
+        else:
+            check(self.size % m.patch == 0, f'model.patch={m.patch} does not tile '
+                  f'{self.size}x{self.size} images; choose a divisor or set model.image_size.')
+            check(m.embed_dim % m.num_heads == 0 and m.embed_dim % 4 == 0,
+                  f'model.embed_dim={m.embed_dim} must be a multiple of 4 and of '
+                  f'model.num_heads={m.num_heads}.')
+            check(m.remat in ('none', 'full', 'dots'),
+                  f'model.remat must be "none", "full" or "dots", got "{m.remat}".')
+
+    def example_size(self):
+        return self.height * self.width * self.channels
+
+    # ---- model inputs ------------------------------------------------------------------------
+
+    def to_model_space(self, levels):
+        """uint8 levels (B, H, W, C) -> floats in [-1, 1], padded with -1 to (size, size)."""
+        x = dl.levels_to_unit(jnp.asarray(levels), self.spec.num_levels)
+        pad_h, pad_w = self.size - self.height, self.size - self.width
+        if pad_h or pad_w:
+            x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                            (pad_w // 2, pad_w - pad_w // 2), (0, 0)), constant_values=-1.0)
+        return x
+
+    def to_levels(self, x):
+        """Model-space images -> uint8 levels of the data's own size (padding cropped)."""
+        top, left = (self.size - self.height) // 2, (self.size - self.width) // 2
+        x = x[:, top:top + self.height, left:left + self.width]
+        k = self.spec.num_levels - 1
+        return jnp.clip(jnp.round((x + 1.0) * (k / 2.0)), 0, k).astype(jnp.uint8)
+
+    def apply(self, params, x, t, labels, dropout_rng=None):
+        kwargs = {}
+        if dropout_rng is not None and self.cfg.model.dropout > 0:
+            kwargs = {'rngs': {'dropout': dropout_rng}, 'deterministic': False}
+        return self.model.apply({'params': params}, x, t, labels, **kwargs)
+
+    def _ab(self, t):
+        """alpha_bar at integer steps t (any shape), float32; alpha_bar_0 = 1."""
+        return jnp.asarray(self.alpha_bars, jnp.float32)[t]
+
+    def init(self, rng, batch):
+        x = self.to_model_space(batch['image'][:1])
+        labels = jnp.zeros((1,), jnp.int32) if self.conditional else None
+        return self.model.init(rng, x, jnp.ones((1,), jnp.int32), labels)['params']
+
+    # ---- training and evaluation -------------------------------------------------------------
+
+    def _loss_terms(self, params, batch, rng, train: bool):
+        m = self.cfg.model
+        x0 = self.to_model_space(batch['image'])
+        b = x0.shape[0]
+        k_t, k_eps, k_drop, k_dropout = jax.random.split(rng, 4)
+        t = jax.random.randint(k_t, (b,), 1, self.num_steps + 1)
+        eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+        ab = self._ab(t)
+        ab4 = ab[:, None, None, None]
+        x_t = dl.q_sample(x0, ab4, eps)
+        labels = None
+        if self.conditional:
+            labels = batch['label'].astype(jnp.int32)
+            if train and m.label_dropout > 0:
+                drop = jax.random.bernoulli(k_drop, m.label_dropout, (b,))
+                labels = jnp.where(drop, self.null_class, labels)
+        out = self.apply(params, x_t, t, labels, k_dropout if train else None)
+        loss = dl.diffusion_loss(out, x0, eps, ab, m.prediction, m.weighting, m.snr_gamma)
+        _, eps_hat = dl.to_x0_eps(m.prediction, out, x_t, ab4)
+        mse_eps = ((eps_hat - eps) ** 2).reshape(b, -1).mean(axis=-1)
+        return loss, mse_eps
+
+    def loss(self, params, batch, rng):
+        loss, mse_eps = self._loss_terms(params, batch, rng, train=True)
+        loss = loss.mean()
+        return loss, {'loss': loss, 'mse_eps': mse_eps.mean()}
+
+    def eval_metrics(self, params, batch):
+        # One fixed draw of (t, noise) per batch position: a deterministic, comparable estimate.
+        loss, mse_eps = self._loss_terms(params, batch, jax.random.key(0), train=False)
+        return {'loss': loss, 'mse_eps': mse_eps}
+
+    # ---- the variational bound ---------------------------------------------------------------
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _vlb_nats(self, params, levels, labels, rng):
+        """Per-example terms of -log p(x_0) <= L_T + sum_{t=2}^T L_{t-1} + L_0, in nats.
+
+        L_T = KL(q(x_T | x_0) || N(0, I)); L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
+        with p's mean the posterior mean at the predicted x_0 and its variance the posterior's,
+        at one draw of x_t ~ q(x_t | x_0) per t; L_0 = -log of the discretized Gaussian
+        decoder N(x0_hat(x_1), beta_1) over the data's levels. Padding is part of x_0, so the sum
+        bounds -log p of the padded image, which bounds -log p of the image itself.
+        """
+        x0 = self.to_model_space(levels)
+        per_example = lambda v: v.reshape(v.shape[0], -1).sum(axis=-1)
+        ab_T = self._ab(self.num_steps)
+        prior = per_example(dl.gaussian_kl(jnp.sqrt(ab_T) * x0, 1.0 - ab_T, 0.0, 1.0))
+
+        def term(t):
+            ab_t, ab_prev = self._ab(t), self._ab(t - 1)
+            eps = jax.random.normal(jax.random.fold_in(rng, t), x0.shape, jnp.float32)
+            x_t = dl.q_sample(x0, ab_t, eps)
+            x0_hat, _ = self._predict_x0_eps(params, x_t, t, labels, 1.0, False)
+            mean, var = dl.posterior(x0, x_t, ab_t, ab_prev)
+            mean_hat, _ = dl.posterior(x0_hat, x_t, ab_t, ab_prev)
+            var = jnp.where(t == 1, 1.0, var)  # 0 at t = 1, where the decoder term is used
+            kl = per_example(dl.gaussian_kl(mean, var, mean_hat, var))
+            beta_1 = 1.0 - ab_t
+            nll = per_example(dl.discretized_gaussian_nll(x0, x0_hat, jnp.sqrt(beta_1),
+                                                           self.spec.num_levels))
+            return jnp.where(t == 1, nll, kl)
+
+        def body(t, totals):
+            diffusion, decoder = totals
+            value = term(t)
+            return (diffusion + jnp.where(t > 1, value, 0.0),
+                    decoder + jnp.where(t == 1, value, 0.0))
+
+        zeros = jnp.zeros(x0.shape[0], jnp.float32)
+        diffusion, decoder = jax.lax.fori_loop(1, self.num_steps + 1, body, (zeros, zeros))
+        return prior, diffusion, decoder
+
+    def final_metrics(self, params):
+        """The variational bound in bits/dim on the first `eval.vlb_examples` eval images.
+
+        Unconditional (null class) when the model was trained with label dropout, so it compares
+        with unconditional likelihood models; conditional on the true label otherwise."""
+        limit = int(self.cfg.eval.get('vlb_examples', 0))
+        if not limit:
+            return {}
+        sums, count = np.zeros(3), 0.0
+        for batch in data.eval_batches(self.cfg.data, self.cfg.eval.batch_size, limit):
+            labels = None
+            if self.conditional:
+                labels = jnp.asarray(batch['label'], jnp.int32)
+                if self.cfg.model.label_dropout > 0:
+                    labels = jnp.full_like(labels, self.null_class)
+            terms = self._vlb_nats(params, jnp.asarray(batch['image']), labels,
+                                   jax.random.key(self.cfg.seed))
+            mask = batch['mask']
+            sums += [float(np.sum(np.asarray(v) * mask)) for v in terms]
+            count += float(mask.sum())
+        prior, diffusion, decoder = bits_per_dim(sums / count, self.example_size())
+        return {'vlb_bits_per_dim': float(prior + diffusion + decoder),
+                'vlb_prior_bpd': float(prior), 'vlb_diffusion_bpd': float(diffusion),
+                'vlb_decoder_bpd': float(decoder), 'vlb_examples': count}
+
+    # ---- sampling ----------------------------------------------------------------------------
+
+    def _predict_x0_eps(self, params, x_t, t, labels, guidance, use_cfg: bool):
+        """Clipped x_0 and the eps consistent with it, from the (guided) network at step t."""
+        t_vec = jnp.full((x_t.shape[0],), t, jnp.int32)
+        apply_fn = functools.partial(self.apply, params)
+        if use_cfg:
+            out = guided_output(apply_fn, x_t, t_vec, labels, self.null_class, guidance)
+        else:
+            out = apply_fn(x_t, t_vec, labels)
+        ab = self._ab(t)
+        x0, eps = dl.to_x0_eps(self.cfg.model.prediction, out, x_t, ab)
+        if self.cfg.sample.clip_x0:
+            x0 = jnp.clip(x0, -1.0, 1.0)
+            eps = dl.eps_from_x0(x0, x_t, ab)
+        return x0, eps
+
+    @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 9))
+    def sample_x(self, params, rng, num, sampler, steps, labels, eta, guidance, use_cfg,
+                 x_init=None):
+        """(num, size, size, C) model-space samples, x_T -> x_0 over `step_grid(T, steps)`.
+
+        x_T is `x_init` if given, else drawn from rng; the per-step noise always comes from rng.
+
+        ddim: x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z, with
+          sigma^2 = eta^2 (1 - ab_prev) / (1 - ab) (1 - ab / ab_prev) (Song et al. 2021).
+        ddpm: x_prev ~ q(x_prev | x_t, x0), the posterior at the predicted x_0 (Ho et al. 2020).
+        The noise z at step t is drawn from fold_in(rng, t), so the two samplers with the same
+        rng see the same noise, and ddim at eta = 1 on all T steps is ddpm.
+        """
+        grid = jnp.asarray(step_grid(self.num_steps, steps))
+        init_rng, step_rng = jax.random.split(rng)
+        x = x_init if x_init is not None else jax.random.normal(
+            init_rng, (num, self.size, self.size, self.channels), jnp.float32)
+
+        def body(i, x):
+            t, t_prev = grid[steps - i], grid[steps - i - 1]
+            ab, ab_prev = self._ab(t), self._ab(t_prev)
+            x0, eps = self._predict_x0_eps(params, x, t, labels, guidance, use_cfg)
+            z = jax.random.normal(jax.random.fold_in(step_rng, t), x.shape, jnp.float32)
+            if sampler == 'ddpm':
+                mean, var = dl.posterior(x0, x, ab, ab_prev)
+                return mean + jnp.sqrt(var) * z
+            var = eta ** 2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
+            direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - var, 0.0))
+            return jnp.sqrt(ab_prev) * x0 + direction * eps + jnp.sqrt(var) * z
+
+        return jax.lax.fori_loop(0, steps, body, x)
+
+    def sample_labels(self, num):
+        if not self.conditional:
+            return None
+        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes
+
+    def sample_images(self, params, rng, num, labels=None, guidance=None, use_cfg=None):
+        """uint8 level images (num, H, W, C) with the configured sampler. `use_cfg` defaults to
+        guidance != 1 (at 1 the unconditional half of the batch would be wasted)."""
+        s = self.cfg.sample
+        guidance = s.guidance if guidance is None else guidance
+        labels = self.sample_labels(num) if labels is None else labels
+        if use_cfg is None:
+            use_cfg = self.conditional and guidance != 1.0
+        x = self.sample_x(params, rng, num, s.sampler, int(s.steps) or self.num_steps, labels,
+                          float(s.eta), float(guidance), use_cfg)
+        return np.asarray(self.to_levels(x))
+
+    def sample(self, params, rng, num):
+        out = {'samples': self.sample_images(params, rng, num)}
+        scales = tuple(self.cfg.sample.guidance_sweep)
+        if scales:
+            labels = jnp.arange(self.spec.num_classes, dtype=jnp.int32)
+            sweep_rng = jax.random.fold_in(rng, 1)  # one noise for every row: only w changes
+            out['sweep'] = np.stack([  # guidance is traced: one compiled sampler for every row
+                self.sample_images(params, sweep_rng, len(labels), labels, w, use_cfg=True)
+                for w in scales])
+        return out
+
+    def save_samples(self, samples, path_stem):
+        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
+        scale = max(1, 64 // self.height)
+        cols = self.spec.num_classes if self.conditional else None
+        paths = [images.save_grid(samples['samples'], path_stem + '.png', self.spec.num_levels,
+                                  cols=cols, scale=scale)]
+        if 'sweep' in samples:
+            paths.append(save_sweep(samples['sweep'], path_stem + '_guidance.png',
+                                    self.spec.num_levels, self.cfg.sample.guidance_sweep, scale))
+        return paths
+
+
+def save_sweep(sweep, path: str, num_levels: int, scales, scale: int) -> str:
+    """(rows = guidance scales, columns = classes, H, W, C) -> one PNG, each row labelled w=..."""
+    images.save_grid(sweep.reshape((-1,) + sweep.shape[2:]), path, num_levels,
+                     cols=sweep.shape[1], scale=scale)
+    grid = Image.open(path).convert('L')
+    margin = 48
+    labelled = Image.new('L', (grid.width + margin, grid.height), 255)
+    labelled.paste(grid, (margin, 0))
+    draw, row_height = ImageDraw.Draw(labelled), grid.height / len(scales)
+    for i, w in enumerate(scales):
+        draw.text((4, int((i + 0.5) * row_height) - 5), f'w={w:g}', fill=0)
+    labelled.save(path)
+    return path

@@ -1,0 +1,186 @@
+"""Masked autoencoder task: reconstruct the masked patches of images from the visible ones.
+
+Images become floats in [0, 1] (level / (num_levels - 1)). The training loss is the mean squared
+error on the masked patches (optionally against per-patch normalised pixels); eval reports it per
+example with fixed masks. `final_metrics` judges the frozen encoder, without masking: a linear
+probe and a k-NN classifier on its features of the train split, scored on the eval split.
+Samples are pictures: original / masked input (masked patches gray) / reconstruction.
+"""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dul_jax import data, images, probes
+from dul_jax.config import check
+from dul_jax.losses.reconstruction import masked_mse, normalize_patches
+from dul_jax.models.mae import MAE, num_masked
+from dul_jax.models.patches import patchify, unpatchify
+from dul_jax.tasks.base import Task, register
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+PROBE_POOLS = ('cls', 'mean')
+MASKED_GRAY = 0.5  # masked patches in the pictures: between the black background and white ink
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.patch_size = 2
+    m.embed_dim = 128
+    m.num_layers = 4
+    m.num_heads = 4
+    m.mlp_dim = 512
+    m.decoder_embed_dim = 64       # the decoder is narrower and shallower than the encoder
+    m.decoder_layers = 2
+    m.decoder_heads = 4
+    m.decoder_mlp_dim = 256
+    m.mask_ratio = 0.75
+    m.norm_pix_loss = False        # targets normalised per patch (mean 0, variance 1)
+    m.dtype = 'float32'            # compute dtype; params stay float32
+    m.remat = 'none'               # 'none', 'full' or 'dots'
+    m.scan_unroll = 1              # layers per scan step (>= depth: fully unrolled)
+    m.probe_pool = 'cls'           # probe features: the cls token, or the mean of patch tokens
+    m.probe_knn_k = 20
+    return m
+
+
+@register('mae')
+class MAETask(Task):
+
+    def __init__(self, cfg, spec):
+        super().__init__(cfg, spec)
+        m = cfg.model
+        self.model = MAE(
+            image_shape=tuple(spec.shape), patch=m.patch_size, embed_dim=m.embed_dim,
+            num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
+            decoder_embed_dim=m.decoder_embed_dim, decoder_layers=m.decoder_layers,
+            decoder_heads=m.decoder_heads, decoder_mlp_dim=m.decoder_mlp_dim,
+            mask_ratio=m.mask_ratio, dtype=DTYPES.get(m.dtype, jnp.float32), remat=m.remat,
+            scan_unroll=m.get('scan_unroll', 1))
+        self._features = jax.jit(self._features_impl)
+        self._reconstruct = jax.jit(self._reconstruct_impl)
+
+    def validate(self):
+        m, spec = self.cfg.model, self.spec
+        check(spec.kind == 'image', f'the mae task needs images, but "{spec.name}" is text; set '
+                                    '--config.data.name to an image data set such as digits.')
+        h, w, _ = spec.shape
+        check(m.patch_size > 0 and h % m.patch_size == 0 and w % m.patch_size == 0,
+              f'model.patch_size={m.patch_size} does not tile the {h}x{w} images of '
+              f'"{spec.name}"; set --config.model.patch_size to a divisor of {math.gcd(h, w)}.')
+        for width, heads in (('embed_dim', 'num_heads'), ('decoder_embed_dim', 'decoder_heads')):
+            check(m[width] % m[heads] == 0 and m[width] % 4 == 0,
+                  f'model.{width}={m[width]} must be a multiple of 4 (2-D sine-cosine positions) '
+                  f'and of model.{heads}={m[heads]}; change --config.model.{width}.')
+        patches = (h // max(m.patch_size, 1)) * (w // max(m.patch_size, 1))
+        masked = num_masked(patches, m.mask_ratio)
+        check(0 < masked < patches,
+              f'model.mask_ratio={m.mask_ratio} masks {masked} of {patches} patches; set '
+              '--config.model.mask_ratio so that at least one patch is masked and one visible.')
+        check(m.dtype in DTYPES, f'model.dtype must be one of {sorted(DTYPES)}, got "{m.dtype}".')
+        check(m.remat in ('none', 'full', 'dots'),
+              f'model.remat must be "none", "full" or "dots", got "{m.remat}".')
+        check(m.probe_pool in PROBE_POOLS,
+              f'model.probe_pool must be "cls" or "mean", got "{m.probe_pool}".')
+        check(m.get('scan_unroll', 1) > 0,
+              f'model.scan_unroll must be positive, got {m.get("scan_unroll")}.')
+        check(m.probe_knn_k > 0, f'model.probe_knn_k must be positive, got {m.probe_knn_k}.')
+
+    def example_size(self):
+        return self.model.num_patches  # tokens per example: throughput is in patches/s
+
+    def _pixels(self, batch):
+        return batch['image'].astype(jnp.float32) / max(self.spec.num_levels - 1, 1)
+
+    def _target(self, pixels):
+        target = patchify(pixels, self.model.patch)
+        return normalize_patches(target) if self.cfg.model.norm_pix_loss else target
+
+    def _per_example_loss(self, params, batch, rng):
+        pixels = self._pixels(batch)
+        pred, mask = self.model.apply({'params': params}, pixels, rngs={'masking': rng})
+        return masked_mse(pred, self._target(pixels), mask)
+
+    def init(self, rng, batch):
+        param_rng, mask_rng = jax.random.split(rng)
+        return self.model.init({'params': param_rng, 'masking': mask_rng},
+                               self._pixels(batch))['params']
+
+    def loss(self, params, batch, rng):
+        # Every example masks the same number of patches, so this is also the mean over all
+        # masked patches of the batch.
+        loss = self._per_example_loss(params, batch, rng).mean()
+        return loss, {'loss': loss}
+
+    def eval_metrics(self, params, batch):
+        # Fixed masks (one key for every eval), so evals at different steps are comparable.
+        rng = jax.random.fold_in(jax.random.key(self.cfg.seed), 0x5EED)
+        return {'loss': self._per_example_loss(params, batch, rng)}
+
+    # ---- frozen-encoder evaluation -------------------------------------------------------------
+
+    def _features_impl(self, params, image_levels):
+        pixels = self._pixels({'image': image_levels})
+        latent, _, _ = self.model.apply({'params': params}, pixels, 0.0, method=MAE.encode)
+        pooled = latent[:, 0] if self.cfg.model.probe_pool == 'cls' else latent[:, 1:].mean(1)
+        return pooled.astype(jnp.float32)
+
+    def features(self, params, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Encoder features (no masking) and labels of every example of `split`."""
+        feats, labels = [], []
+        for batch in data.eval_batches(self.cfg.data, self.cfg.eval.batch_size, split=split):
+            keep = batch['mask'] > 0
+            feats.append(np.asarray(self._features(params, batch['image']))[keep])
+            labels.append(np.asarray(batch['label'])[keep])
+        return np.concatenate(feats), np.concatenate(labels)
+
+    def final_metrics(self, params):
+        """Test accuracy of a linear probe and of cosine k-NN on frozen encoder features."""
+        if not self.spec.num_classes:
+            return {}  # nothing to probe without labels
+        train = self.features(params, self.spec.train_split)
+        test = self.features(params, self.spec.eval_split)
+        return {'probe_accuracy': probes.linear_probe_accuracy(*train, *test),
+                'knn_accuracy': probes.knn_accuracy(*train, *test, k=self.cfg.model.probe_knn_k)}
+
+    # ---- pictures --------------------------------------------------------------------------
+
+    def _reconstruct_impl(self, params, image_levels, rng):
+        pixels = self._pixels({'image': image_levels})
+        pred, mask = self.model.apply({'params': params}, pixels, rngs={'masking': rng})
+        target = patchify(pixels, self.model.patch)
+        if self.cfg.model.norm_pix_loss:
+            # Predictions are in per-patch normalised units: show them with the true patch's
+            # mean and spread (as MAE's own figures do), since the model never predicts those.
+            mean = target.mean(-1, keepdims=True)
+            pred = pred * jnp.sqrt(target.var(-1, keepdims=True) + 1e-6) + mean
+        m = mask[..., None]
+        masked_input = target * (1 - m) + MASKED_GRAY * m
+        pasted = target * (1 - m) + jnp.clip(pred, 0.0, 1.0) * m
+        h, w, _ = self.spec.shape
+        return jnp.stack([pixels] + [unpatchify(x, self.model.patch, h, w)
+                                     for x in (masked_input, pasted)])
+
+    def sample(self, params, rng, num):
+        """(3, num, H, W, C) in [0, 1]: the first `num` eval images, their masked inputs and their
+        reconstructions with the visible patches pasted back."""
+        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
+        return np.asarray(self._reconstruct(params, batch['image'], rng))
+
+    def save_samples(self, samples, path_stem):
+        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
+        _, num, h, w, c = samples.shape
+        cols = min(num, 10)
+        blocks = []  # per block of `cols` images: a row of originals, masked inputs, outputs
+        for start in range(0, num, cols):
+            block = samples[:, start:start + cols]
+            pad = np.full((3, cols - block.shape[1], h, w, c), MASKED_GRAY, block.dtype)
+            blocks.append(np.concatenate([block, pad], axis=1).reshape(3 * cols, h, w, c))
+        path = path_stem + '.png'
+        images.save_grid(np.concatenate(blocks), path, num_levels=2, cols=cols,
+                         scale=max(1, 64 // h))
+        return [path]

@@ -1,0 +1,166 @@
+"""PixelCNN task: exact likelihoods of discrete images with masked convolutional models.
+
+p(x) = prod_t p(x_t | x_<t [, class]) over positions t in raster order (row, column, channel).
+`model.kind` picks the network ('pixelcnn' or 'gated'), `model.output` the per-position
+distribution: 'categorical' (a softmax over the data set's levels) or 'logistic_mixture'
+(PixelCNN++'s discretized mixture of logistics). The loss is the mean NLL per dimension in nats.
+Sampling runs the whole network once per position, in raster order, inside one jitted loop.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dul_jax import images
+from dul_jax.config import check
+from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
+from dul_jax.losses.logistic_mixture import (
+    discretized_logistic_mixture_log_probs,
+    discretized_logistic_mixture_nll,
+)
+from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
+from dul_jax.sampling import sample_logits
+from dul_jax.tasks.base import Task, register
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+MODELS = {'pixelcnn': PixelCNN, 'gated': GatedPixelCNN}
+OUTPUTS = ('categorical', 'logistic_mixture')
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.kind = 'gated'               # 'pixelcnn' or 'gated'
+    m.output = 'categorical'       # 'categorical' or 'logistic_mixture'
+    m.num_mixtures = 5             # logistic mixture components
+    m.hidden = 64                  # channels of every hidden layer
+    m.num_layers = 8               # residual blocks (pixelcnn) or gated layers (gated)
+    m.kernel_size = 3
+    m.first_kernel_size = 7
+    m.dtype = 'float32'            # compute dtype; params stay float32
+    m.class_conditional = False    # a per-class bias in every layer
+    return m
+
+
+@register('pixelcnn')
+class PixelCNNTask(Task):
+
+    def __init__(self, cfg, spec):
+        super().__init__(cfg, spec)
+        m = cfg.model
+        self.levels = spec.num_levels
+        self.conditional = bool(m.class_conditional)
+        self.mixture = m.output == 'logistic_mixture'
+        self.dims = int(np.prod(spec.shape))
+        channels = spec.shape[-1] if spec.kind == 'image' else 1
+        self.model = MODELS.get(m.kind, GatedPixelCNN)(
+            out_per_channel=3 * m.num_mixtures if self.mixture else self.levels,
+            data_channels=channels, hidden=m.hidden, num_layers=m.num_layers,
+            kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size,
+            num_classes=spec.num_classes if self.conditional else 0,
+            dtype=DTYPES.get(m.dtype, jnp.float32))
+
+    def validate(self):
+        m, spec = self.cfg.model, self.spec
+        check(spec.kind == 'image', f'task "pixelcnn" models images, but data set "{spec.name}" '
+                                    'is text; set --config.data.name to an image data set.')
+        check(m.kind in MODELS, f'model.kind must be "pixelcnn" or "gated", got "{m.kind}".')
+        check(m.output in OUTPUTS,
+              f'model.output must be "categorical" or "logistic_mixture", got "{m.output}".')
+        check(m.dtype in DTYPES, f'model.dtype must be one of {sorted(DTYPES)}, got "{m.dtype}".')
+        check(m.num_layers >= 1, f'model.num_layers must be at least 1, got {m.num_layers}.')
+        for key in ('kernel_size', 'first_kernel_size'):
+            check(m[key] >= 3 and m[key] % 2 == 1,
+                  f'model.{key} must be odd and at least 3, got {m[key]}.')
+        check(m.hidden % spec.shape[-1] == 0,
+              f'model.hidden={m.hidden} must be a multiple of the {spec.shape[-1]} image channels '
+              '(each hidden channel belongs to one of them).')
+        check(not self.mixture or m.num_mixtures >= 1,
+              f'model.num_mixtures must be at least 1, got {m.num_mixtures}.')
+        check(not self.mixture or self.levels >= 2,
+              f'a logistic mixture needs at least 2 levels, but "{spec.name}" has {self.levels}; '
+              'set --config.model.output=categorical.')
+        check(not self.conditional or spec.num_classes > 0,
+              f'model.class_conditional needs labels, but data set "{spec.name}" has none; '
+              'set --config.model.class_conditional=False.')
+
+    def example_size(self):
+        return self.dims
+
+    # ---- the model's distribution -------------------------------------------------------
+
+    def _labels(self, batch):
+        return batch['label'].astype(jnp.int32) if self.conditional else None
+
+    def _scaled(self, levels):
+        """Levels [0, L) -> [-1, 1], the network's input."""
+        return levels.astype(jnp.float32) * (2.0 / max(self.levels - 1, 1)) - 1.0
+
+    def outputs(self, params, levels, labels=None):
+        """Distribution parameters (B, H, W, C, P) for integer images (B, H, W, C)."""
+        return self.model.apply({'params': params}, self._scaled(levels), labels)
+
+    def level_logits(self, outputs):
+        """(..., P) distribution parameters -> (..., L) log-probabilities (up to a constant)."""
+        if self.mixture:
+            return discretized_logistic_mixture_log_probs(outputs, self.levels)
+        return outputs
+
+    def position_logits(self, params, canvas, position, labels=None):
+        """(B, L) logits of flat raster position `position` given the canvas (B, H, W, C):
+        what sampling and entropy coding call once per position."""
+        outputs = self.outputs(params, canvas, labels)
+        flat = outputs.reshape(outputs.shape[0], self.dims, outputs.shape[-1])
+        picked = jax.lax.dynamic_index_in_dim(flat, position, axis=1, keepdims=False)
+        return self.level_logits(picked).astype(jnp.float32)
+
+    def _nll(self, params, batch):
+        """NLL in nats per dimension, (B, H, W, C)."""
+        levels = batch['image'].astype(jnp.int32)
+        outputs = self.outputs(params, levels, self._labels(batch))
+        if self.mixture:
+            return discretized_logistic_mixture_nll(outputs, levels, self.levels)
+        return categorical_nll(outputs, levels)
+
+    def init(self, rng, batch):
+        levels = jnp.asarray(batch['image'], jnp.int32)
+        return self.model.init(rng, self._scaled(levels), self._labels(batch))['params']
+
+    def loss(self, params, batch, rng):
+        loss = self._nll(params, batch).mean()
+        return loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)}
+
+    def eval_metrics(self, params, batch):
+        nll = self._nll(params, batch).reshape(batch['image'].shape[0], -1).sum(axis=-1)
+        return {'loss': nll / self.dims, 'bits_per_dim': bits_per_dim(nll, self.dims),
+                'nats_per_image': nll}
+
+    # ---- sampling -----------------------------------------------------------------------
+
+    def sample_labels(self, num):
+        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes if self.conditional else None
+
+    @functools.partial(jax.jit, static_argnums=(0, 3))
+    def _sample(self, params, rng, num, labels):
+        temperature, top_k = self.cfg.sample.temperature, self.cfg.sample.top_k
+
+        def draw(position, canvas):
+            logits = self.position_logits(params, canvas, position, labels)
+            symbols = sample_logits(jax.random.fold_in(rng, position), logits, temperature, top_k)
+            flat = canvas.reshape(num, self.dims)
+            return flat.at[:, position].set(symbols.astype(jnp.int32)).reshape(canvas.shape)
+
+        canvas = jnp.zeros((num,) + tuple(self.spec.shape), jnp.int32)
+        return jax.lax.fori_loop(0, self.dims, draw, canvas)
+
+    def sample(self, params, rng, num):
+        return np.asarray(self._sample(params, rng, num, self.sample_labels(num)))
+
+    def save_samples(self, samples, path_stem):
+        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
+        cols = self.spec.num_classes if self.conditional else None
+        return [images.save_grid(samples, path_stem + '.png', self.levels, cols=cols,
+                                 scale=max(1, 64 // self.spec.shape[0]))]

@@ -1,0 +1,38 @@
+"""DiT (patch 2, 16 tokens, 4 blocks of width 128, adaLN-Zero) on 8x8 digits: the
+transformer counterpart of ddpm_unet_digits.py, same diffusion, data and sampler."""
+
+from dul_jax.tasks.diffusion import diffusion_config
+
+
+def get_config():
+    c = diffusion_config()
+    c.data.name = 'digits'
+    c.model.kind = 'dit'
+    c.model.schedule = 'cosine'
+    c.model.num_steps = 1000
+    c.model.prediction = 'eps'
+    c.model.weighting = 'eps'
+    c.model.label_dropout = 0.1
+    c.model.patch = 2
+    c.model.embed_dim = 128
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.mlp_dim = 512
+    c.model.dropout = 0.0
+    c.optim.lr = 1e-3
+    c.optim.warmup_steps = 100
+    c.optim.weight_decay = 0.0
+    c.optim.ema_decay = 0.995          # 0.995^1800 ~ 1e-4 of the init left in the EMA
+    c.train.steps = 1800
+    c.train.batch_size = 64
+    c.train.log_every = 100
+    c.train.eval_every = 600
+    c.train.ckpt_every = 600
+    c.eval.max_examples = 0
+    c.eval.batch_size = 128
+    c.eval.vlb_examples = 128          # 1000 network passes per image: the bound is costly
+    c.sample.num = 40
+    c.sample.steps = 100
+    c.sample.guidance = 2.0
+    c.sample.guidance_sweep = (0.0, 1.0, 2.0, 4.0)
+    return c

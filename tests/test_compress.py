@@ -1,0 +1,181 @@
+"""Lossless compression: exact round trips, size close to the model's NLL, and bad input refused."""
+
+import math
+import os
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from dul_jax import cli, data
+from dul_jax import compress as compress_lib
+from dul_jax import config as config_lib
+from dul_jax.data import DataSpec
+from dul_jax.errors import UserError
+from dul_jax.tasks import make_task
+from dul_jax.train.checkpoint import Checkpointer
+from dul_jax.train.setup import prepare
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, 'experiments', 'configs')
+
+
+def _run(workdir, config, overrides, steps):
+    """A run's workdir as `dul-jax train` leaves it (config.json, a checkpoint), trained for
+    `steps` steps on the train split, without the trainer's final eval and samples."""
+    cfg = config_lib.load_config(os.path.join(CONFIGS, config),
+                                 [f'{k}={v}' for k, v in overrides.items()])
+    setup = prepare(cfg)
+    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
+    with setup.context():
+        state = setup.init_state(0)
+        step = setup.train_step()
+        for _ in range(steps):
+            state, _ = step(state, setup.put_batch(next(batches)))
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.to_json(cfg))
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+    ckpt.save(steps, state, force=True)
+    ckpt.close()
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def image_run(tmp_path_factory, tfds_dir):
+    """A 2-layer, 16-wide Gated PixelCNN on digits after 20 steps, and its codec. The config is
+    test_pixelcnn's training run, so the persistent jit cache shares their compiled steps."""
+    workdir = str(tmp_path_factory.mktemp('pixelcnn_run'))
+    cfg = _run(workdir, 'gated_pixelcnn_digits.py', {
+        'data.tfds_dir': tfds_dir, 'model.hidden': 16, 'model.num_layers': 2,
+        'model.first_kernel_size': 3, 'model.class_conditional': False, 'train.batch_size': 16,
+        'train.steps': 60, 'optim.warmup_steps': 5, 'optim.lr': 3e-3, 'optim.ema_decay': 0.0},
+        steps=20)
+    return workdir, cfg, compress_lib.load_codec(cfg, workdir)
+
+
+@pytest.fixture(scope='module')
+def test_images(image_run):
+    """The first 100 test digits (two chunks of model calls: 64 + 36 images)."""
+    _, cfg, _ = image_run
+    batch = next(data.eval_batches(cfg.data, 100))
+    return batch['image'].astype(np.uint8)
+
+
+def _save(path, images):
+    np.save(path, images)
+    return str(path)
+
+
+def test_quantize_is_exact_and_keeps_every_symbol():
+    logits = np.array([[0.0, 0.0, 0.0, 0.0], [10.0, 0.0, -50.0, 1.0]])
+    freqs = compress_lib.quantize(logits)
+    np.testing.assert_array_equal(freqs[0], [2 ** 22] * 4)
+    assert (freqs.sum(axis=1) == 2 ** 24).all() and (freqs >= 1).all()
+    # floor(p * 2^24) for symbols 1 and 3, the minimum 1 for symbol 2 (p = 1e-26), the rest to 0
+    p = np.exp(logits[1] - 10.0)
+    p /= p.sum()
+    assert freqs[1, 1] == math.floor(p[1] * 2 ** 24) == 761
+    assert freqs[1, 3] == math.floor(p[3] * 2 ** 24) and freqs[1, 2] == 1
+    assert freqs[1, 0] == 2 ** 24 - freqs[1, 1:].sum()
+
+
+def test_images_round_trip_and_cost_what_the_model_says(image_run, test_images, tmp_path):
+    _, _, codec = image_run
+    original = _save(tmp_path / 'digits.npy', test_images)
+    packed, restored = str(tmp_path / 'digits.dulz'), str(tmp_path / 'restored.npy')
+    stats = compress_lib.compress_file(codec, original, packed)
+    compress_lib.decompress_file(codec, packed, restored)
+    np.testing.assert_array_equal(np.load(restored), test_images)
+    # the model's own NLL (float32, one parallel pass) in bits over the same images
+    stepper = codec.stepper
+    batch = {'image': test_images, 'label': np.zeros(len(test_images), np.int32)}
+    nats = float(np.sum(jax.jit(stepper.task.eval_metrics)(stepper.params, batch)[
+        'nats_per_image']))
+    nll_bits = nats / math.log(2)
+    payload_bits = 8 * stats['payload_bytes']
+    assert stats['header_bytes'] + stats['payload_bytes'] == os.path.getsize(packed)
+    assert nll_bits * 0.99 < payload_bits <= nll_bits * 1.01, (payload_bits, nll_bits)
+    np.testing.assert_allclose(stats['ideal_bits'], nll_bits, rtol=1e-3)
+
+
+@pytest.mark.parametrize('bad, fragment', [
+    (np.zeros((3, 8, 7, 1), np.uint8), 'of shape (3, 8, 7, 1)'),
+    (np.zeros((3, 8, 8, 1), np.int64), 'holds a int64 array'),
+    (np.full((3, 8, 8, 1), 17, np.uint8), 'pixel value 17'),
+])
+def test_wrong_images_are_refused(image_run, bad, fragment, tmp_path):
+    _, _, codec = image_run
+    output = tmp_path / 'out.dulz'
+    with pytest.raises(UserError, match=fragment.replace('(', r'\(').replace(')', r'\)')):
+        compress_lib.compress_file(codec, _save(tmp_path / 'bad.npy', bad), str(output))
+    assert not output.exists() and os.listdir(tmp_path) == ['bad.npy']
+
+
+def test_another_model_truncation_and_damage_are_refused(image_run, test_images, tmp_path):
+    _, cfg, codec = image_run
+    packed = str(tmp_path / 'packed.dulz')
+    compress_lib.compress_file(codec, _save(tmp_path / 'x.npy', test_images[:8]), packed)
+    with open(packed, 'rb') as f:
+        blob = f.read()
+    restored = tmp_path / 'restored.npy'
+    # a file made with another model (the same architecture, other parameters) is refused
+    perturbed = jax.tree.map(lambda x: x * 1.01, codec.stepper.params)
+    other = compress_lib.make_codec(cfg, codec.stepper.task, perturbed)
+    other_file = str(tmp_path / 'other.dulz')
+    compress_lib.compress_file(other, str(tmp_path / 'x.npy'), other_file)
+    with pytest.raises(UserError, match='different model or checkpoint'):
+        compress_lib.decompress_file(codec, other_file, str(restored))
+    for name, damaged, fragment in [('short', blob[:-4], 'truncated'),
+                                    ('header', blob[:30], 'truncated'),
+                                    ('magic', b'XXXX' + blob[4:], 'not a file written by'),
+                                    ('flip', blob[:-8] + bytes([blob[-8] ^ 0xFF]) + blob[-7:],
+                                     'damaged')]:
+        path = tmp_path / f'{name}.dulz'
+        path.write_bytes(damaged)
+        with pytest.raises(UserError, match=fragment):
+            compress_lib.decompress_file(codec, str(path), str(restored))
+        assert not restored.exists(), name
+    assert not [f for f in os.listdir(tmp_path) if f.startswith('.')]   # no temp files left
+
+
+def test_bytes_round_trip_with_the_transformer_kv_cache(tmp_path):
+    # a byte-level GPT with a 32-byte context and random weights: coding is exact whatever the
+    # model's quality (a stand-in data spec, so no text corpus needs preparing)
+    cfg = config_lib.load_config(os.path.join(CONFIGS, 'tiny_shakespeare_char.py'), [
+        'data.text_vocab=bytes', 'data.seq_len=32', 'model.num_layers=1', 'model.num_heads=2',
+        'model.embed_dim=32', 'model.mlp_dim=64'])
+    spec = DataSpec(name='bytes', kind='text', shape=(32,), num_levels=256, num_classes=0,
+                    vocab=None, train_split='train', eval_split='validation', num_train=1,
+                    num_eval=1)
+    task = make_task(cfg, spec)
+    rng = np.random.default_rng(0)
+    shapes = nn.meta.unbox(jax.eval_shape(task.init, jax.random.key(0),
+                                          {'tokens': np.zeros((1, 32), np.int32)}))
+    params = jax.tree.map(lambda s: rng.normal(0.0, 0.3, s.shape).astype(s.dtype), shapes)
+    codec = compress_lib.make_codec(cfg, task, params)
+    text = ('def f(x):\n    return x * 2  # \u00e9\u00e8 bytes > 127\n' * 5).encode()
+    for name, payload in [('text', text), ('empty', b''), ('one', b'x')]:
+        original = tmp_path / f'{name}.txt'
+        original.write_bytes(payload)
+        packed, restored = str(tmp_path / f'{name}.dulz'), str(tmp_path / f'{name}.out')
+        compress_lib.compress_file(codec, str(original), packed)
+        compress_lib.decompress_file(codec, packed, restored)
+        with open(restored, 'rb') as f:
+            assert f.read() == payload, name
+    assert len(text) % 32 and len(text) > 64    # several windows, the last one partial
+
+
+def test_command_line(image_run, test_images, tmp_path, capsys):
+    workdir, _, _ = image_run
+    original = _save(tmp_path / 'x.npy', test_images[:4])
+    packed, restored = str(tmp_path / 'x.dulz'), str(tmp_path / 'y.npy')
+    assert cli.main(['compress', '--workdir', workdir, '--input', original,
+                     '--output', packed]) == 0
+    assert 'bits/dim coded' in capsys.readouterr().out
+    assert cli.main(['decompress', '--workdir', workdir, '--input', packed,
+                     '--output', restored]) == 0
+    np.testing.assert_array_equal(np.load(restored), test_images[:4])
+    assert cli.main(['decompress', '--workdir', workdir, '--input', original,
+                     '--output', str(tmp_path / 'z')]) == 2
+    assert 'not a file written by' in capsys.readouterr().err

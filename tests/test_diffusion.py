@@ -1,0 +1,190 @@
+"""Diffusion task: samplers, guidance, sharding over three meshes, a tiny training run, and the
+Frechet distance."""
+
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from dul_jax import data
+from dul_jax.errors import UserError
+from dul_jax.metrics import fid
+from dul_jax.tasks.diffusion import diffusion_config, guided_output
+from dul_jax.train import loop
+from dul_jax.train.setup import prepare
+
+STEPS = 20  # diffusion steps T of the tiny models
+
+
+def tiny_config(tfds_dir, kind, **extra):
+    """A U-Net or DiT of a few thousand parameters on digits, T = 20. Every test that trains uses
+    these settings, so runs on the same mesh reuse one compiled step (persistent jit cache)."""
+    c = diffusion_config()
+    settings = {
+        'data.tfds_dir': tfds_dir, 'model.kind': kind, 'model.num_steps': STEPS,
+        'model.channels': 16, 'model.channel_mults': (1, 2), 'model.num_res_blocks': 0,
+        'model.attn_resolutions': (), 'model.num_heads': 2, 'model.groups': 4,
+        'model.embed_dim': 32, 'model.num_layers': 1, 'model.mlp_dim': 64,
+        'train.batch_size': 16, 'train.log_every': 10, 'train.eval_every': 0,
+        'train.ckpt_every': 0, 'eval.batch_size': 16, 'eval.max_examples': 32,
+        'eval.vlb_examples': 16, 'sample.num': 8, 'sample.steps': 5, 'optim.warmup_steps': 5,
+        'train.steps': 60, 'optim.lr': 3e-3, 'optim.ema_decay': 0.9, 'model.dropout': 0.0,
+        **extra}
+    for key, value in settings.items():
+        *parents, leaf = key.split('.')
+        node = c
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return c
+
+
+@pytest.fixture(scope='module')
+def dit_task(tfds_dir):
+    """A DiT task with random (not zero-initialised) params, so every output is non-trivial."""
+    setup = prepare(tiny_config(tfds_dir, 'dit'), devices=jax.devices()[:1])
+    task = setup.task
+    params = jax.device_get(jax.jit(setup._init_unboxed)(jax.random.key(0)).params)
+    noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(params)))
+    leaves = [p + 0.2 * jax.random.normal(k, p.shape) for p, k in
+              zip(jax.tree.leaves(params), noise)]
+    return task, jax.tree.unflatten(jax.tree.structure(params), leaves)
+
+
+def _sample(task, params, sampler, eta, rng, x_init, steps=STEPS):
+    labels = jnp.arange(4, dtype=jnp.int32)
+    return np.asarray(task.sample_x(params, rng, 4, sampler, steps, labels, eta, 2.0, True,
+                                    x_init))
+
+
+def test_ddim_at_eta_0_depends_only_on_x_T(dit_task):
+    task, params = dit_task
+    x_init = jax.random.normal(jax.random.key(5), (4, 8, 8, 1))
+    a = _sample(task, params, 'ddim', 0.0, jax.random.key(0), x_init)
+    b = _sample(task, params, 'ddim', 0.0, jax.random.key(1), x_init)
+    np.testing.assert_array_equal(a, b)
+    noisy = _sample(task, params, 'ddim', 1.0, jax.random.key(1), x_init)
+    assert np.abs(noisy - a).max() > 1e-2
+    assert np.all(np.abs(a) <= 1.0)   # x_0 is clipped at the last step
+
+
+def test_ddim_on_all_steps_at_eta_1_is_ddpm(dit_task):
+    task, params = dit_task
+    x_init = jax.random.normal(jax.random.key(6), (4, 8, 8, 1))
+    ddim = _sample(task, params, 'ddim', 1.0, jax.random.key(2), x_init)
+    ddpm = _sample(task, params, 'ddpm', 1.0, jax.random.key(2), x_init)
+    np.testing.assert_allclose(ddim, ddpm, atol=2e-5)
+    other_noise = _sample(task, params, 'ddpm', 1.0, jax.random.key(3), x_init)
+    assert np.abs(other_noise - ddpm).max() > 1e-2
+
+
+def test_guidance_scale_0_is_unconditional_and_1_conditional(dit_task):
+    task, params = dit_task
+    x = jax.random.normal(jax.random.key(7), (3, 8, 8, 1))
+    t = jnp.array([3, 10, 19])
+    labels = jnp.array([1, 5, 9])
+    apply_fn = jax.jit(lambda x, t, y: task.apply(params, x, t, y))
+    cond = apply_fn(x, t, labels)
+    uncond = apply_fn(x, t, jnp.full_like(labels, task.null_class))
+    assert np.abs(cond - uncond).max() > 1e-3
+    for scale, expected in ((0.0, uncond), (1.0, cond), (3.0, uncond + 3.0 * (cond - uncond))):
+        got = guided_output(apply_fn, x, t, labels, task.null_class, scale)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize('kind', ['unet', 'dit'])
+def test_sharded_training_agrees_over_meshes(kind, tfds_dir):
+    cfg = tiny_config(tfds_dir, kind)
+    it = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
+    batches = [next(it) for _ in range(3)]
+    losses = {}
+    for mesh in ({'data': 8, 'fsdp': 1, 'tensor': 1}, {'data': 1, 'fsdp': 8, 'tensor': 1},
+                 {'data': 2, 'fsdp': 2, 'tensor': 2}):
+        for axis, size in mesh.items():
+            cfg.mesh[axis] = size
+        setup = prepare(cfg)
+        state = setup.init_state(0)
+        step = setup.train_step()
+        trajectory = []
+        with setup.context():
+            for batch in batches:
+                state, metrics = step(state, setup.put_batch(batch))
+                trajectory.append(float(metrics['loss']))
+        losses[tuple(mesh.values())] = trajectory
+        if mesh['fsdp'] == 8:
+            specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
+            assert any('fsdp' in jax.tree.leaves(tuple(s)) for s in specs)
+    reference = losses[(8, 1, 1)]
+    assert reference[-1] < reference[0] * 1.5 and all(math.isfinite(v) for v in reference)
+    for mesh, trajectory in losses.items():
+        np.testing.assert_allclose(trajectory, reference, rtol=1e-5, err_msg=str(mesh))
+
+
+def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
+    cfg = tiny_config(tfds_dir, 'dit')
+    final = loop.train(cfg, str(tmp_path))
+    rows = [r for r in loop_metrics(tmp_path) if 'loss' in r and 'eval/loss' not in r]
+    assert rows[-1]['loss'] < 0.7 * rows[0]['loss']
+    # the bound: 8x8 digits, 17 levels; a uniform model costs log2(17) = 4.09 bits/dim
+    assert 0.3 < final['vlb_bits_per_dim'] < 12
+    assert final['vlb_bits_per_dim'] == pytest.approx(
+        final['vlb_prior_bpd'] + final['vlb_diffusion_bpd'] + final['vlb_decoder_bpd'])
+    assert (tmp_path / 'samples' / 'step_000060.png').is_file()
+
+
+@pytest.mark.parametrize('overrides, fragment', [
+    ({'model.kind': 'vae'}, 'model.kind must be one of'),
+    ({'model.image_size': 4}, 'smaller than the 8x8 images'),
+    ({'model.channel_mults': (1, 2, 2, 2, 2)}, 'halves a 8x8 image 4 times'),
+    ({'sample.steps': 50}, 'sample.steps must be in [0, model.num_steps=20]'),
+    ({'model.label_dropout': 0.0, 'sample.guidance': 3.0}, 'classifier-free guidance'),
+])
+def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        prepare(tiny_config(tfds_dir, 'unet', **overrides))
+
+
+def loop_metrics(workdir):
+    import json
+    with open(workdir / 'metrics.jsonl') as f:
+        return [json.loads(line) for line in f]
+
+
+# ---- Frechet distance ------------------------------------------------------------------------
+
+def test_frechet_distance_of_identical_sets_is_zero():
+    features = np.random.default_rng(0).normal(size=(300, 16)) @ np.diag(np.arange(1, 17))
+    assert abs(fid.frechet_distance_of(features, features)) < 1e-7 * np.trace(np.cov(features.T))
+    precision, recall = fid.precision_recall(features, features)
+    assert precision == recall == 1.0
+
+
+def test_frechet_distance_matches_closed_forms():
+    # 1-D: (mu1 - mu2)^2 + (sigma1 - sigma2)^2
+    got = fid.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-2.0]),
+                               np.array([[9.0]]))
+    assert got == pytest.approx(9.0 + 1.0)
+    # commuting (diagonal) covariances: sum of (sqrt(a_i) - sqrt(b_i))^2
+    a, b = np.array([1.0, 2.0, 5.0]), np.array([3.0, 0.5, 5.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected)
+    # general covariances: against scipy's matrix square root
+    rng = np.random.default_rng(1)
+    m1, m2 = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    c1, c2 = m1 @ m1.T, m2 @ m2.T
+    sqrt = scipy.linalg.sqrtm(c1 @ c2).real
+    expected = np.trace(c1 + c2 - 2 * sqrt)
+    assert fid.frechet_distance(np.zeros(5), c1, np.zeros(5), c2) == pytest.approx(expected)
+
+
+def test_precision_and_recall_see_a_missing_mode():
+    rng = np.random.default_rng(2)
+    real = np.concatenate([rng.normal(0, 1, (200, 2)), rng.normal(20, 1, (200, 2))])
+    fake = rng.normal(0, 1, (400, 2))   # one of the two modes only
+    precision, recall = fid.precision_recall(real, fake)
+    assert precision > 0.9 and 0.3 < recall < 0.7

@@ -10,19 +10,12 @@ levels) and all of them as one tiled image. Text (a byte-level autoregressive ru
 byte), and encode/decode seconds; our coder's result is checked to decode exactly.
 """
 
-import os
-import sys
-
-# Run as a script, this file's folder comes first on sys.path, and its name would shadow the
-# `compression` package (zstd) that jax imports: drop the folder before importing jax.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
 import argparse
 import bz2
 import gzip
 import io
 import lzma
+import os
 import tempfile
 import time
 

@@ -5,6 +5,9 @@ p(x) = prod_t p(x_t | x_<t [, class]) over positions t in raster order (row, col
 distribution: 'categorical' (a softmax over the data set's levels) or 'logistic_mixture'
 (PixelCNN++'s discretized mixture of logistics). The loss is the mean NLL per dimension in nats.
 Sampling runs the whole network once per position, in raster order, inside one jitted loop.
+Multi-channel images are autoregressive over channels through the masks (see models/pixelcnn.py),
+so with the mixture output each channel has its own mixture conditioned on the earlier channels,
+in place of PixelCNN++'s linear coefficients between the channels of one shared mixture.
 """
 
 import functools

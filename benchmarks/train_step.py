@@ -23,18 +23,20 @@ import numpy as np
 
 from dul_jax import config as config_lib
 from dul_jax.data import DataSpec
-from dul_jax.scaling.accounting import (
-    count_embedding_params,
-    count_params,
-    transformer_flops_per_token,
-    xla_flops,
-)
+from dul_jax.scaling.accounting import count_params, xla_flops
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
 
 
 def synthetic_spec(cfg) -> DataSpec:
-    """A text-shaped spec of cfg.data.seq_len tokens over cfg.data.synthetic_vocab symbols."""
+    """The spec of random data: `data.synthetic_shape` (H, W, C) with `synthetic_levels` and
+    `synthetic_classes` for images, else text of cfg.data.seq_len tokens over `synthetic_vocab`."""
+    shape = tuple(cfg.data.get('synthetic_shape', ()))
+    if len(shape) == 3:
+        return DataSpec(name='synthetic', kind='image', shape=shape,
+                        num_levels=int(cfg.data.synthetic_levels),
+                        num_classes=int(cfg.data.get('synthetic_classes', 0)), vocab=None,
+                        train_split='train', eval_split='test', num_train=0, num_eval=0)
     vocab = int(cfg.data.get('synthetic_vocab', 256))
     return DataSpec(name='synthetic', kind='text', shape=(cfg.data.seq_len,), num_levels=vocab,
                     num_classes=0, vocab=None, train_split='train', eval_split='validation',
@@ -56,23 +58,34 @@ def peak_memory_bytes() -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS'
 
 
-def benchmark(cfg, steps: int, warmup: int, synthetic: bool) -> dict:
+def compile_step(cfg, synthetic: bool):
+    """The project's own train step for cfg, compiled, with a state and one device batch."""
     spec = synthetic_spec(cfg) if synthetic else None
     setup = prepare(cfg, spec=spec)
-    spec = setup.spec
-    batch = setup.put_batch(random_batch(spec, setup.process_batch_size, cfg.seed))
+    batch = setup.put_batch(random_batch(setup.spec, setup.process_batch_size, cfg.seed))
     with setup.context():
         state = setup.init_state(cfg.seed)
         start = time.perf_counter()
         compiled = setup.train_step().lower(state, batch).compile()
-        compile_s = time.perf_counter() - start
-        times = []
-        for i in range(warmup + steps):
-            start = time.perf_counter()
-            state, metrics = compiled(state, batch)
-            jax.block_until_ready(metrics['loss'])
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
+    return setup, state, batch, compiled, time.perf_counter() - start
+
+
+def run_steps(compiled, state, batch, count: int):
+    """`count` steps; returns the final state and each step's wall time (waits for every step)."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics['loss'])
+        times.append(time.perf_counter() - start)
+    return state, times
+
+
+def benchmark(cfg, steps: int, warmup: int, synthetic: bool) -> dict:
+    setup, state, batch, compiled, compile_s = compile_step(cfg, synthetic)
+    with setup.context():
+        state, times = run_steps(compiled, state, batch, warmup + steps)
+    times = times[warmup:]
     step_s = statistics.median(times)
     params = count_params(state.params)
     tokens = cfg.train.batch_size * setup.task.example_size()
@@ -88,14 +101,12 @@ def benchmark(cfg, steps: int, warmup: int, synthetic: bool) -> dict:
         'xla_flops_per_step_per_device': xla_flops(compiled),
         'peak_flops_per_device': peak, 'peak_source': peak_source,
     }
-    result['mfu_xla'] = result['xla_flops_per_step_per_device'] / step_s / peak
-    if cfg.task == 'autoregressive':
-        m = cfg.model
-        matmul = params - count_embedding_params(state.params)
-        per_token = transformer_flops_per_token(matmul, m.num_layers, setup.task.example_size(),
-                                                m.embed_dim)
-        result['analytic_flops_per_step'] = per_token * tokens
-        result['mfu_analytic'] = per_token * tokens / step_s / (peak * devices)
+    # MFU from the trainer's own count (dul_jax/train/mfu.py): analytic for the Transformer, else
+    # XLA's count of the lowered step, the same on every backend. The compiled step's count above
+    # is for reference: on GPU it misses cuBLAS/cuDNN calls, and it counts a scanned body once.
+    flops, source = mfu.model_flops_per_step(setup, state, cfg.train.batch_size)
+    result['model_flops_per_step'], result['flops_source'] = flops, source
+    result['mfu'] = flops / step_s / (peak * devices)
     result['peak_memory_bytes'], result['peak_memory_source'] = peak_memory_bytes()
     return result
 

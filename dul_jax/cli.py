@@ -6,6 +6,7 @@
   dul-jax compress   --workdir DIR --input FILE --output FILE   # lossless, with the run's model
   dul-jax decompress --workdir DIR --input FILE --output FILE
   dul-jax inspect --config experiments/configs/NAME.py [--config.KEY=VALUE ...]
+  dul-jax sweep  --sweep experiments/scaling/NAME.py --workdir DIR [--shard I/N] [--no-report]
 
 A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
 exits with status 2; a diverged run exits with status 1.
@@ -38,7 +39,28 @@ def _parser() -> argparse.ArgumentParser:
         coder.add_argument('--workdir', required=True)
         coder.add_argument('--input', required=True)
         coder.add_argument('--output', required=True)
+    sweep = sub.add_parser('sweep', help='run (or resume) a sweep of runs; fit and report it')
+    sweep.add_argument('--sweep', required=True, help='a sweep file with get_sweep()')
+    sweep.add_argument('--workdir', required=True)
+    sweep.add_argument('--shard', default='0/1', help='I/N: run only runs I, I+N, I+2N, ...')
+    sweep.add_argument('--no-report', action='store_true',
+                       help='skip the fits, plots and report.md when the sweep is complete')
     return p
+
+
+def _sweep(args) -> None:
+    import os
+
+    from dul_jax.scaling import sweep
+    shard = sweep.parse_shard(args.shard)
+    base, runs = sweep.load_sweep(args.sweep)
+    _start(base, False)
+    results = sweep.run_sweep(args.sweep, args.workdir, shard)
+    if len(results) == len(runs) and not args.no_report:
+        from dul_jax.scaling import report
+        outdir = os.path.join(args.workdir, 'report')
+        report.write_report(results, outdir, title=f'Scaling laws: {args.sweep}')
+        print(f'report: {outdir}/report.md and its plots')
 
 
 def _split_overrides(extra: list[str]) -> list[str]:
@@ -69,6 +91,12 @@ def _start(cfg, debug: bool) -> None:
 def run(argv: list[str]) -> int:
     args, extra = _parser().parse_known_args(argv)
     overrides = _split_overrides(extra)
+    if args.command == 'sweep':
+        if overrides:
+            raise UserError('dul-jax sweep takes no --config.KEY=VALUE; put overrides in the '
+                            'sweep file.')
+        _sweep(args)
+        return 0
     from dul_jax import config as config_lib
     from dul_jax.train import loop
     if args.command in ('train', 'inspect'):

@@ -54,8 +54,11 @@ def test_loss_falls_and_run_writes_everything(tmp_path, tfds_dir):
     # that learns anything is far below that
     assert rows[-1]['loss'] < 0.7 * rows[0]['loss']
     assert final['loss'] < 1.75
-    for key in ('lr', 'grad_norm', 'tokens_per_s', 'examples_per_s'):
+    for key in ('lr', 'grad_norm', 'tokens_per_s', 'examples_per_s', 'mfu'):
         assert key in rows[-1]
+    assert 0 < rows[-1]['mfu'] < 1
+    # 80 steps of 16 digits of 64 pixels
+    assert rows[-1]['examples_seen'] == 80 * 16 and rows[-1]['tokens_seen'] == 80 * 16 * 64
     assert os.path.isfile(os.path.join(workdir, 'config.json'))
     assert os.listdir(os.path.join(workdir, 'tensorboard'))
     assert os.path.isfile(os.path.join(workdir, 'samples', 'step_000080.png'))

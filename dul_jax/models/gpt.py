@@ -32,7 +32,7 @@ class GPT(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     remat: str = 'none'
-    scan_unroll: int = 1
+    scan_unroll: int = 0      # layers per scan step; 0 = all (see Stack)
     decode: bool = False
 
     @property

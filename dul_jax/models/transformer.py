@@ -29,14 +29,43 @@ def layer_norm(dtype: Dtype, name: str | None = None, affine: bool = True) -> nn
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
 
 
-def attention_implementation(dtype, length: int) -> str | None:
+def use_cudnn_attention(dtype, length: int) -> bool:
     """cuDNN's fused (flash) attention on NVIDIA GPUs in 16-bit, which never materialises the
-    T x T scores; XLA's own implementation everywhere else, and for sequence lengths that are not
-    a multiple of 64 (cuDNN refuses some, e.g. MAE's 13 visible tokens)."""
-    if (jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-            and length % 64 == 0):
-        return 'cudnn'
-    return None
+    T x T scores; `blocked_attention` everywhere else, and for sequence lengths that are not a
+    multiple of 64 (cuDNN refuses some, e.g. MAE's 13 visible tokens)."""
+    return (jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+            and length % 64 == 0)
+
+
+CAUSAL_BLOCK = 128
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+    """Softmax attention on (B, T, H, D) inputs, computed in (B, H, T, D) layout, and for causal
+    attention in query blocks of CAUSAL_BLOCK that only read the keys at or before them.
+
+    On the CPU, batched matmuls in (B, H, T, D) run faster than XLA's attention in (B, T, H, D),
+    and the blocks skip the masked upper triangle: at T = 256 forward + backward took 66 ms
+    against 109 ms for `jax.nn.dot_product_attention` (16 x 256 x 4 heads x 64, 2 cores). The
+    softmax runs in float32 whatever the input dtype.
+    """
+    length = q.shape[1]
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    blocks = length // CAUSAL_BLOCK if causal and length % CAUSAL_BLOCK == 0 else 1
+    size = length // blocks
+    outputs = []
+    for i in range(blocks):
+        end = (i + 1) * size if causal else length
+        scores = jnp.matmul(q[:, :, i * size:(i + 1) * size], jnp.swapaxes(k[:, :, :end], -1, -2))
+        scores = scores.astype(jnp.float32)
+        if causal:
+            visible = jnp.arange(end)[None, :] <= jnp.arange(i * size, (i + 1) * size)[:, None]
+            scores = jnp.where(visible, scores, -jnp.inf)
+        weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        outputs.append(jnp.matmul(weights, v[:, :, :end]))
+    out = outputs[0] if blocks == 1 else jnp.concatenate(outputs, axis=2)
+    return jnp.swapaxes(out, 1, 2)
 
 
 class Attention(nn.Module):
@@ -54,24 +83,19 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         # Explicit params and einsums rather than nn.DenseGeneral: DenseGeneral initialises a flat
         # 2-D kernel and applies the 4-D logical constraint to it, which fails inside a mesh.
+        # Three projections rather than one fused (embed, 3, heads, kv) kernel: each matmul writes
+        # its (batch, length, heads, kv) result in the layout attention reads, where slicing a
+        # fused output cost transposes and copies worth 20% of a GPT-125M step on an H100.
         embed = x.shape[-1]
         head_dim = embed // self.num_heads
-        shape = (embed, 3, self.num_heads, head_dim)
-        w_qkv = self.param('qkv_kernel', nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=0,
-                                             out_axis=(1, 2, 3)),
-            ('embed', None, 'heads', 'kv')), shape)
-        b_qkv = self.param('qkv_bias', nn.with_logical_partitioning(
-            nn.initializers.zeros, (None, 'heads', 'kv')), shape[1:])
-        qkv = jnp.einsum('btd,dchk->cbthk', x, w_qkv.astype(self.dtype))
-        qkv = qkv + b_qkv.astype(self.dtype)[:, None, None]
-        q, k, v = (nn.with_logical_constraint(a, ('batch', 'length', 'heads', 'kv')) for a in qkv)
+        q, k, v = (self._project(x, name, head_dim) for name in ('query', 'key', 'value'))
         if self.decode:
             y = self._attend_cached(q, k, v)
-        else:
-            implementation = attention_implementation(q.dtype, q.shape[1])
+        elif use_cudnn_attention(q.dtype, q.shape[1]):
             y = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
-                                             implementation=implementation)
+                                             implementation='cudnn')
+        else:
+            y = blocked_attention(q, k, v, self.causal)
         y = nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
         w_out = self.param('out_kernel', nn.with_logical_partitioning(
             nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=(0, 1), out_axis=2),
@@ -79,6 +103,17 @@ class Attention(nn.Module):
         b_out = self.param('out_bias', nn.with_logical_partitioning(
             nn.initializers.zeros, ('embed',)), (embed,))
         return jnp.einsum('bthk,hkd->btd', y, w_out.astype(self.dtype)) + b_out.astype(self.dtype)
+
+    def _project(self, x: jax.Array, name: str, head_dim: int) -> jax.Array:
+        """x (B, T, embed) -> (B, T, heads, head_dim) through kernel `{name}_kernel`."""
+        shape = (x.shape[-1], self.num_heads, head_dim)
+        kernel = self.param(f'{name}_kernel', nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=0, out_axis=(1, 2)),
+            ('embed', 'heads', 'kv')), shape)
+        bias = self.param(f'{name}_bias', nn.with_logical_partitioning(
+            nn.initializers.zeros, ('heads', 'kv')), shape[1:])
+        y = jnp.einsum('btd,dhk->bthk', x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
 
     def _attend_cached(self, q, k, v):
         """Writes this step's key/value at the cache index and attends to positions <= index."""
@@ -187,7 +222,7 @@ class Stack(nn.Module):
     dtype: Dtype = jnp.float32
     decode: bool = False
     remat: str = 'none'
-    unroll: int = 1           # layers per scan iteration; num_layers = a plain unrolled stack
+    unroll: int = 1           # layers per scan iteration; 0 or num_layers: a plain unrolled stack
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True,
@@ -201,7 +236,7 @@ class Stack(nn.Module):
             split_rngs={'params': True, 'dropout': True},
             in_axes=nn.broadcast,
             length=self.num_layers,
-            unroll=self.unroll,
+            unroll=self.unroll or self.num_layers,
             metadata_params={nn.PARTITION_NAME: 'layers'},
         )
         x, _ = scanned(self.num_heads, self.mlp_dim, self.causal, self.dropout, self.dtype,

@@ -19,6 +19,11 @@ from dul_jax.data import decode_text
 from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
 from dul_jax.models.gpt import GPT, shift_right
 from dul_jax.sampling import sample_logits
+from dul_jax.scaling.accounting import (
+    count_embedding_params,
+    count_params,
+    transformer_flops_per_token,
+)
 from dul_jax.sharding.mesh import to_host
 from dul_jax.tasks.base import Task, register
 
@@ -34,7 +39,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.dropout = 0.0
     m.dtype = 'float32'          # compute dtype; params stay float32
     m.remat = 'none'             # 'none', 'full' or 'dots'
-    m.scan_unroll = 1            # layers per scan step (num_layers: fully unrolled)
+    # Layers per step of the scan over layers; 0 = all of them, a plain unrolled stack: the fastest
+    # step on CPU (+20% for 4 layers) and GPU (+28% for GPT-125M), at a compile time that grows
+    # with depth (12 layers: 5.3 s against 3.1 s on the 2-core CPU). 1 = a rolled scan.
+    m.scan_unroll = 0
     m.class_conditional = False  # condition on the data set's labels (images)
     return m
 
@@ -52,13 +60,15 @@ class AutoregressiveTask(Task):
             num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
             num_classes=spec.num_classes if self.conditional else 0, dropout=m.dropout,
             dtype=DTYPES.get(m.dtype, jnp.float32), remat=m.remat,
-            scan_unroll=m.get('scan_unroll', 1))
+            scan_unroll=m.get('scan_unroll', 0))
 
     def validate(self):
         m = self.cfg.model
         check(m.embed_dim % m.num_heads == 0,
               f'model.embed_dim={m.embed_dim} must be a multiple of model.num_heads={m.num_heads}.')
         check(m.dtype in DTYPES, f'model.dtype must be one of {sorted(DTYPES)}, got "{m.dtype}".')
+        check(m.get('scan_unroll', 0) >= 0,
+              f'model.scan_unroll must be 0 (all layers) or positive, got {m.get("scan_unroll")}.')
         check(m.remat in ('none', 'full', 'dots'),
               f'model.remat must be "none", "full" or "dots", got "{m.remat}".')
         check(not self.conditional or self.spec.num_classes > 0,
@@ -67,6 +77,12 @@ class AutoregressiveTask(Task):
 
     def example_size(self):
         return self.length
+
+    def flops_per_example(self, params):
+        m = self.cfg.model
+        matmul = count_params(params) - count_embedding_params(params)
+        return self.length * transformer_flops_per_token(matmul, m.num_layers, self.length,
+                                                         m.embed_dim)
 
     def _tokens(self, batch):
         if self.spec.kind == 'image':

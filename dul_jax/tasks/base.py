@@ -48,6 +48,11 @@ class Task:
         """Tokens (or pixels) per example, for throughput in tokens/s."""
         raise NotImplementedError
 
+    def flops_per_example(self, params) -> float | None:
+        """Analytic training FLOPs per example where the task knows them (the Transformer's
+        6N + 12LTd per token); None lets the trainer use XLA's count of the step."""
+        return None
+
     def init(self, rng: jax.Array, batch: Batch) -> Any:
         """Boxed (logically partitioned) params, from a batch of the right shapes."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ import tqdm
 from dul_jax import config as config_lib
 from dul_jax import data
 from dul_jax.errors import UserError
+from dul_jax.train import mfu
 from dul_jax.train.checkpoint import Checkpointer, restore_state
 from dul_jax.train.setup import Setup, count_params, prepare
 from dul_jax.train.writers import MetricWriter
@@ -107,9 +108,11 @@ class _Run:
     def train(self) -> dict[str, float]:
         setup, tc = self.setup, self.cfg.train
         state, step = self._restore_or_init()
+        self.flops_per_step, flops_source = mfu.model_flops_per_step(setup, state, tc.batch_size)
         state = setup.to_step_form(state)
         log(f'{setup.task.name} on {setup.spec.name}: {count_params(state.params):,} params, '
-            f'mesh {dict(setup.mesh.shape)}, global batch {tc.batch_size}, {tc.steps} steps')
+            f'mesh {dict(setup.mesh.shape)}, global batch {tc.batch_size}, {tc.steps} steps, '
+            f'{self.flops_per_step:.3g} FLOPs/step ({flops_source})')
         step_fn = setup.train_step(jit=not self.debug)
         progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not _is_main(), unit='step',
                              dynamic_ncols=True, mininterval=1.0)
@@ -177,16 +180,23 @@ class _Run:
         elapsed = time.perf_counter() - start
         row = _mean_metrics(self.history)
         row['lr'] = float(self.history[-1]['lr'])
+        batch, size = self.cfg.train.batch_size, self.setup.task.example_size()
+        row['examples_seen'], row['tokens_seen'] = step * batch, step * batch * size
         if steps:
-            batch = self.cfg.train.batch_size
             row['examples_per_s'] = steps * batch / elapsed
-            row['tokens_per_s'] = steps * batch * self.setup.task.example_size() / elapsed
+            row['tokens_per_s'] = steps * batch * size / elapsed
             row['step_s'] = elapsed / steps
+            # the same MFU as benchmarks/train_step.py: model FLOPs over (devices x peak)
+            peak = mfu.peak_flops_per_device()[0] * self.setup.mesh.size
+            row['mfu'] = self.flops_per_step / row['step_s'] / peak
         row['compile_s'] = self.compile_s
         self.writer.write(step, row)
         self.history = []
         self.clock = (time.perf_counter(), 0)
-        return {'loss': f'{row["loss"]:.4f}', 'tok_s': f'{row.get("tokens_per_s", 0):,.0f}'}
+        postfix = {'loss': f'{row["loss"]:.4f}', 'tok_s': f'{row.get("tokens_per_s", 0):,.0f}'}
+        if 'mfu' in row:
+            postfix['mfu'] = f'{row["mfu"]:.1%}'
+        return postfix
 
     def _save(self, step: int, state) -> None:
         self._fetch(step)  # never checkpoint a state whose losses were not all finite

@@ -11,6 +11,9 @@ import time
 import jax
 import jax.numpy as jnp
 
+from dul_jax.scaling.accounting import xla_flops
+from dul_jax.train.state import make_train_step
+
 # Dense bf16 peaks in TFLOP/s per chip, matched against jax's device_kind (lower case).
 PUBLISHED_PEAK_TFLOPS = (
     ('h100', 989.0),
@@ -49,3 +52,16 @@ def peak_flops_per_device() -> tuple[float, str]:
         if name in kind:
             return tflops * 1e12, f'published dense bf16 peak of {device.device_kind}'
     return float('nan'), f'no published peak known for {device.device_kind}'
+
+
+def model_flops_per_step(setup, state, batch_size: int) -> tuple[float, str]:
+    """(training FLOPs of one global step, where the figure comes from): the task's analytic count
+    where it has one, else XLA's cost analysis of the lowered (uncompiled, unpartitioned) step on
+    abstract inputs, which costs a trace but no compile. XLA counts a scanned loop body once, so
+    for scanned stacks (`model.scan_unroll` < layers) that figure is low."""
+    analytic = setup.task.flops_per_example(state.params)
+    if analytic is not None:
+        return analytic * batch_size, 'analytic'
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    step = make_train_step(setup.task, setup.tx, setup.schedule, setup.cfg.optim.ema_decay)
+    return xla_flops(jax.jit(step).lower(abstract, setup.dummy_batch(batch_size))), 'xla'

@@ -24,10 +24,10 @@ def get_config():
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 200
     c.optim.ema_decay = 0.999
-    c.train.steps = 4000
+    c.train.steps = 2500
     c.train.batch_size = 32
     c.train.log_every = 100
-    c.train.eval_every = 1500          # the whole test split (10,000 images) each time
+    c.train.eval_every = 2500          # the whole test split (10,000 images), once at the end
     c.train.ckpt_every = 500
     c.eval.batch_size = 250
     c.eval.max_examples = 0

@@ -1,0 +1,184 @@
+"""Sweeps: many runs of the normal trainer from one file, resumable, splittable across jobs.
+
+A sweep file defines `get_sweep()` returning `(base_config, [SweepRun, ...])`. Each run trains in
+WORKDIR/runs/NAME with the base config plus the run's overrides, through `dul_jax.train.loop.train`
+(so checkpoints, resume and SIGTERM behave as for any run). A finished run leaves result.json
+beside its checkpoints and is skipped from then on; a killed sweep rerun with the same command
+resumes the unfinished run from its last checkpoint. `shard=(i, n)` takes runs i, i+n, i+2n, ...
+so n jobs can share a sweep's directory. After every run WORKDIR/results.jsonl is rewritten from
+all result.json files present, one line per finished run, in the sweep's order:
+
+    name, budget, N (non-embedding params), N_total, D (tokens or examples seen), C (training
+    FLOPs), C_source, loss (final eval, nats/token or the task's loss), steps, batch_size, lr,
+    seed, wall_s, diverged, plus the run's overrides.
+"""
+
+import copy
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+
+from dul_jax import config as config_lib
+from dul_jax.errors import UserError
+from dul_jax.scaling.accounting import count_embedding_params, count_params
+
+RESULT = 'result.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    name: str                       # a directory name: unique within the sweep
+    overrides: dict                 # config key ('model.embed_dim') -> value
+    budget: float | None = None     # the nominal compute budget of its IsoFLOP group, if any
+
+
+def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[SweepRun]]:
+    if not os.path.isfile(path):
+        raise UserError(f'sweep file {path} does not exist; pass an existing --sweep file, e.g. '
+                        'experiments/scaling/python_source.py.')
+    spec = importlib.util.spec_from_file_location('_dul_jax_sweep', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_sweep'):
+        raise UserError(f'sweep file {path} defines no get_sweep(); add one returning '
+                        '(base_config, [SweepRun, ...]).')
+    base, runs = module.get_sweep()
+    names = [r.name for r in runs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise UserError(f'sweep {path} names runs {duplicated} more than once; give each run a '
+                        'unique name.')
+    return base, runs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    try:
+        i, n = (int(part) for part in text.split('/'))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise UserError(f'--shard must be I/N with 0 <= I < N (e.g. 0/4), got "{text}".')
+    return i, n
+
+
+def run_config(base: ml_collections.ConfigDict, run: SweepRun) -> ml_collections.ConfigDict:
+    cfg = copy.deepcopy(base)
+    for key, value in run.overrides.items():
+        *parents, leaf = key.split('.')
+        node = cfg
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise UserError(f'run {run.name} sets unknown config key "{key}"; fix the sweep file.')
+        node[leaf] = value
+    return cfg
+
+
+def measure(cfg, steps: int) -> dict:
+    """N, N_total, D and C of `steps` steps of cfg, from shapes alone (nothing is compiled)."""
+    from dul_jax.train.mfu import model_flops_per_step
+    from dul_jax.train.setup import prepare
+    setup = prepare(cfg, devices=jax.devices()[:1])
+    state = setup.abstract_state()
+    total = count_params(state.params)
+    flops, source = model_flops_per_step(setup, state, cfg.train.batch_size)
+    return {'N': total - count_embedding_params(state.params), 'N_total': total,
+            'D': steps * cfg.train.batch_size * setup.task.example_size(),
+            'C': flops * steps, 'C_source': source}
+
+
+def measure_overrides(base, overrides: dict) -> dict:
+    """`measure` for one step of base + overrides: what a sweep file sizes its runs with."""
+    return measure(run_config(base, SweepRun('probe', overrides)), 1)
+
+
+def kaplan_learning_rate(non_embedding_params: int) -> float:
+    """Kaplan et al. 2020, eq. D.1: the learning rate that fitted their runs of N parameters."""
+    return 0.003239 - 0.0001395 * math.log(non_embedding_params)
+
+
+def _write_json_atomic(path: str, obj, lines: bool = False) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+        if lines:
+            f.writelines(json.dumps(row) + '\n' for row in obj)
+        else:
+            json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def collect(workdir: str, runs: list[SweepRun]) -> list[dict]:
+    """The result.json of every finished run, in sweep order; rewrites WORKDIR/results.jsonl."""
+    results = []
+    for run in runs:
+        path = os.path.join(workdir, 'runs', run.name, RESULT)
+        if os.path.isfile(path):
+            with open(path) as f:
+                results.append(json.load(f))
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(workdir, 'results.jsonl'), results, lines=True)
+    return results
+
+
+def _check_same_config(rundir: str, cfg, name: str) -> None:
+    """A run directory from an edited sweep would resume a checkpoint of another model."""
+    path = os.path.join(rundir, 'config.json')
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved != json.loads(config_lib.to_json(cfg)):
+            raise UserError(f'run {name} in {rundir} was started with a different config; '
+                            'delete that directory or restore the sweep file.')
+
+
+def run_one(base, run: SweepRun, workdir: str) -> dict | None:
+    """Train one run to completion and write its result.json; None if it stopped on SIGTERM."""
+    from dul_jax.train import loop
+    cfg = run_config(base, run)
+    rundir = os.path.join(workdir, 'runs', run.name)
+    _check_same_config(rundir, cfg, run.name)
+    start = time.perf_counter()
+    try:
+        final, diverged = loop.train(cfg, rundir), False
+    except loop.TrainingDiverged as e:
+        loop.log(f'run {run.name} diverged: {e}')
+        final, diverged = {'loss': math.nan}, True
+    if not final:
+        return None
+    result = {'name': run.name, 'budget': run.budget, **measure(cfg, cfg.train.steps),
+              'loss': final['loss'], 'steps': cfg.train.steps,
+              'batch_size': cfg.train.batch_size, 'lr': cfg.optim.lr, 'seed': cfg.seed,
+              'wall_s': time.perf_counter() - start, 'diverged': diverged,
+              'final_metrics': final, 'overrides': run.overrides}
+    if jax.process_index() == 0:
+        _write_json_atomic(os.path.join(rundir, RESULT), result)
+    return result
+
+
+def run_sweep(path: str, workdir: str, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Run this shard's unfinished runs; returns the results of the whole sweep found so far."""
+    base, runs = load_sweep(path)
+    index, count = shard
+    mine = runs[index::count]
+    for k, run in enumerate(mine):
+        done = os.path.isfile(os.path.join(workdir, 'runs', run.name, RESULT))
+        label = f'[{k + 1}/{len(mine)}] {run.name}'
+        if done:
+            print(f'{label}: finished earlier, skipped', flush=True)
+            continue
+        print(f'{label}: {run.overrides}', flush=True)
+        if run_one(base, run, workdir) is None:
+            print('SIGTERM: the sweep stopped; rerun the same command to resume.', flush=True)
+            break
+        collect(workdir, runs)
+    results = collect(workdir, runs)
+    print(f'{len(results)} of {len(runs)} runs finished; table in '
+          f'{os.path.join(workdir, "results.jsonl")}', flush=True)
+    return results

@@ -75,18 +75,24 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Run `get_config()` from `path`, then apply `key=value` overrides (keys relative to root)."""
+def call_file_function(path: str, function: str, kind: str, example: str, returns: str):
+    """Run `function()` defined in the Python file `path` (a config or sweep file)."""
     if not os.path.isfile(path):
-        raise UserError(f'config file {path} does not exist; pass an existing --config file, '
-                        'e.g. experiments/configs/demo.py.')
-    spec = importlib.util.spec_from_file_location('_dul_jax_config', path)
+        raise UserError(f'{kind} file {path} does not exist; pass an existing --{kind} file, '
+                        f'e.g. {example}.')
+    spec = importlib.util.spec_from_file_location(f'_dul_jax_{kind}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, 'get_config'):
-        raise UserError(f'config file {path} defines no get_config(); add one returning a '
-                        'ConfigDict.')
-    cfg = module.get_config()
+    if not hasattr(module, function):
+        raise UserError(f'{kind} file {path} defines no {function}(); add one returning '
+                        f'{returns}.')
+    return getattr(module, function)()
+
+
+def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Run `get_config()` from `path`, then apply `key=value` overrides (keys relative to root)."""
+    cfg = call_file_function(path, 'get_config', 'config', 'experiments/configs/demo.py',
+                             'a ConfigDict')
     for item in overrides:
         apply_override(cfg, item)
     return cfg

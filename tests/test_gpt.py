@@ -98,8 +98,8 @@ def test_blocked_attention_equals_jax_attention_values_and_gradients(length, cau
 
     def loss(attend, *qkv):
         return jnp.sum(jnp.sin(attend(*qkv)))
-    ours = lambda q, k, v: blocked_attention(q, k, v, causal)  # noqa: E731
-    theirs = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)  # noqa: E731
+    ours = lambda q, k, v: blocked_attention(q, k, v, causal)
+    theirs = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)
     np.testing.assert_allclose(ours(q, k, v), theirs(q, k, v), atol=2e-5)
     grads = [jax.grad(loss, argnums=(1, 2, 3))(f, q, k, v) for f in (ours, theirs)]
     for a, b in zip(*grads):

@@ -139,6 +139,20 @@ def test_isoflop_flags_minimum_outside_sampled_sizes():
     assert not extrapolated.converged and 'extrapolated' in extrapolated.details['notes'][0]
 
 
+def test_isoflop_parabola_uses_the_sizes_around_the_minimum():
+    """Measured: the 3e12-FLOP IsoFLOP profile of our python_source sweep (session 2), whose
+    large-N side flattens. A parabola through all six sizes puts the minimum at 1e4, a factor
+    7 below the best measured size; the five around the lowest loss stay within 3x of it."""
+    n = np.array([33920, 69184, 166720, 472384, 826368, 1587936])
+    loss = np.array([1.5885, 1.5557, 1.7581, 2.0851, 2.2110, 2.3840])
+    local = fit.fit_parabola(n, loss, 3e12)
+    everything = fit.fit_parabola(n, loss, 3e12, window=len(n))
+    assert local.n_runs == 5 and everything.n_runs == 6
+    best = np.log10(n[np.argmin(loss)])
+    assert abs(np.log10(local.n_opt) - best) < np.log10(3)
+    assert abs(np.log10(everything.n_opt) - best) > np.log10(5)
+
+
 def test_selections_and_holdout():
     C = np.array([1.0, 2.0, 2.0, 3.0, 4.0])
     L = np.array([5.0, 4.0, 4.5, 4.2, 3.0])
@@ -197,3 +211,10 @@ def test_write_report_one_budget_says_isoflop_not_fitted(tmp_path, monkeypatch):
     text = (tmp_path / 'few' / 'report.md').read_text()
     assert 'no run has a budget field' in text
     assert 'Held-out prediction: not possible' in text
+
+
+def test_frontier_treats_one_budgets_rounded_compute_as_equal():
+    """Runs of one budget differ in C by the rounding of their steps: only the best is frontier."""
+    C = np.array([0.999e12, 1.0e12, 1.002e12, 3.0e12, 2.998e12])
+    L = np.array([2.4, 2.2, 2.3, 2.0, 2.1])
+    assert list(fit.lower_envelope(C, L)) == [1, 3]

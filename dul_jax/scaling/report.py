@@ -116,6 +116,10 @@ def run_fits(results, n_boot: int = 200, seed: int = 0, holdout: str | None = 'l
                               groups=budget[grouped], warm_start=False)
     if holdout:
         out['holdout'] = _try(fit.holdout_chinchilla, N, D, L, C, which=holdout)
+        if isinstance(out['holdout'], str) and len(np.unique(D)) == 1:  # one data budget
+            out['holdout'] = _try(fit.holdout_power_law, N[idx_n], L[idx_n])
+            if not isinstance(out['holdout'], str):
+                out['holdout'].index = int(idx_n[out['holdout'].index])
     return out
 
 
@@ -344,7 +348,7 @@ def _holdout_lines(fits):
     i = h.index
     which = 'largest N' if h.criterion == 'largest_N' else 'largest C'
     status = 'converged' if h.fit.converged else 'NOT converged'
-    intro = (f'The joint law L(N, D) fitted to every run except `{r["name"][i]}` ({which}: '
+    intro = (f'The law {h.law} fitted to every run except `{r["name"][i]}` ({which}: '
              f'N = {r["N"][i]:.4g}, D = {r["D"][i]:.4g}, C = {r["C"][i]:.4g}; fit {status}) '
              'predicts its loss:')
     error = (f'Held-out error: run `{r["name"][i]}`: predicted {h.predicted:.4f}, measured '

@@ -15,7 +15,6 @@ all result.json files present, one line per finished run, in the sweep's order:
 
 import copy
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -39,16 +38,9 @@ class SweepRun:
 
 
 def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[SweepRun]]:
-    if not os.path.isfile(path):
-        raise UserError(f'sweep file {path} does not exist; pass an existing --sweep file, e.g. '
-                        'experiments/scaling/python_source.py.')
-    spec = importlib.util.spec_from_file_location('_dul_jax_sweep', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, 'get_sweep'):
-        raise UserError(f'sweep file {path} defines no get_sweep(); add one returning '
-                        '(base_config, [SweepRun, ...]).')
-    base, runs = module.get_sweep()
+    base, runs = config_lib.call_file_function(path, 'get_sweep', 'sweep',
+                                               'experiments/scaling/python_source.py',
+                                               '(base_config, [SweepRun, ...])')
     names = [r.name for r in runs]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:

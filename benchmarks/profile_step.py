@@ -27,6 +27,8 @@ from dul_jax import config as config_lib
 CATEGORIES = (
     ('attention', ('cudnn', 'flash', 'fmha', 'attention')),
     ('matmul', ('gemm', 'cublas', 'nvjet', 'dot', 'matmul', 'xmma', 'cutlass', 'convolution')),
+    # XLA:CPU hands dots (with fused elementwise producers/consumers) to YNNPACK as `ynn_fusion`
+    ('matmul (ynnpack)', ('ynn_',)),
     ('collective', ('all-reduce', 'all-gather', 'reduce-scatter', 'nccl', 'all-to-all')),
     ('copy/transpose', ('copy', 'transpose', 'memcpy', 'memset')),
     ('fusion', ('fusion', 'loop_', 'input_', 'reduce', 'triton')),

@@ -1,6 +1,6 @@
 """DDPM U-Net (6.5M params) on MNIST (the 8,000-image train part of `mnist_test`, 256 levels),
 28x28 padded to 32x32 so the U-Net can halve it twice. For an accelerator: a training step at batch
-128 is 1.05 TFLOP (XLA's count), about 37 s on this 2-core CPU."""
+128 is 1.05 TFLOP (XLA's count), 13.3 s on this 2-core CPU when idle, 11.9 ms on an H100."""
 
 from dul_jax.tasks.diffusion import diffusion_config
 

@@ -111,6 +111,10 @@ def main() -> None:
     ideal = stats['ideal_bits'] / (count * dims)
     print(f'{cfg.data.name}: {count:,} {unit}s ({len(raw):,} raw bytes), model from '
           f'{args.workdir}; its NLL on them: {ideal:.4f} bits/{"dim" if dims > 1 else "byte"}')
+    payload_bits = 8 * stats['payload_bytes']
+    print(f'coded payload {payload_bits:,} bits against the model\'s {stats["ideal_bits"]:,.0f} '
+          f'bits: {100 * (payload_bits / stats["ideal_bits"] - 1):+.3f}% (header '
+          f'{stats["header_bytes"]} bytes); decoded exactly')
     per = 'bytes/image' if codec.kind == 'image' else 'bits/byte'
     print(f'\n| coder | total bytes | {per} | encode s | decode s | encode, decode {unit}s/s |')
     print('|---|---|---|---|---|---|')

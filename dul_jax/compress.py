@@ -11,11 +11,11 @@ What X is depends on the run in RUN:
   raw bytes in windows of data.seq_len (the model's context), each window from the start symbol.
 Class-conditional models are refused: the labels would have to be coded too.
 
-The decoder runs the model on the symbols decoded so far, one position at a time (the PixelCNN on
-its canvas, the Transformer with its KV cache). The encoder runs exactly the same jitted step on
-exactly the same inputs (the true prefix, zeros after it), so the probabilities agree bit for bit
-on the same machine whatever the convolution or attention kernels do with rounding; a parallel
-forward pass would agree only up to float rounding. On the host the float32 logits become
+The decoder runs the model on the symbols decoded so far, one position at a time (the PixelCNN
+from its cached activations, models/pixelcnn_decode.py; the Transformer with its KV cache). The
+encoder runs exactly the same jitted steps on exactly the same inputs (the true prefix), so the
+probabilities agree bit for bit on the same machine whatever the convolution or attention kernels
+do with rounding; a parallel forward pass would agree only up to float rounding. On the host the float32 logits become
 frequencies deterministically (float64 softmax, floor(p * 2^24), every symbol at least 1, the
 remainder to the most probable symbol), which constriction's range coder turns into bits.
 
@@ -43,9 +43,8 @@ import numpy as np
 from dul_jax.errors import UserError
 
 MAGIC = b'DULZ'
-VERSION = 1
+VERSION = 2                      # 2: PixelCNNs coded from cached activations
 PRECISION = 24                   # frequency resolution: 2^24, constriction's default for queues
-ROWS = 64                        # images or text windows coded side by side per model call
 KINDS = {'image': 1, 'text': 2}
 _FIXED = struct.Struct('>4sBBHBB')   # magic, version, kind, levels, precision, ndim
 _TAIL = struct.Struct('>32s32sQ')    # model sha256, data sha256, payload words
@@ -71,29 +70,30 @@ def quantize(logits: np.ndarray, precision: int = PRECISION) -> np.ndarray:
 # ---- the model, one position at a time -------------------------------------------------------
 
 class PixelStepper:
-    """A PixelCNN run on the canvas of symbols so far (zeros after them), once per position."""
+    """A PixelCNN run one position at a time from its cached activations."""
+    rows = 1000                  # images coded side by side: small per-position work, so batch
 
     def __init__(self, task, params):
-        shape = tuple(task.spec.shape)
         self.task, self.length, self.params = task, task.dims, params
-        self._logits = jax.jit(lambda p, flat, t: task.position_logits(
-            p, flat.reshape((flat.shape[0],) + shape), t))
-        self._write = jax.jit(lambda flat, t, symbols: flat.at[:, t].set(symbols))
+        self._logits = jax.jit(task.decode_logits, donate_argnums=1)
+        self._write = jax.jit(task.decode_write, donate_argnums=0)
 
     def start(self, rows):
-        return jnp.zeros((rows, self.length), jnp.int32), 0
+        return self.task.decode_init(rows), 0
 
     def next(self, state):
-        canvas, t = state
-        return state, self._logits(self.params, canvas, t)
+        cache, t = state
+        logits, cache = self._logits(self.params, cache, t)
+        return (cache, t), logits
 
     def feed(self, state, symbols):
-        canvas, t = state
-        return self._write(canvas, t, jnp.asarray(symbols, jnp.int32)), t + 1
+        cache, t = state
+        return self._write(cache, t, jnp.asarray(symbols, jnp.int32)), t + 1
 
 
 class CachedStepper:
     """A GPT in decode mode: one token per call, keys and values kept in its cache."""
+    rows = 64                    # text windows coded side by side
 
     def __init__(self, task, params):
         self.model = task.model.clone(decode=True)
@@ -179,9 +179,9 @@ def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
 
 # ---- coding rows of symbols -------------------------------------------------------------------
 
-def _chunks(num_rows: int):
+def _chunks(num_rows: int, most: int):
     """(start, stop, rows per model call): the same on both sides, from the header alone."""
-    width = max(min(num_rows, ROWS), 1)
+    width = max(min(num_rows, most), 1)
     return [(s, min(s + width, num_rows), width) for s in range(0, num_rows, width)]
 
 
@@ -191,7 +191,7 @@ def encode_rows(stepper, symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.n
     encoder = constriction.stream.queue.RangeEncoder()
     family = constriction.stream.model.Categorical(perfect=False)
     ideal_bits = 0.0
-    for start, stop, width in _chunks(len(symbols)):
+    for start, stop, width in _chunks(len(symbols), stepper.rows):
         block = np.zeros((width, symbols.shape[1]), np.int32)
         block[:stop - start] = symbols[start:stop]
         block_lengths = np.zeros(width, np.int64)
@@ -215,7 +215,7 @@ def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> 
     decoder = constriction.stream.queue.RangeDecoder(words)
     family = constriction.stream.model.Categorical(perfect=False)
     out = np.zeros((len(lengths), width), np.int32)
-    for start, stop, rows in _chunks(len(lengths)):
+    for start, stop, rows in _chunks(len(lengths), stepper.rows):
         block_lengths = np.zeros(rows, np.int64)
         block_lengths[:stop - start] = lengths[start:stop]
         state = stepper.start(rows)

@@ -51,7 +51,9 @@ def image_run(tmp_path_factory, tfds_dir):
         'model.first_kernel_size': 3, 'model.class_conditional': False, 'train.batch_size': 16,
         'train.steps': 60, 'optim.warmup_steps': 5, 'optim.lr': 3e-3, 'optim.ema_decay': 0.0},
         steps=20)
-    return workdir, cfg, compress_lib.load_codec(cfg, workdir)
+    codec = compress_lib.load_codec(cfg, workdir)
+    codec.stepper.rows = 64        # code in chunks of 64 images, so test_images span two
+    return workdir, cfg, codec
 
 
 @pytest.fixture(scope='module')

@@ -16,6 +16,7 @@ from scipy import integrate
 from dul_jax import config as config_lib
 from dul_jax import data
 from dul_jax.losses import logistic_mixture as lm
+from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN, raster_mask
 from dul_jax.train import loop
 from dul_jax.train.setup import prepare
@@ -95,6 +96,33 @@ def test_no_output_depends_on_its_own_or_later_positions_and_gated_has_no_blind_
     in_rc = np.stack(np.unravel_index(missing[:, 1], (5, 5, channels))[:2], axis=1)
     # same pixel (only channel ordering) never missing; otherwise above and to the right
     assert ((in_rc[:, 0] < out_rc[:, 0]) & (in_rc[:, 1] > out_rc[:, 1])).all()
+
+
+# ---- one position at a time from cached activations ----------------------------------------------
+
+@pytest.mark.parametrize('model_cls', [GatedPixelCNN, PixelCNN])
+@pytest.mark.parametrize('channels', [1, 3])
+def test_cached_steps_give_the_full_models_outputs_at_every_position(model_cls, channels):
+    """Writing an image position by position, the cached step's outputs at each position equal
+    the full forward pass on the whole image (first layer 5 wide, so its padding is exercised;
+    class-conditional, so the per-class biases are too)."""
+    shape, num = (5, 6, channels), 2
+    model = model_cls(out_per_channel=4, data_channels=channels, hidden=6 * channels,
+                      num_layers=3, kernel_size=3, first_kernel_size=5, num_classes=3)
+    images = jax.random.uniform(jax.random.key(2), (num,) + shape, minval=-1.0, maxval=1.0)
+    labels = jnp.array([0, 2])
+    params = random_params(model.init, images, labels)['params']
+    full = np.asarray(model.apply({'params': params}, images, labels)).reshape(num, -1, 4)
+
+    @jax.jit
+    def position(state, t, values):
+        outputs, state = pixelcnn_decode.step(model, params, state, shape, t, labels)
+        return outputs, pixelcnn_decode.write(model, state, shape, t, values)
+
+    state, flat = pixelcnn_decode.init_state(model, shape, num), images.reshape(num, -1)
+    for t in range(flat.shape[1]):
+        outputs, state = position(state, t, flat[:, t])
+        np.testing.assert_allclose(outputs, full[:, t], atol=2e-5, rtol=1e-5, err_msg=f'at {t}')
 
 
 # ---- discretized logistic mixture ---------------------------------------------------------------

@@ -45,6 +45,16 @@ def raster_mask(kernel_size: tuple[int, int], centre: tuple[int, int], in_featur
     return mask.astype(np.float32)
 
 
+def masked_kernel(kernel: jax.Array, centre: tuple[int, int], mask: str | None,
+                  data_channels: int) -> jax.Array:
+    """A (kh, kw, in, out) kernel with raster_mask applied (mask 'A' or 'B'; None: as it is)."""
+    if mask is None:
+        return kernel
+    kh, kw, in_features, out_features = kernel.shape
+    return kernel * raster_mask((kh, kw), centre, in_features, out_features, data_channels,
+                                include_centre=mask == 'B')
+
+
 class MaskedConv(nn.Module):
     """A 2-D convolution, optionally masked for raster-order causality ('A' or 'B').
 
@@ -70,9 +80,7 @@ class MaskedConv(nn.Module):
                             (kh, kw, in_features, self.features))
         bias = self.param('bias', nn.with_logical_partitioning(
             nn.initializers.zeros, (self.out_axis,)), (self.features,))
-        if self.mask is not None:
-            kernel = kernel * raster_mask((kh, kw), centre, in_features, self.features,
-                                          self.data_channels, include_centre=self.mask == 'B')
+        kernel = masked_kernel(kernel, centre, self.mask, self.data_channels)
         y = jax.lax.conv_general_dilated(
             x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1),
             padding=((centre[0], kh - 1 - centre[0]), (centre[1], kw - 1 - centre[1])),

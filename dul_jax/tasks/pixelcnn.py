@@ -4,7 +4,8 @@ p(x) = prod_t p(x_t | x_<t [, class]) over positions t in raster order (row, col
 `model.kind` picks the network ('pixelcnn' or 'gated'), `model.output` the per-position
 distribution: 'categorical' (a softmax over the data set's levels) or 'logistic_mixture'
 (PixelCNN++'s discretized mixture of logistics). The loss is the mean NLL per dimension in nats.
-Sampling runs the whole network once per position, in raster order, inside one jitted loop.
+Sampling and entropy coding run one position at a time from cached activations
+(models/pixelcnn_decode.py), in raster order; sampling inside one jitted loop.
 Multi-channel images are autoregressive over channels through the masks (see models/pixelcnn.py),
 so with the mixture output each channel has its own mixture conditioned on the earlier channels,
 in place of PixelCNN++'s linear coefficients between the channels of one shared mixture.
@@ -25,6 +26,7 @@ from dul_jax.losses.logistic_mixture import (
     discretized_logistic_mixture_log_probs,
     discretized_logistic_mixture_nll,
 )
+from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
 from dul_jax.sampling import sample_logits
 from dul_jax.tasks.base import Task, register
@@ -112,13 +114,23 @@ class PixelCNNTask(Task):
             return discretized_logistic_mixture_log_probs(outputs, self.levels)
         return outputs
 
-    def position_logits(self, params, canvas, position, labels=None):
-        """(B, L) logits of flat raster position `position` given the canvas (B, H, W, C):
-        what sampling and entropy coding call once per position."""
-        outputs = self.outputs(params, canvas, labels)
-        flat = outputs.reshape(outputs.shape[0], self.dims, outputs.shape[-1])
-        picked = jax.lax.dynamic_index_in_dim(flat, position, axis=1, keepdims=False)
-        return self.level_logits(picked).astype(jnp.float32)
+    # ---- one position at a time (models/pixelcnn_decode.py): sampling and entropy coding ----
+
+    def decode_init(self, num):
+        """The empty activation cache for `num` images."""
+        return pixelcnn_decode.init_state(self.model, tuple(self.spec.shape), num)
+
+    def decode_logits(self, params, state, position, labels=None):
+        """((B, L) logits of flat raster `position`, updated cache), given the levels written at
+        every earlier position: the full model's, computed from cached activations."""
+        outputs, state = pixelcnn_decode.step(self.model, params, state, tuple(self.spec.shape),
+                                              position, labels)
+        return self.level_logits(outputs).astype(jnp.float32), state
+
+    def decode_write(self, state, position, symbols):
+        """The cache with levels `symbols` (B,) written at flat raster `position`."""
+        return pixelcnn_decode.write(self.model, state, tuple(self.spec.shape), position,
+                                     self._scaled(symbols))
 
     def _nll(self, params, batch):
         """NLL in nats per dimension, (B, H, W, C)."""
@@ -150,14 +162,16 @@ class PixelCNNTask(Task):
     def _sample(self, params, rng, num, labels):
         temperature, top_k = self.cfg.sample.temperature, self.cfg.sample.top_k
 
-        def draw(position, canvas):
-            logits = self.position_logits(params, canvas, position, labels)
+        def draw(position, carry):
+            flat, state = carry
+            logits, state = self.decode_logits(params, state, position, labels)
             symbols = sample_logits(jax.random.fold_in(rng, position), logits, temperature, top_k)
-            flat = canvas.reshape(num, self.dims)
-            return flat.at[:, position].set(symbols.astype(jnp.int32)).reshape(canvas.shape)
+            symbols = symbols.astype(jnp.int32)
+            return flat.at[:, position].set(symbols), self.decode_write(state, position, symbols)
 
-        canvas = jnp.zeros((num,) + tuple(self.spec.shape), jnp.int32)
-        return jax.lax.fori_loop(0, self.dims, draw, canvas)
+        flat = jnp.zeros((num, self.dims), jnp.int32)
+        flat, _ = jax.lax.fori_loop(0, self.dims, draw, (flat, self.decode_init(num)))
+        return flat.reshape((num,) + tuple(self.spec.shape))
 
     def sample(self, params, rng, num):
         return np.asarray(self._sample(params, rng, num, self.sample_labels(num)))

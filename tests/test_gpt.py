@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dul_jax.models.gpt import GPT, shift_right
-from dul_jax.models.transformer import blocked_attention
+from dul_jax.models.gpt import GPT, add_positions, shift_right
+from dul_jax.models.transformer import blocked_attention, gelu_recomputed
 from dul_jax.sampling import sample_logits
 
 VOCAB, LENGTH = 17, 12
@@ -104,3 +104,28 @@ def test_blocked_attention_equals_jax_attention_values_and_gradients(length, cau
     grads = [jax.grad(loss, argnums=(1, 2, 3))(f, q, k, v) for f in (ours, theirs)]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+# ---- hand-written gradients (for the GPU's memory traffic) against autodiff of the plain forms ----
+
+def test_position_add_gradient_is_the_batch_sum():
+    x, table = jax.random.normal(jax.random.key(0), (3, 5, 4)), jnp.arange(20.0).reshape(5, 4)
+    weights = jax.random.normal(jax.random.key(1), (3, 5, 4))
+
+    def loss(add, x, table):
+        return jnp.sum(jnp.sin(add(x, table)) * weights)
+    got = jax.grad(lambda *a: loss(add_positions, *a), argnums=(0, 1))(x, table)
+    want = jax.grad(lambda *a: loss(lambda x, t: x + t[None], *a), argnums=(0, 1))(x, table)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_gelu_recomputed_matches_gelu_and_its_autodiff_gradient():
+    x = jnp.linspace(-8.0, 8.0, 4001)
+    np.testing.assert_array_equal(gelu_recomputed(x), nn.gelu(x))
+    got = jax.vmap(jax.grad(gelu_recomputed))(x)
+    want = jax.vmap(jax.grad(nn.gelu))(x)
+    np.testing.assert_allclose(got, want, atol=5e-6)    # float32 rounding of either form
+    # bfloat16 in, bfloat16 gradient out (computed in float32)
+    assert jax.grad(lambda v: gelu_recomputed(v).sum())(x.astype(jnp.bfloat16)).dtype == \
+        jnp.bfloat16

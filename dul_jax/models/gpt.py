@@ -15,6 +15,33 @@ def shift_right(tokens: jax.Array, bos: int) -> jax.Array:
     return jnp.concatenate([start, tokens[..., :-1]], axis=-1)
 
 
+@jax.custom_vjp
+def add_positions(x: jax.Array, table: jax.Array) -> jax.Array:
+    """x (B, T, d) + table (T, d), whose gradient for the table sums over the batch as a
+    matrix product with a vector of ones rather than a reduction.
+
+    Why: XLA's GPU layout assignment gives the operand of a reduction with a rank >= 2 result
+    the layout that makes it a row reduction, here (T, d, B) with the batch minor; from this one
+    gradient that layout spread over the whole residual stream, and every residual add and
+    LayerNorm beside a (B*T, d) matmul became a transpose (176 transpose kernels, 13% of an H100
+    step of GPT-125M). The barrier keeps XLA from seeing the ones and turning the product back
+    into that reduction. Same values, deterministic (a scatter-add of rows would use atomics).
+    """
+    return x + table[None]
+
+
+def _add_positions_fwd(x, table):
+    return x + table[None], x.shape[0]
+
+
+def _add_positions_bwd(batch, g):
+    ones = jax.lax.optimization_barrier(jnp.ones((batch,), g.dtype))
+    return g, jnp.einsum('b,btd->td', ones, g)
+
+
+add_positions.defvjp(_add_positions_fwd, _add_positions_bwd)
+
+
 class GPT(nn.Module):
     """p(x_t | x_<t [, class]) over `vocab_size` symbols, with an extra start symbol `vocab_size`.
 
@@ -56,7 +83,7 @@ class GPT(nn.Module):
             if self.decode:  # init: create the counter
                 self.variable('cache', 'position', lambda: jnp.array(0, jnp.int32))
             positions = pos[:length]
-        x = tok(inputs) + positions[None].astype(jnp.float32)
+        x = add_positions(tok(inputs).astype(jnp.float32), positions.astype(jnp.float32))
         if self.num_classes:
             if labels is None:
                 raise ValueError('this GPT is class-conditional: pass labels')

@@ -106,7 +106,7 @@ def benchmark(cfg, steps: int, warmup: int, synthetic: bool) -> dict:
     # is for reference: on GPU it misses cuBLAS/cuDNN calls, and it counts a scanned body once.
     flops, source = mfu.model_flops_per_step(setup, state, cfg.train.batch_size)
     result['model_flops_per_step'], result['flops_source'] = flops, source
-    result['mfu'] = flops / step_s / (peak * devices)
+    result['mfu'] = flops / step_s / (peak * devices) if flops else None
     result['peak_memory_bytes'], result['peak_memory_source'] = peak_memory_bytes()
     return result
 

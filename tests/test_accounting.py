@@ -68,3 +68,16 @@ def test_xla_counts_a_scanned_stack_body_once():
         counts.append(xla_flops(jax.jit(step).lower(state, setup.dummy_batch(8))))
     assert counts[1] < 0.5 * counts[0]
     assert jnp.isfinite(counts[1])
+
+
+def test_no_mfu_where_xla_counts_no_flops(monkeypatch):
+    """A task without an analytic count falls back to XLA's analysis; where that reports nothing
+    (a DiT step on GPU did), the count is None, not a zero that would read as 0% MFU."""
+    setup = gpt_setup(1, 32)
+    monkeypatch.setattr(setup.task, 'flops_per_example', lambda params: None)
+    state = setup.abstract_state()
+    flops, source = mfu.model_flops_per_step(setup, state, 8)
+    assert source == 'xla' and flops > 0
+    monkeypatch.setattr(mfu, 'xla_flops', lambda lowered: 0.0)
+    flops, source = mfu.model_flops_per_step(setup, state, 8)
+    assert flops is None and source.startswith('unknown')

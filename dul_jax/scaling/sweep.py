@@ -81,6 +81,9 @@ def measure(cfg, steps: int) -> dict:
     state = setup.abstract_state()
     total = count_params(state.params)
     flops, source = model_flops_per_step(setup, state, cfg.train.batch_size)
+    if flops is None:
+        raise UserError(f'the compute of task "{cfg.task}" cannot be counted ({source}); sweep '
+                        'a task with an analytic FLOP count, such as "autoregressive".')
     return {'N': total - count_embedding_params(state.params), 'N_total': total,
             'D': steps * cfg.train.batch_size * setup.task.example_size(),
             'C': flops * steps, 'C_source': source}

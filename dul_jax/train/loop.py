@@ -112,7 +112,8 @@ class _Run:
         state = setup.to_step_form(state)
         log(f'{setup.task.name} on {setup.spec.name}: {count_params(state.params):,} params, '
             f'mesh {dict(setup.mesh.shape)}, global batch {tc.batch_size}, {tc.steps} steps, '
-            f'{self.flops_per_step:.3g} FLOPs/step ({flops_source})')
+            + (f'{self.flops_per_step:.3g} FLOPs/step ({flops_source})' if self.flops_per_step
+               else f'FLOPs/step {flops_source}, so no MFU'))
         step_fn = setup.train_step(jit=not self.debug)
         progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not _is_main(), unit='step',
                              dynamic_ncols=True, mininterval=1.0)
@@ -187,8 +188,9 @@ class _Run:
             row['tokens_per_s'] = steps * batch * size / elapsed
             row['step_s'] = elapsed / steps
             # the same MFU as benchmarks/train_step.py: model FLOPs over (devices x peak)
-            peak = mfu.peak_flops_per_device()[0] * self.setup.mesh.size
-            row['mfu'] = self.flops_per_step / row['step_s'] / peak
+            if self.flops_per_step:
+                peak = mfu.peak_flops_per_device()[0] * self.setup.mesh.size
+                row['mfu'] = self.flops_per_step / row['step_s'] / peak
         row['compile_s'] = self.compile_s
         self.writer.write(step, row)
         self.history = []

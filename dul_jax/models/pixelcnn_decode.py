@@ -69,8 +69,8 @@ def _where(shape, position):
 
 
 def init_state(model, shape, num):
-    """The empty cache for `num` images of `shape` (H, W, C) (every pixel zero in [-1, 1]
-    units, as the full model sees a canvas with nothing written yet)."""
+    """The empty cache for `num` images of `shape` (H, W, C); unwritten pixels hold 0, which
+    the masks keep from reaching any output."""
     height, width, c = shape
     o, n, dtype = _image_offset(model), model.hidden, model.dtype
     state = {'image': jnp.zeros((num, height + 2 * o, width + 2 * o, c), jnp.float32)}

@@ -15,9 +15,13 @@ The decoder runs the model on the symbols decoded so far, one position at a time
 from its cached activations, models/pixelcnn_decode.py; the Transformer with its KV cache). The
 encoder runs exactly the same jitted steps on exactly the same inputs (the true prefix), so the
 probabilities agree bit for bit on the same machine whatever the convolution or attention kernels
-do with rounding; a parallel forward pass would agree only up to float rounding. On the host the float32 logits become
-frequencies deterministically (float64 softmax, floor(p * 2^24), every symbol at least 1, the
-remainder to the most probable symbol), which constriction's range coder turns into bits.
+do with rounding; a parallel forward pass would agree only up to float rounding. Compressing and
+decompressing in separate processes is tested on the CPU; on a GPU, XLA picks convolution and
+matmul kernels by timing them at compile time, so run both sides with
+XLA_FLAGS=--xla_gpu_autotune_level=0 (or on the CPU) to keep the kernels, and the bits, the same.
+On the host the float32 logits become frequencies deterministically (float64 softmax,
+floor(p * 2^24), every symbol at least 1, the remainder to the most probable symbol), which
+constriction's range coder turns into bits.
 
 File format (integers big-endian): magic b'DULZ', version u8, kind u8 (1 images, 2 bytes),
 levels u16, precision u8, ndim u8, shape (ndim x u64), sha256 of the model (config + params),
@@ -46,6 +50,7 @@ MAGIC = b'DULZ'
 VERSION = 2                      # 2: PixelCNNs coded from cached activations
 PRECISION = 24                   # frequency resolution: 2^24, constriction's default for queues
 KINDS = {'image': 1, 'text': 2}
+LAG = 16                         # positions the encoder lets the device run ahead of the coder
 _FIXED = struct.Struct('>4sBBHBB')   # magic, version, kind, levels, precision, ndim
 _TAIL = struct.Struct('>32s32sQ')    # model sha256, data sha256, payload words
 
@@ -71,10 +76,12 @@ def quantize(logits: np.ndarray, precision: int = PRECISION) -> np.ndarray:
 
 class PixelStepper:
     """A PixelCNN run one position at a time from its cached activations."""
-    rows = 1000                  # images coded side by side: small per-position work, so batch
+    # Images coded side by side (small per-position work, so batch). The width changes which
+    # kernels run and so the logits' last bits: changing it needs a VERSION bump.
+    rows = 1000
 
     def __init__(self, task, params):
-        self.task, self.length, self.params = task, task.dims, params
+        self.task, self.length, self.params = task, task.dims, jax.device_put(params)
         self._logits = jax.jit(task.decode_logits, donate_argnums=1)
         self._write = jax.jit(task.decode_write, donate_argnums=0)
 
@@ -93,11 +100,11 @@ class PixelStepper:
 
 class CachedStepper:
     """A GPT in decode mode: one token per call, keys and values kept in its cache."""
-    rows = 64                    # text windows coded side by side
+    rows = 64                    # text windows side by side (as PixelStepper.rows: VERSION)
 
     def __init__(self, task, params):
         self.model = task.model.clone(decode=True)
-        self.task, self.length, self.params = task, task.length, params
+        self.task, self.length, self.params = task, task.length, jax.device_put(params)
         self._step = jax.jit(lambda p, cache, tokens: self.model.apply(
             {'params': p, 'cache': cache}, tokens[:, None], None, mutable=['cache']))
 
@@ -180,7 +187,8 @@ def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
 # ---- coding rows of symbols -------------------------------------------------------------------
 
 def _chunks(num_rows: int, most: int):
-    """(start, stop, rows per model call): the same on both sides, from the header alone."""
+    """(start, stop, rows per model call): the same on both sides, from the header's row count
+    and the stepper's fixed width."""
     width = max(min(num_rows, most), 1)
     return [(s, min(s + width, num_rows), width) for s in range(0, num_rows, width)]
 
@@ -197,17 +205,24 @@ def encode_rows(stepper, symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.n
         block_lengths = np.zeros(width, np.int64)
         block_lengths[:stop - start] = lengths[start:stop]
         state, pending = stepper.start(width), []
-        for t in range(int(block_lengths.max())):
-            state, logits = stepper.next(state)
-            pending.append(logits)             # fetched later: the device runs ahead
-            state = stepper.feed(state, block[:, t])
-        for t, logits in enumerate(pending):
-            active = block_lengths > t
-            freqs = quantize(np.asarray(logits)[active])
-            coded = block[active, t]
-            encoder.encode(coded, family, freqs / 2.0 ** PRECISION)
-            ideal_bits += float(np.sum(PRECISION - np.log2(freqs[np.arange(len(coded)), coded])))
+        for t in range(int(block_lengths.max()) + LAG):
+            if t < block_lengths.max():
+                state, logits = stepper.next(state)
+                pending.append((t, logits))    # fetched LAG positions later: the device runs ahead
+                state = stepper.feed(state, block[:, t])
+            if len(pending) > LAG or (pending and t >= block_lengths.max()):
+                ideal_bits += _encode_position(encoder, family, *pending.pop(0), block,
+                                               block_lengths)
     return encoder.get_compressed(), ideal_bits
+
+
+def _encode_position(encoder, family, t, logits, block, block_lengths) -> float:
+    """Code position t of the rows that reach it; returns its ideal bits."""
+    active = block_lengths > t
+    freqs = quantize(np.asarray(logits)[active])
+    coded = block[active, t]
+    encoder.encode(coded, family, freqs / 2.0 ** PRECISION)
+    return float(np.sum(PRECISION - np.log2(freqs[np.arange(len(coded)), coded])))
 
 
 def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 import math
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -166,6 +168,19 @@ def test_bytes_round_trip_with_the_transformer_kv_cache(tmp_path):
         with open(restored, 'rb') as f:
             assert f.read() == payload, name
     assert len(text) % 32 and len(text) > 64    # several windows, the last one partial
+
+
+def test_another_process_decodes_what_this_one_coded(image_run, test_images, tmp_path):
+    """The promise the format makes: decoding in a fresh process on the same
+    machine reproduces the encoder's probabilities bit for bit."""
+    workdir, _, _ = image_run
+    original = _save(tmp_path / 'x.npy', test_images[:3])
+    packed, restored = str(tmp_path / 'x.dulz'), str(tmp_path / 'y.npy')
+    assert cli.main(['compress', '--workdir', workdir, '--input', original,
+                     '--output', packed]) == 0
+    subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'decompress', '--workdir', workdir,
+                    '--input', packed, '--output', restored], check=True, cwd=REPO)
+    np.testing.assert_array_equal(np.load(restored), test_images[:3])
 
 
 def test_command_line(image_run, test_images, tmp_path, capsys):

@@ -106,7 +106,7 @@ def test_blocked_attention_equals_jax_attention_values_and_gradients(length, cau
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
-# ---- hand-written gradients (for the GPU's memory traffic) against autodiff of the plain forms ----
+# ---- hand-written gradients (for GPU memory traffic) against autodiff of the plain forms ----
 
 def test_position_add_gradient_is_the_batch_sum():
     x, table = jax.random.normal(jax.random.key(0), (3, 5, 4)), jnp.arange(20.0).reshape(5, 4)

@@ -25,14 +25,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, 'experiments', 'configs', 'gated_pixelcnn_digits.py')
 
 
-def random_params(init, *args, scale=0.3, seed=0):
+def random_params(init, *args, scale=0.3, bias_scale=0.0, seed=0):
     """Normal random parameters of init's shapes, drawn by numpy: compiling a model's
-    jax.random initialisers costs seconds per model on this CPU, and these tests need none."""
+    jax.random initialisers costs seconds per model on this CPU, and these tests need none.
+    Biases (class biases too) get `bias_scale`: 0 by default, as in the real initialisers."""
     rng = np.random.default_rng(seed)
     shapes = nn.meta.unbox(jax.eval_shape(init, jax.random.key(0), *args))
 
-    def draw(path, s):   # biases start at zero, as in the real initialisers
-        std = 0.0 if 'bias' in jax.tree_util.keystr(path) else scale
+    def draw(path, s):
+        std = bias_scale if 'bias' in jax.tree_util.keystr(path) else scale
         return jnp.asarray(rng.normal(0.0, std, s.shape), s.dtype)
     return jax.tree_util.tree_map_with_path(draw, shapes)
 
@@ -100,19 +101,25 @@ def test_no_output_depends_on_its_own_or_later_positions_and_gated_has_no_blind_
 
 # ---- one position at a time from cached activations ----------------------------------------------
 
-@pytest.mark.parametrize('model_cls', [GatedPixelCNN, PixelCNN])
-@pytest.mark.parametrize('channels', [1, 3])
-def test_cached_steps_give_the_full_models_outputs_at_every_position(model_cls, channels):
+@pytest.mark.parametrize('model_cls, channels, layers, dtype', [
+    (GatedPixelCNN, 1, 3, 'float32'), (GatedPixelCNN, 3, 3, 'float32'),
+    (PixelCNN, 1, 3, 'float32'), (PixelCNN, 3, 3, 'float32'),
+    (GatedPixelCNN, 1, 1, 'float32'), (GatedPixelCNN, 1, 2, 'bfloat16'),
+    (PixelCNN, 1, 2, 'bfloat16')])
+def test_cached_steps_give_the_full_models_outputs_at_every_position(model_cls, channels,
+                                                                       layers, dtype):
     """Writing an image position by position, the cached step's outputs at each position equal
     the full forward pass on the whole image (first layer 5 wide, so its padding is exercised;
-    class-conditional, so the per-class biases are too)."""
+    every bias nonzero and class-conditional, so a dropped bias or label shows)."""
     shape, num = (5, 6, channels), 2
     model = model_cls(out_per_channel=4, data_channels=channels, hidden=6 * channels,
-                      num_layers=3, kernel_size=3, first_kernel_size=5, num_classes=3)
+                      num_layers=layers, kernel_size=3, first_kernel_size=5, num_classes=3,
+                      dtype=jnp.dtype(dtype))
     images = jax.random.uniform(jax.random.key(2), (num,) + shape, minval=-1.0, maxval=1.0)
     labels = jnp.array([0, 2])
-    params = random_params(model.init, images, labels)['params']
+    params = random_params(model.init, images, labels, bias_scale=0.3)['params']
     full = np.asarray(model.apply({'params': params}, images, labels)).reshape(num, -1, 4)
+    tolerance = {'atol': 2e-5, 'rtol': 1e-5} if dtype == 'float32' else {'atol': 0.1, 'rtol': 0.05}
 
     @jax.jit
     def position(state, t, values):
@@ -122,7 +129,7 @@ def test_cached_steps_give_the_full_models_outputs_at_every_position(model_cls, 
     state, flat = pixelcnn_decode.init_state(model, shape, num), images.reshape(num, -1)
     for t in range(flat.shape[1]):
         outputs, state = position(state, t, flat[:, t])
-        np.testing.assert_allclose(outputs, full[:, t], atol=2e-5, rtol=1e-5, err_msg=f'at {t}')
+        np.testing.assert_allclose(outputs, full[:, t], **tolerance, err_msg=f'at {t}')
 
 
 # ---- discretized logistic mixture ---------------------------------------------------------------

@@ -15,7 +15,6 @@ def shift_right(tokens: jax.Array, bos: int) -> jax.Array:
     return jnp.concatenate([start, tokens[..., :-1]], axis=-1)
 
 
-@jax.custom_vjp
 def add_positions(x: jax.Array, table: jax.Array) -> jax.Array:
     """x (B, T, d) + table (T, d), whose gradient for the table sums over the batch as a
     matrix product with a vector of ones rather than a reduction.
@@ -27,19 +26,24 @@ def add_positions(x: jax.Array, table: jax.Array) -> jax.Array:
     step of GPT-125M). The barrier keeps XLA from seeing the ones and turning the product back
     into that reduction. Same values, deterministic (a scatter-add of rows would use atomics).
     """
+    return _add_rows(x, table.astype(x.dtype))   # one dtype inside: gradients keep each's own
+
+
+@jax.custom_vjp
+def _add_rows(x, table):
     return x + table[None]
 
 
-def _add_positions_fwd(x, table):
+def _add_rows_fwd(x, table):
     return x + table[None], x.shape[0]
 
 
-def _add_positions_bwd(batch, g):
+def _add_rows_bwd(batch, g):
     ones = jax.lax.optimization_barrier(jnp.ones((batch,), g.dtype))
     return g, jnp.einsum('b,btd->td', ones, g)
 
 
-add_positions.defvjp(_add_positions_fwd, _add_positions_bwd)
+_add_rows.defvjp(_add_rows_fwd, _add_rows_bwd)
 
 
 class GPT(nn.Module):

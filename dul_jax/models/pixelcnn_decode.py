@@ -98,7 +98,10 @@ def write(model, state, shape, position, values):
 
 def step(model, params, state, shape, position, labels=None):
     """(outputs (B, P) at flat raster `position`, the updated state): the full model's
-    outputs there, given the values written at every earlier position."""
+    outputs there, given the values written at every earlier position. Call it once per
+    position, in raster order (a row's first call also advances the vertical stack)."""
+    if model.num_classes and labels is None:
+        raise ValueError('this model is class-conditional: pass labels')
     params = nn.meta.unbox(params)
     i, j, c = _where(shape, position)
     if isinstance(model, GatedPixelCNN):
@@ -141,7 +144,7 @@ def _gated_pixel(model, params, state, i, j, labels):
         lp, first = params[f'layer_{layer}'], layer == 0
         if first:   # the image row itself: its pixel (i, j) is written after this step
             taps = jax.lax.dynamic_slice(image, (0, i + p0, j, 0),
-                                         (image.shape[0], 1, p + 1, c))[:, 0]
+                                         (image.shape[0], 1, p + 1, c))[:, 0].astype(dtype)
         else:       # earlier layers' outputs at this row's pixels so far, and this one's now
             buffer = jax.lax.dynamic_update_slice_in_dim(
                 state['h_row'][layer - 1], x[:, None].astype(dtype), j + p, axis=1)

@@ -55,16 +55,17 @@ def peak_flops_per_device() -> tuple[float, str]:
 
 
 def model_flops_per_step(setup, state, batch_size: int) -> tuple[float | None, str]:
-    """(training FLOPs of one global step or None, where the figure comes from): the task's analytic count
-    where it has one, else XLA's cost analysis of the lowered (uncompiled, unpartitioned) step on
-    abstract inputs, which costs a trace but no compile. XLA counts a scanned loop body once, so
-    for scanned stacks (`model.scan_unroll` < layers) that figure is low."""
+    """(training FLOPs of one global step or None, where the figure comes from): the task's
+    analytic count where it has one, else XLA's cost analysis of the lowered (uncompiled,
+    unpartitioned) step on abstract inputs, which costs a trace but no compile. XLA counts a
+    scanned loop body once, so for scanned stacks (`model.scan_unroll` < layers) that figure is
+    low."""
     analytic = setup.task.flops_per_example(state.params)
     if analytic is not None:
         return analytic * batch_size, 'analytic'
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     step = make_train_step(setup.task, setup.tx, setup.schedule, setup.cfg.optim.ema_decay)
     flops = xla_flops(jax.jit(step).lower(abstract, setup.dummy_batch(batch_size)))
-    if not flops:   # seen on GPU for a DiT step: a custom call XLA's analysis does not count
+    if not flops > 0:   # a DiT step on an H100 got 0 here: no count is better than a wrong one
         return None, "unknown: XLA's cost analysis reported no FLOPs for this step"
     return flops, 'xla'

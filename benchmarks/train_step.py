@@ -8,7 +8,8 @@ Prints: device, parameters, compile time, median step time over `steps` timed st
 Transformer, and XLA's cost analysis for any model), and MFU against the device's peak
 (dul_jax/train/mfu.py: a measured matmul peak on CPU, published bf16 peaks on accelerators).
 `--synthetic` uses random batches of the data set's shape without reading the data set (for
-machines without the data or TFDS).
+machines without the data or TFDS). Like the `dul-jax` command, it first re-executes itself with
+glibc's allocator on transparent huge pages (dul_jax/hostmem.py); DUL_JAX_NO_RELAUNCH=1 skips that.
 """
 
 import argparse
@@ -23,6 +24,7 @@ import numpy as np
 
 from dul_jax import config as config_lib
 from dul_jax.data import DataSpec
+from dul_jax.hostmem import relaunch_with_huge_pages
 from dul_jax.scaling.accounting import count_params, xla_flops
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
@@ -133,4 +135,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    relaunch_with_huge_pages()
     sys.exit(main())

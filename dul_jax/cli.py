@@ -137,5 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-if __name__ == '__main__':
+def entry_point() -> None:
+    """The `dul-jax` command: main() in a process whose allocator uses huge pages (hostmem)."""
+    from dul_jax.hostmem import relaunch_with_huge_pages
+    relaunch_with_huge_pages()
     sys.exit(main())
+
+
+if __name__ == '__main__':
+    entry_point()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dul_jax.models.gpt import GPT, add_positions, shift_right
+from dul_jax.models.matmul import dense_dot_general, matmul
 from dul_jax.models.transformer import blocked_attention, gelu_recomputed
 from dul_jax.sampling import sample_logits
 
@@ -129,3 +130,33 @@ def test_gelu_recomputed_matches_gelu_and_its_autodiff_gradient():
     # bfloat16 in, bfloat16 gradient out (computed in float32)
     assert jax.grad(lambda v: gelu_recomputed(v).sum())(x.astype(jnp.bfloat16)).dtype == \
         jnp.bfloat16
+
+
+@pytest.mark.parametrize('k,n', [(8, 24), (24, 8)])  # x or g is the smaller one to transpose
+def test_matmul_gradients_match_autodiff_and_every_dot_contracts_the_lhs_minor_dim(k, n):
+    x = jax.random.normal(jax.random.key(0), (2, 40, k))
+    w = jax.random.normal(jax.random.key(1), (k, n))
+
+    def loss(product, x, w):
+        return jnp.sum(jnp.sin(product(x, w)))
+    got = jax.grad(lambda *a: loss(matmul, *a), argnums=(0, 1))
+    want = jax.grad(lambda *a: loss(jnp.matmul, *a), argnums=(0, 1))(x, w)
+    for g, ref in zip(got(x, w), want):
+        np.testing.assert_allclose(g, ref, rtol=1e-5, atol=1e-5)
+    # XLA:CPU hands YNNPACK only dots whose left operand contracts over its minor dimension
+    hlo = jax.jit(got).lower(x, w).compile().as_text()
+    dots = [line for line in hlo.splitlines() if ' dot(' in line]
+    assert len(dots) == 3
+    assert all('lhs_contracting_dims={1}' in line for line in dots), dots
+
+
+def test_dense_dot_general_refuses_other_contractions():
+    with pytest.raises(ValueError, match='last axis of x with the first'):
+        dense_dot_general(jnp.ones((2, 3)), jnp.ones((2, 4)), (((0,), (0,)), ((), ())))
+
+
+def test_blocked_attention_gradients_keep_each_input_dtype():
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 256, 2, 8)).astype(jnp.bfloat16)
+    grads = jax.grad(lambda *a: blocked_attention(*a, True).astype(jnp.float32).sum(),
+                     argnums=(0, 1, 2))(q, k, v.astype(jnp.float32))
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16, jnp.float32]

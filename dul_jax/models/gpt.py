@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dul_jax.models.matmul import dense_dot_general
 from dul_jax.models.transformer import Stack, dense_init, layer_norm
 
 
@@ -102,6 +103,7 @@ class GPT(nn.Module):
                   remat=self.remat, unroll=self.scan_unroll, name='stack')(x, deterministic)
         x = layer_norm(self.dtype, 'ln_final')(x)
         logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head',
+                          dot_general=dense_dot_general,
                           kernel_init=dense_init(('embed', 'vocab')),
                           bias_init=nn.with_logical_partitioning(
                               nn.initializers.zeros, ('vocab',)))(x)

@@ -32,6 +32,8 @@ print(json.dumps([os.environ.get('GLIBC_TUNABLES', ''), faults, sys.argv[1:]]))
 
 def run_child(**env):
     environ = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', OPT_OUT)}
+    environ['JAX_PLATFORMS'] = 'cpu'
+
     out = subprocess.run([sys.executable, '-c', CHILD, 'a', '--b=1'], env={**environ, **env},
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out)
@@ -46,6 +48,11 @@ def test_relaunch_sets_the_tunable_keeps_arguments_and_cuts_page_faults():
     # 8 x 256 MB in 4 KB pages is 524,288 faults; kept and in 2 MB pages, about a hundred
     assert faults_4k > 400_000
     assert faults < faults_4k / 20
+
+
+def test_relaunch_keeps_the_allocator_lock_free_where_steps_run_on_an_accelerator():
+    tunables, _, _ = run_child(JAX_PLATFORMS='cuda,cpu')
+    assert tunables == 'glibc.malloc.hugetlb=1'
 
 
 def test_relaunch_keeps_other_tunables():

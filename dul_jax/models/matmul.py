@@ -7,8 +7,11 @@ gradients 10-30% slower (4096 x 1024 x 256: 17.2 ms against 11.7), and the GPT s
 slower. Here the backward pass materialises the transposed operand first, behind an
 optimization barrier so that XLA cannot fold the transpose back into the dot, choosing the
 smaller of x and g to transpose. On GPUs and TPUs the product is plain: their matmul units take
-transposed operands at no cost, and the extra copy would only add memory traffic.
+transposed operands at no cost, and the extra copy would only add memory traffic. Like any
+custom_vjp, the CPU form supports reverse-mode differentiation only (no jax.jvp / jacfwd).
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +39,22 @@ def _matmul_2d_bwd(res, g):
         # (N, M) x (M, K), then a weight-sized transpose; the second barrier keeps XLA from
         # folding that transpose into the dot by swapping its operands back
         dw = _materialized(_materialized(g.T) @ x).T
-    return dx, dw
+    return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _matmul_2d.defvjp(_matmul_2d_fwd, _matmul_2d_bwd)
 
 
-def matmul(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
-    """x (..., K) @ w (K, N) -> (..., N), in the dtype of the operands. `precision` applies off
-    the CPU (XLA:CPU multiplies float32 exactly whatever it says)."""
+def matmul(x: jax.Array, w: jax.Array, axes: int = 1, precision=None) -> jax.Array:
+    """Contracts the last `axes` axes of x with the first `axes` axes of w, as
+    `jnp.tensordot(x, w, axes)`, in the dtype of the operands: x (..., K) @ w (K, N) for axes=1.
+    `precision` applies off the CPU (XLA:CPU multiplies float32 exactly whatever it says). The
+    backend is the default one at trace time, as for `use_cudnn_attention`."""
     if jax.default_backend() != 'cpu':
-        return jnp.matmul(x, w, precision=precision)
-    k, n = w.shape
-    return _matmul_2d(x.reshape(-1, k), w).reshape(*x.shape[:-1], n)
+        return jnp.tensordot(x, w, axes, precision=precision)
+    batch, out = x.shape[:x.ndim - axes], w.shape[axes:]
+    x2, w2 = x.reshape(math.prod(batch), -1), w.reshape(-1, math.prod(out))
+    return _matmul_2d(x2, w2).reshape(*batch, *out)
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
@@ -56,6 +62,7 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
     if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2:
         raise ValueError(f'dense_dot_general contracts the last axis of x with the first of a 2-D '
                          f'kernel, got {dimension_numbers} for kernel shape {rhs.shape}')
-    if preferred_element_type is not None:
-        lhs, rhs = lhs.astype(preferred_element_type), rhs.astype(preferred_element_type)
-    return matmul(lhs, rhs, precision)
+    if preferred_element_type is not None:  # nn.Dense never asks; keep XLA's own semantics
+        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision,
+                                   preferred_element_type=preferred_element_type)
+    return matmul(lhs, rhs, precision=precision)

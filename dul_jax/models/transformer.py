@@ -60,7 +60,9 @@ def _heads_by_depth(x: jax.Array) -> jax.Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
     """Softmax attention on (B, T, H, D) inputs, in query blocks (see `_query_blocks`), with a
-    hand-written backward pass. The softmax runs in float32 whatever the input dtype.
+    hand-written backward pass. Products accumulate in float32 and the softmax runs in float32
+    whatever the input dtype; each result is rounded to it once. Reverse-mode differentiation only (it is a
+    custom_vjp: no jax.jvp / jacfwd).
 
     Measured on the 2-core CPU (benchmarks/README.md), each choice here against the plain form:
     - batched matmuls per head, not XLA's attention in (B, T, H, D), and the causal blocks: one
@@ -70,10 +72,10 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) ->
       (T, D) output instead of the (T, T) weights;
     - the backward pass takes the softmax's row term from the output, rowsum(dO * O), a (T, D)
       reduction instead of rowsum(dP * P) over (T, T) (as flash attention does);
-    - most products are laid out with their left operand contracting over its major dimension
-      (Q^T, dO^T, Q, dO_scaled in (.., T, D) against (.., D, T) or (.., T, T) right operands):
-      XLA:CPU runs those batched products in Eigen at 90-140 GFLOP/s, where the same products in
-      the layout YNNPACK takes ran at 64-77.
+    - 4 of its 6 products (1 of 2 forward, 3 of 4 backward) have their left operand contracting
+      over its major dimension (Q^T, dO^T, Q, dO_scaled in (.., T, D) against (.., D, T) or
+      (.., T, T) right operands): XLA:CPU runs those batched products in Eigen at 90-140
+      GFLOP/s, where the same products in the layout YNNPACK takes ran at 64-77.
     """
     return _attention_fwd(q, k, v, causal)[0]
 
@@ -85,15 +87,16 @@ def _attention_fwd(q, k, v, causal):
     vh = jnp.swapaxes(v, 1, 2)                                         # (B, H, T, D)
     outputs, weights, inverse_sums = [], [], []
     for start, stop, keys in _query_blocks(length, causal):
-        scores = jnp.einsum('bhdq,bhdk->bhqk', qt[..., start:stop], kt[..., :keys])
-        scores = scores.astype(jnp.float32)
+        scores = jnp.einsum('bhdq,bhdk->bhqk', qt[..., start:stop], kt[..., :keys],
+                            preferred_element_type=jnp.float32)
         if causal:
             visible = jnp.arange(keys)[None, :] <= jnp.arange(start, stop)[:, None]
             scores = jnp.where(visible, scores, -jnp.inf)
         e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
         inverse_sum = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
         e = e.astype(v.dtype)
-        outputs.append(jnp.matmul(e, vh[:, :, :keys]) * inverse_sum.astype(v.dtype))
+        outputs.append((jnp.matmul(e, vh[:, :, :keys], preferred_element_type=jnp.float32)
+                        * inverse_sum).astype(v.dtype))
         weights.append(e)
         inverse_sums.append(inverse_sum)
     out = jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
@@ -111,18 +114,21 @@ def _attention_bwd(causal, residuals, g):
     dq_blocks, dk_t, dv_t = [], 0, 0
     for (start, stop, keys), e, inverse_sum in zip(_query_blocks(length, causal), weights,
                                                      inverse_sums):
-        g_scaled = g_heads[:, :, start:stop] * inverse_sum.astype(g.dtype)
-        dv_block = jnp.einsum('bhqd,bhqk->bhdk', g_scaled, e)          # dV^T for keys [0, keys)
-        dp = jnp.einsum('bhdq,bhdk->bhqk', g_t[..., start:stop], vt[..., :keys])
-        ds = e * (dp.astype(jnp.float32) - row_term[:, :, start:stop]) * inverse_sum
+        g_scaled = (g_heads[:, :, start:stop] * inverse_sum).astype(g.dtype)
+        dv_block = jnp.einsum('bhqd,bhqk->bhdk', g_scaled, e,           # dV^T for keys [0, keys)
+                              preferred_element_type=jnp.float32)
+        dp = jnp.einsum('bhdq,bhdk->bhqk', g_t[..., start:stop], vt[..., :keys],
+                        preferred_element_type=jnp.float32)
+        ds = e * (dp - row_term[:, :, start:stop]) * inverse_sum
         ds = ds.astype(qt.dtype)
-        dq_blocks.append(jnp.matmul(ds, kh[:, :, :keys]))
-        dk_block = jnp.einsum('bhqd,bhqk->bhdk', qh[:, :, start:stop], ds)  # dK^T (scaled q)
+        dq_blocks.append(jnp.matmul(ds, kh[:, :, :keys], preferred_element_type=jnp.float32))
+        dk_block = jnp.einsum('bhqd,bhqk->bhdk', qh[:, :, start:stop], ds,  # dK^T (scaled q)
+                              preferred_element_type=jnp.float32)
         padding = [(0, 0)] * 3 + [(0, length - keys)]
         dv_t = dv_t + jnp.pad(dv_block, padding)
         dk_t = dk_t + jnp.pad(dk_block, padding)
     dq = jnp.concatenate(dq_blocks, axis=2) if len(dq_blocks) > 1 else dq_blocks[0]
-    dq = dq * jnp.asarray(depth ** -0.5, qt.dtype)
+    dq = dq * depth ** -0.5
     from_heads_by_depth = (0, 3, 1, 2)
     return (jnp.swapaxes(dq, 1, 2).astype(qt.dtype),
             jnp.transpose(dk_t, from_heads_by_depth).astype(kt.dtype),
@@ -167,8 +173,7 @@ class Attention(nn.Module):
             ('heads', 'kv', 'embed')), (self.num_heads, head_dim, embed))
         b_out = self.param('out_bias', nn.with_logical_partitioning(
             nn.initializers.zeros, ('embed',)), (embed,))
-        y = matmul(y.reshape(*y.shape[:-2], -1), w_out.reshape(-1, embed).astype(self.dtype))
-        return y + b_out.astype(self.dtype)
+        return matmul(y, w_out.astype(self.dtype), axes=2) + b_out.astype(self.dtype)
 
     def _project(self, x: jax.Array, name: str, head_dim: int) -> jax.Array:
         """x (B, T, embed) -> (B, T, heads, head_dim) through kernel `{name}_kernel`."""
@@ -178,8 +183,7 @@ class Attention(nn.Module):
             ('embed', 'heads', 'kv')), shape)
         bias = self.param(f'{name}_bias', nn.with_logical_partitioning(
             nn.initializers.zeros, ('heads', 'kv')), shape[1:])
-        y = matmul(x, kernel.reshape(shape[0], -1).astype(self.dtype))
-        y = y.reshape(*x.shape[:-1], *shape[1:]) + bias.astype(self.dtype)
+        y = matmul(x, kernel.astype(self.dtype)) + bias.astype(self.dtype)
         return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
 
     def _attend_cached(self, q, k, v):

@@ -22,7 +22,7 @@ from jax.profiler import ProfileData
 from train_step import compile_step, run_steps
 
 from dul_jax import config as config_lib
-from dul_jax.hostmem import relaunch_with_huge_pages
+from dul_jax.hostmem import relaunch_with_allocator_settings
 
 # Substrings of op/kernel names -> category; the first match wins.
 CATEGORIES = (
@@ -120,5 +120,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    relaunch_with_huge_pages()
+    relaunch_with_allocator_settings()
     sys.exit(main())

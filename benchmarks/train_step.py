@@ -9,7 +9,8 @@ Transformer, and XLA's cost analysis for any model), and MFU against the device'
 (dul_jax/train/mfu.py: a measured matmul peak on CPU, published bf16 peaks on accelerators).
 `--synthetic` uses random batches of the data set's shape without reading the data set (for
 machines without the data or TFDS). Like the `dul-jax` command, it first re-executes itself with
-glibc's allocator on transparent huge pages (dul_jax/hostmem.py); DUL_JAX_NO_RELAUNCH=1 skips that.
+glibc's allocator set to keep step memory, on huge pages (dul_jax/hostmem.py); DUL_JAX_NO_RELAUNCH=1
+skips that.
 """
 
 import argparse
@@ -24,7 +25,7 @@ import numpy as np
 
 from dul_jax import config as config_lib
 from dul_jax.data import DataSpec
-from dul_jax.hostmem import relaunch_with_huge_pages
+from dul_jax.hostmem import relaunch_with_allocator_settings
 from dul_jax.scaling.accounting import count_params, xla_flops
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
@@ -135,5 +136,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    relaunch_with_huge_pages()
+    relaunch_with_allocator_settings()
     sys.exit(main())

@@ -138,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """The `dul-jax` command: main() in a process whose allocator uses huge pages (hostmem)."""
-    from dul_jax.hostmem import relaunch_with_huge_pages
-    relaunch_with_huge_pages()
+    """The `dul-jax` command: main() in a process whose allocator keeps step memory (hostmem)."""
+    from dul_jax.hostmem import relaunch_with_allocator_settings
+    relaunch_with_allocator_settings()
     sys.exit(main())
 
 

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from dul_jax import config as config_lib
-from dul_jax.data import DataSpec
-from dul_jax.hostmem import relaunch_with_allocator_settings
+from dul_jax.data import DataSpec, describe
+from dul_jax.hostmem import relaunch_with_allocator_settings, set_dispatch_for
 from dul_jax.scaling.accounting import count_params, xla_flops
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
@@ -59,6 +59,11 @@ def peak_memory_bytes() -> tuple[int, str]:
     if 'peak_bytes_in_use' in stats:
         return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS'
+
+
+def set_dispatch(cfg, synthetic: bool) -> None:
+    """The trainer's dispatch setting for cfg (dul_jax/hostmem.py); before the backend starts."""
+    set_dispatch_for(cfg, synthetic_spec(cfg) if synthetic else describe(cfg.data))
 
 
 def compile_step(cfg, synthetic: bool):
@@ -124,6 +129,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = [a[len('--config.'):] for a in extra if a.startswith('--config.')]
     cfg = config_lib.load_config(args.config, overrides)
+    set_dispatch(cfg, args.synthetic)
     result = benchmark(cfg, args.steps, args.warmup, args.synthetic)
     width = max(len(k) for k in result)
     for key, value in result.items():

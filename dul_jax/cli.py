@@ -103,6 +103,10 @@ def run(argv: list[str]) -> int:
         cfg = config_lib.load_config(args.config, overrides)
     else:
         cfg = loop.load_config_of(args.workdir, overrides)
+    if args.command == 'train':
+        from dul_jax import hostmem
+        from dul_jax.data import describe
+        hostmem.set_dispatch_for(cfg, describe(cfg.data))
     _start(cfg, getattr(args, 'debug', False))
     if args.command == 'train':
         loop.train(cfg, args.workdir, debug=args.debug)

@@ -14,19 +14,22 @@ again, zero-filled by the kernel: in 4 KB pages, 151,000 faults and ~290 ms of k
   kernel time per step). Only the main thread's heap can hold a block this large (another
   thread's arena falls back to mmap), so single-device computations must run on the thread that
   calls them: `jax_cpu_enable_async_dispatch` off, which `apply_dispatch_setting` sets wherever
-  these tunables are in force. The process keeps its peak memory until it exits, as a training
+  these tunables are in force and a step's temporaries are large. The process keeps its peak memory until it exits, as a training
   process would anyway.
 
 Also tried, not kept: all threads on one heap (`arena_max=1`): no faults either, but its single
 lock made XLA's compiles 1.6x (here) to 5x (16-core host) slower.
 
 glibc reads its tunables once, when a process starts, so the command-line entry points
-re-execute themselves once with them set, on any host (on a GPU host they only concern host
-memory; the huge pages made no difference to the H100 steps of benchmarks/README.md). They are in
-the environment, so the processes those start inherit them.
+re-execute themselves once with them set: the huge pages on any host (on a GPU host they only
+concern host memory, and made no difference to the H100 steps of benchmarks/README.md), the
+rest where jax computes on the CPU. They are in the environment, so the processes those start
+inherit them.
 """
 
+import math
 import os
+import pkgutil
 import sys
 
 HUGE_PAGES = 'glibc.malloc.hugetlb=1'
@@ -34,6 +37,8 @@ KEEP_FREED = ('glibc.malloc.mmap_max=0', f'glibc.malloc.trim_threshold={1 << 40}
 OPT_OUT = 'DUL_JAX_NO_RELAUNCH'
 _MARKER = 'DUL_JAX_RELAUNCHED'
 _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
+# glibc's largest dynamic mmap threshold (64-bit): blocks up to this size are kept in any heap.
+MMAP_THRESHOLD_MAX = 32 << 20
 
 
 def _glibc_version() -> tuple[int, ...]:
@@ -55,10 +60,22 @@ def huge_pages_help() -> bool:
         return False
 
 
+def computes_on_cpu() -> bool:
+    """Whether jax will compute on the CPU, judged without importing it: JAX_PLATFORMS names the
+    CPU first, or it is unset and no accelerator plugin (jax_cuda*, jax_rocm*, libtpu) is
+    installed."""
+    platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+    if platforms:
+        return platforms.split(',')[0].strip() == 'cpu'
+    return not any(module.name.startswith(('jax_cuda', 'jax_rocm', 'libtpu'))
+                   for module in pkgutil.iter_modules())
+
+
 def wanted_tunables() -> list[str]:
-    """The settings that help on this host: KEEP_FREED on glibc >= 2.26 (its tunables' first
-    release), HUGE_PAGES where huge_pages_help()."""
-    wanted = list(KEEP_FREED) if _glibc_version() >= (2, 26) else []
+    """The settings that help on this host: KEEP_FREED where computes_on_cpu() on glibc >= 2.26
+    (its tunables' first release; an accelerator's steps do not live in host memory, and these
+    settings are unmeasured there), HUGE_PAGES where huge_pages_help()."""
+    wanted = list(KEEP_FREED) if _glibc_version() >= (2, 26) and computes_on_cpu() else []
     return wanted + [HUGE_PAGES] if huge_pages_help() else wanted
 
 
@@ -75,9 +92,8 @@ def _can_restart() -> bool:
 
 def relaunch_with_allocator_settings() -> None:
     """Re-executes this process, same interpreter and arguments, with wanted_tunables() added to
-    GLIBC_TUNABLES (a tunable that GLIBC_TUNABLES sets already keeps the user's value), then
-    applies apply_dispatch_setting(). Re-executes nothing if this process is such a
-    re-execution already, if DUL_JAX_NO_RELAUNCH is set (to anything but 0), if nothing is
+    GLIBC_TUNABLES (a tunable that GLIBC_TUNABLES sets already keeps the user's value).
+    Re-executes nothing if this process is such a re-execution already, if DUL_JAX_NO_RELAUNCH is set (to anything but 0), if nothing is
     missing, or if the process cannot be restarted without losing state. Call it first thing in
     a script's entry point, before jax starts a backend, never from library code."""
     present = os.environ.get('GLIBC_TUNABLES', '')
@@ -93,7 +109,6 @@ def relaunch_with_allocator_settings() -> None:
         except OSError:  # carry on in this process, with the allocator as it is
             os.environ['GLIBC_TUNABLES'] = present
             del os.environ[_MARKER]
-    apply_dispatch_setting()
 
 
 def keeps_freed_memory() -> bool:
@@ -101,9 +116,34 @@ def keeps_freed_memory() -> bool:
     return KEEP_FREED[0] in os.environ.get('GLIBC_TUNABLES', '').split(':')
 
 
-def apply_dispatch_setting() -> None:
+def transformer_step_bytes(cfg, tokens: int) -> float | None:
+    """A rough size of the float32 temporaries of a Transformer's train step on `tokens` tokens
+    per example: per token and layer, the activations kept for the backward pass (~12 d + 2 mlp
+    values) and the attention weights (~2 heads x tokens values). None for a config without
+    those model keys. XLA's figure for benchmarks/configs/gpt_cpu_target.py: 500 MB; this: 470."""
+    m = cfg.model
+    if not all(key in m for key in ('embed_dim', 'mlp_dim', 'num_layers', 'num_heads')):
+        return None
+    per_token = 12 * m.embed_dim + 2 * m.mlp_dim + 2 * m.num_heads * tokens
+    return 4.0 * cfg.train.batch_size * tokens * m.num_layers * per_token
+
+
+def apply_dispatch_setting(step_bytes: float | None) -> None:
     """Runs single-device computations on the calling thread, whose heap keeps a step's memory,
-    where keeps_freed_memory(). Must precede the CPU backend's start, which reads the setting."""
-    if keeps_freed_memory():
+    where keeps_freed_memory() and the step's temporaries (`step_bytes`, None if unknown) are
+    larger than glibc's largest mmap threshold: smaller blocks glibc reuses from any thread's
+    heap, and then jax's default, dispatching from a worker thread while Python prepares the
+    next step, is faster (a 1-layer 16-wide GPT: 30% more tokens/s; a 4 x 96 one: 20% fewer).
+    Must precede the start of the CPU backend, which reads the setting."""
+    if keeps_freed_memory() and (step_bytes is None or step_bytes > MMAP_THRESHOLD_MAX):
         import jax
         jax.config.update('jax_cpu_enable_async_dispatch', False)
+
+
+def set_dispatch_for(cfg, spec) -> None:
+    """apply_dispatch_setting() for the train step of cfg on data `spec` (a DataSpec): the
+    Transformer estimate for the autoregressive task, unknown (so the calling thread) for the
+    other tasks, whose configs here all have large steps."""
+    tokens = math.prod(spec.shape)
+    apply_dispatch_setting(transformer_step_bytes(cfg, tokens)
+                           if cfg.task == 'autoregressive' else None)

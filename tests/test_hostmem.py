@@ -5,9 +5,18 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-from dul_jax.hostmem import HUGE_PAGES, KEEP_FREED, OPT_OUT, huge_pages_help
+from dul_jax.hostmem import (
+    HUGE_PAGES,
+    KEEP_FREED,
+    MMAP_THRESHOLD_MAX,
+    OPT_OUT,
+    huge_pages_help,
+    transformer_step_bytes,
+)
 
 pytestmark = pytest.mark.skipif(not huge_pages_help(),
                                 reason="needs glibc >= 2.35 and the kernel's THP mode madvise")
@@ -32,12 +41,13 @@ faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 print(json.dumps([os.environ.get('GLIBC_TUNABLES', ''), faults, sys.argv[1:]]))
 '''
 
-# Runs a jitted function with a 264 MB temporary buffer eight times; prints the dispatch setting
-# and the page faults of those calls.
+# Applies the dispatch setting for a step of STEP_BYTES (unknown if unset), runs a jitted function
+# with a 264 MB temporary buffer eight times; prints the dispatch setting and those calls' faults.
 JAX_CHILD = '''
-import json, resource
-from dul_jax.hostmem import relaunch_with_allocator_settings
+import json, os, resource
+from dul_jax.hostmem import apply_dispatch_setting, relaunch_with_allocator_settings
 relaunch_with_allocator_settings()
+apply_dispatch_setting(float(os.environ['STEP_BYTES']) if 'STEP_BYTES' in os.environ else None)
 import jax, jax.numpy as jnp
 step = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) * 2.0)[::-1].cumsum()[-1])
 x = jnp.ones((1 << 25,), jnp.float32)
@@ -79,6 +89,28 @@ def test_an_xla_step_reuses_its_temporary_memory_and_runs_on_the_calling_thread(
     assert (asynchronous, asynchronous_4k) == (False, True)
     assert faults_4k > 8 * 60_000  # 264 MB in 4 KB pages is 67,700 a call
     assert faults < 1_000
+    # a step below glibc's mmap threshold keeps jax's asynchronous dispatch
+    assert run_child(JAX_CHILD, STEP_BYTES=str(MMAP_THRESHOLD_MAX // 2))[0] is True
+
+
+def test_the_transformer_estimate_is_near_xlas_temporary_memory():
+    from dul_jax import config as config_lib
+    from dul_jax.data import DataSpec
+    from dul_jax.train.setup import prepare
+    cfg = config_lib.load_config('benchmarks/configs/gpt_cpu_target.py', [
+        'model.num_layers=2', 'model.embed_dim=64', 'model.mlp_dim=256', 'data.seq_len=128',
+        'train.batch_size=8'])
+    spec = DataSpec(name='synthetic', kind='text', shape=(128,), num_levels=256, num_classes=0,
+                    vocab=None, train_split='train', eval_split='validation', num_train=0,
+                    num_eval=0)
+    setup = prepare(cfg, devices=jax.devices()[:1], spec=spec)
+    state = setup.abstract_state()
+    batch = {'tokens': jax.ShapeDtypeStruct((8, 128), jnp.int32)}
+    with setup.context():
+        compiled = setup.train_step().lower(state, batch).compile()
+    xla = compiled.memory_analysis().temp_size_in_bytes
+    estimate = transformer_step_bytes(cfg, 128)
+    assert xla / 1.5 < estimate < xla * 1.5, (estimate, xla)
 
 
 def test_no_relaunch_for_a_program_read_from_stdin():
@@ -93,3 +125,8 @@ def test_relaunch_keeps_other_tunables_and_the_users_values():
     assert tunables == f'glibc.malloc.arena_max=4:{ALL}'
     tunables, _, _ = run_child(GLIBC_TUNABLES='glibc.malloc.hugetlb=0')
     assert tunables == f'glibc.malloc.hugetlb=0:{":".join(KEEP_FREED)}'
+
+
+def test_memory_is_kept_only_where_jax_computes_on_the_cpu():
+    assert run_child(JAX_PLATFORMS='cuda,cpu')[0] == HUGE_PAGES
+    assert run_child(JAX_PLATFORMS='cpu')[0] == ALL

@@ -127,6 +127,13 @@ def test_relaunch_keeps_other_tunables_and_the_users_values():
     assert tunables == f'glibc.malloc.hugetlb=0:{":".join(KEEP_FREED)}'
 
 
-def test_memory_is_kept_only_where_jax_computes_on_the_cpu():
+def test_memory_is_kept_only_where_jax_computes_on_the_cpu(tmp_path, monkeypatch):
     assert run_child(JAX_PLATFORMS='cuda,cpu')[0] == HUGE_PAGES
     assert run_child(JAX_PLATFORMS='cpu')[0] == ALL
+    # no JAX_PLATFORMS: an installed accelerator plugin means jax will compute there
+    monkeypatch.delenv('JAX_PLATFORMS', raising=False)
+    (tmp_path / 'jax_cuda12_plugin').mkdir()
+    (tmp_path / 'jax_cuda12_plugin' / '__init__.py').write_text('')
+    path = os.pathsep.join([str(tmp_path), os.environ.get('PYTHONPATH', '')])
+    assert run_child(PYTHONPATH=path)[0] == HUGE_PAGES
+    assert run_child()[0] == ALL

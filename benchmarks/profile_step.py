@@ -13,6 +13,7 @@ import argparse
 import collections
 import glob
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -35,9 +36,6 @@ CATEGORIES = (
     ('fusion', ('fusion', 'loop_', 'input_', 'reduce', 'triton')),
 )
 # Host-side bookkeeping events on CPU threads that are not work.
-IGNORED = ('ThunkExecutor', 'ThreadpoolListener', 'Await', 'Wait', 'StartRegion', 'StopRegion')
-
-
 def category(name: str) -> str:
     lower = name.lower()
     for label, needles in CATEGORIES:
@@ -46,9 +44,11 @@ def category(name: str) -> str:
     return 'other'
 
 
-def op_times(trace_dir: str) -> dict[str, list[float]]:
+def op_times(trace_dir: str, hlo_ops: set[str]) -> dict[str, list[float]]:
     """Op name -> durations (s) from the newest trace: kernels on GPU/TPU device planes (the
-    'XLA Ops' line where present), else the CPU client's XLA threads."""
+    'XLA Ops' line where present), else the CPU's events named after one of `hlo_ops` (the
+    step's HLO instructions) on any thread: XLA's worker threads, and the calling thread, which
+    runs some of a step's ops where jax's asynchronous dispatch is off (dul_jax/hostmem.py)."""
     path = max(glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True))
     data = ProfileData.from_file(path)
     times = collections.defaultdict(list)
@@ -63,10 +63,9 @@ def op_times(trace_dir: str) -> dict[str, list[float]]:
     if not devices:
         host = next(p for p in data.planes if p.name == '/host:CPU')
         for line in host.lines:
-            if line.name.startswith('tf_XLA'):
-                for event in line.events:
-                    if event.duration_ns and not any(s in event.name for s in IGNORED):
-                        times[event.name].append(event.duration_ns * 1e-9)
+            for event in line.events:
+                if event.duration_ns and event.name in hlo_ops:
+                    times[event.name].append(event.duration_ns * 1e-9)
     return times
 
 
@@ -77,7 +76,7 @@ def profile(cfg, steps: int, synthetic: bool, trace_dir: str) -> dict:
         jax.profiler.start_trace(trace_dir)
         state, times = run_steps(compiled, state, batch, steps)
         jax.profiler.stop_trace()
-    ops = op_times(trace_dir)
+    ops = op_times(trace_dir, set(re.findall(r'%([\w.\-]+) = ', compiled.as_text())))
     total = {name: sum(d) / steps for name, d in ops.items()}
     busy = sum(total.values())
     by_category = collections.Counter()

@@ -8,9 +8,9 @@ Prints: device, parameters, compile time, median step time over `steps` timed st
 Transformer, and XLA's cost analysis for any model), and MFU against the device's peak
 (dul_jax/train/mfu.py: a measured matmul peak on CPU, published bf16 peaks on accelerators).
 `--synthetic` uses random batches of the data set's shape without reading the data set (for
-machines without the data or TFDS). Like the `dul-jax` command, it first re-executes itself with
-glibc's allocator set to keep step memory, on huge pages (dul_jax/hostmem.py); DUL_JAX_NO_RELAUNCH=1
-skips that.
+machines without the data or TFDS). Like `dul-jax train`, it first re-executes itself with glibc's
+allocator on huge pages and, where jax computes on the CPU, set to keep step memory, and runs large
+CPU steps on the calling thread (dul_jax/hostmem.py); DUL_JAX_NO_RELAUNCH=1 skips the re-execution.
 """
 
 import argparse
@@ -63,7 +63,7 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 def set_dispatch(cfg, synthetic: bool) -> None:
     """The trainer's dispatch setting for cfg (dul_jax/hostmem.py); before the backend starts."""
-    set_dispatch_for(cfg, synthetic_spec(cfg) if synthetic else describe(cfg.data))
+    set_dispatch_for(cfg, lambda: synthetic_spec(cfg) if synthetic else describe(cfg.data))
 
 
 def compile_step(cfg, synthetic: bool):

@@ -73,13 +73,18 @@ def _split_overrides(extra: list[str]) -> list[str]:
     return overrides
 
 
-def _start(cfg, debug: bool) -> None:
-    """Join the other processes (if any), then set debug flags and say where we run."""
+def _start(cfg, debug: bool, training: bool = False) -> None:
+    """Join the other processes (if any), set how a training run's CPU steps are dispatched
+    (dul_jax/hostmem.py; before jax's backend starts), then set debug flags and say where we run."""
     import chex
     import jax
 
+    from dul_jax import hostmem
+    from dul_jax.data import describe
     from dul_jax.sharding import distributed
     distributed.initialize(cfg.distributed)
+    if training:
+        hostmem.set_dispatch_for(cfg, lambda: describe(cfg.data))
     if debug:
         jax.config.update('jax_debug_nans', True)
         chex.enable_asserts()
@@ -103,11 +108,7 @@ def run(argv: list[str]) -> int:
         cfg = config_lib.load_config(args.config, overrides)
     else:
         cfg = loop.load_config_of(args.workdir, overrides)
-    if args.command == 'train':
-        from dul_jax import hostmem
-        from dul_jax.data import describe
-        hostmem.set_dispatch_for(cfg, describe(cfg.data))
-    _start(cfg, getattr(args, 'debug', False))
+    _start(cfg, getattr(args, 'debug', False), training=args.command == 'train')
     if args.command == 'train':
         loop.train(cfg, args.workdir, debug=args.debug)
     elif args.command == 'inspect':

@@ -11,10 +11,11 @@ again, zero-filled by the kernel: in 4 KB pages, 151,000 faults and ~290 ms of k
   that asks (THP mode `madvise`); in mode `always` it does so anyway, in `never` not at all.
 - `glibc.malloc.mmap_max=0` with trimming off keeps freed memory in the heap, so the next step
   gets the same, already-mapped pages: no faults, no zero-filling (the remaining ~70-130 ms of
-  kernel time per step). Only the main thread's heap can hold a block this large (another
+  kernel time per step). Every process under these settings keeps its main heap's peak. Only the main thread's heap can hold a block this large (another
   thread's arena falls back to mmap), so single-device computations must run on the thread that
-  calls them: `jax_cpu_enable_async_dispatch` off, which `apply_dispatch_setting` sets wherever
-  these tunables are in force and a step's temporaries are large. The process keeps its peak memory until it exits, as a training
+  calls them: `jax_cpu_enable_async_dispatch` off, which `dul-jax train` and the step benchmarks
+  set (`set_dispatch_for`) where these tunables are in force and a step's temporaries are large;
+  eval, sample, sweep and the coders keep jax's asynchronous dispatch. The process keeps its peak memory until it exits, as a training
   process would anyway.
 
 Also tried, not kept: all threads on one heap (`arena_max=1`): no faults either, but its single
@@ -37,8 +38,10 @@ KEEP_FREED = ('glibc.malloc.mmap_max=0', f'glibc.malloc.trim_threshold={1 << 40}
 OPT_OUT = 'DUL_JAX_NO_RELAUNCH'
 _MARKER = 'DUL_JAX_RELAUNCHED'
 _THP_SETTING = '/sys/kernel/mm/transparent_hugepage/enabled'
-# glibc's largest dynamic mmap threshold (64-bit): blocks up to this size are kept in any heap.
-MMAP_THRESHOLD_MAX = 32 << 20
+# Steps with fewer temporary bytes keep jax's asynchronous dispatch: measured, they gained nothing
+# from the calling thread (a worker thread's heap, up to 64 MB, keeps most of their memory) and
+# lost the overlap of Python with the step (benchmarks/README.md).
+CALLING_THREAD_MIN_BYTES = 32 << 20
 
 
 def _glibc_version() -> tuple[int, ...]:
@@ -96,10 +99,11 @@ def relaunch_with_allocator_settings() -> None:
     Re-executes nothing if this process is such a re-execution already, if DUL_JAX_NO_RELAUNCH is set (to anything but 0), if nothing is
     missing, or if the process cannot be restarted without losing state. Call it first thing in
     a script's entry point, before jax starts a backend, never from library code."""
+    if os.environ.get(_MARKER) or os.environ.get(OPT_OUT, '0') != '0' or not _can_restart():
+        return
     present = os.environ.get('GLIBC_TUNABLES', '')
     missing = [t for t in wanted_tunables() if t.split('=')[0] not in _tunable_names(present)]
-    if (missing and not os.environ.get(_MARKER) and os.environ.get(OPT_OUT, '0') == '0'
-            and _can_restart()):
+    if missing:
         os.environ['GLIBC_TUNABLES'] = ':'.join(filter(None, [present, *missing]))
         os.environ[_MARKER] = '1'
         sys.stdout.flush()
@@ -130,20 +134,34 @@ def transformer_step_bytes(cfg, tokens: int) -> float | None:
 
 def apply_dispatch_setting(step_bytes: float | None) -> None:
     """Runs single-device computations on the calling thread, whose heap keeps a step's memory,
-    where keeps_freed_memory() and the step's temporaries (`step_bytes`, None if unknown) are
-    larger than glibc's largest mmap threshold: smaller blocks glibc reuses from any thread's
-    heap, and then jax's default, dispatching from a worker thread while Python prepares the
-    next step, is faster (a 1-layer 16-wide GPT: 30% more tokens/s; a 4 x 96 one: 20% fewer).
-    Must precede the start of the CPU backend, which reads the setting."""
-    if keeps_freed_memory() and (step_bytes is None or step_bytes > MMAP_THRESHOLD_MAX):
+    where keeps_freed_memory() and the step's temporaries (`step_bytes`, None if unknown) exceed
+    CALLING_THREAD_MIN_BYTES; smaller steps keep jax's default, dispatching from a worker thread
+    while Python prepares the next step, which is faster for them (a 1-layer 16-wide GPT: 25%
+    more tokens/s; a 4 x 96 one: 20% fewer). jax reads the setting when its CPU backend starts,
+    so after that this only warns."""
+    if keeps_freed_memory() and (step_bytes is None or step_bytes > CALLING_THREAD_MIN_BYTES):
+        import warnings
+
         import jax
+        try:  # private, so checked only while it exists
+            from jax._src.xla_bridge import backends_are_initialized
+        except ImportError:
+            backends_are_initialized = bool
+        if backends_are_initialized():
+            warnings.warn('jax has started its backends already, so CPU computations stay on '
+                          'its worker threads; call apply_dispatch_setting before any jax call.')
+            return
         jax.config.update('jax_cpu_enable_async_dispatch', False)
 
 
-def set_dispatch_for(cfg, spec) -> None:
-    """apply_dispatch_setting() for the train step of cfg on data `spec` (a DataSpec): the
-    Transformer estimate for the autoregressive task, unknown (so the calling thread) for the
-    other tasks, whose configs here all have large steps."""
-    tokens = math.prod(spec.shape)
-    apply_dispatch_setting(transformer_step_bytes(cfg, tokens)
-                           if cfg.task == 'autoregressive' else None)
+def set_dispatch_for(cfg, describe_data) -> None:
+    """apply_dispatch_setting() for the train step of cfg, where keeps_freed_memory(): the
+    Transformer estimate for the autoregressive task, on `describe_data()`'s example shape (a
+    DataSpec; called only then), and unknown (so the calling thread) for the other tasks, whose
+    configs here all have large steps."""
+    if not keeps_freed_memory():
+        return
+    step_bytes = None
+    if cfg.task == 'autoregressive':
+        step_bytes = transformer_step_bytes(cfg, math.prod(describe_data().shape))
+    apply_dispatch_setting(step_bytes)

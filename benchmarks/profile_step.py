@@ -20,10 +20,10 @@ import tempfile
 
 import jax
 from jax.profiler import ProfileData
-from train_step import compile_step, run_steps, set_dispatch
+from train_step import compile_step, run_steps
 
 from dul_jax import config as config_lib
-from dul_jax.hostmem import relaunch_with_allocator_settings
+from dul_jax import runtime
 
 # Substrings of op/kernel names -> category; the first match wins.
 CATEGORIES = (
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = [a[len('--config.'):] for a in extra if a.startswith('--config.')]
     cfg = config_lib.load_config(args.config, overrides)
-    set_dispatch(cfg, args.synthetic)
+    runtime.start(cfg)
     trace_dir = args.trace_dir or tempfile.mkdtemp(prefix='dul_jax_trace_')
     result = profile(cfg, args.steps, args.synthetic, trace_dir)
     step, busy = result['step_s_median'], result['busy_s_per_step']
@@ -120,5 +120,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    relaunch_with_allocator_settings()
     sys.exit(main())

@@ -8,9 +8,9 @@ Prints: device, parameters, compile time, median step time over `steps` timed st
 Transformer, and XLA's cost analysis for any model), and MFU against the device's peak
 (dul_jax/train/mfu.py: a measured matmul peak on CPU, published bf16 peaks on accelerators).
 `--synthetic` uses random batches of the data set's shape without reading the data set (for
-machines without the data or TFDS). Like `dul-jax train`, it first re-executes itself with glibc's
-allocator on huge pages and, where jax computes on the CPU, set to keep step memory, and runs large
-CPU steps on the calling thread (dul_jax/hostmem.py); DUL_JAX_NO_RELAUNCH=1 skips the re-execution.
+machines without the data or TFDS). Like `dul-jax train`, it applies the config's `runtime.*`
+settings at start (dul_jax/runtime.py). The CPU figures in benchmarks/README.md use the allocator
+recipe: `benchmarks/cpu_env.sh python benchmarks/train_step.py ...`.
 """
 
 import argparse
@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 from dul_jax import config as config_lib
-from dul_jax.data import DataSpec, describe
-from dul_jax.hostmem import relaunch_with_allocator_settings, set_dispatch_for
-from dul_jax.scaling.accounting import count_params, xla_flops
+from dul_jax import runtime
+from dul_jax.accounting import count_params, xla_flops
+from dul_jax.data import DataSpec
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
 
@@ -59,11 +59,6 @@ def peak_memory_bytes() -> tuple[int, str]:
     if 'peak_bytes_in_use' in stats:
         return int(stats['peak_bytes_in_use']), 'device peak_bytes_in_use'
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'process max RSS'
-
-
-def set_dispatch(cfg, synthetic: bool) -> None:
-    """The trainer's dispatch setting for cfg (dul_jax/hostmem.py); before the backend starts."""
-    set_dispatch_for(cfg, lambda: synthetic_spec(cfg) if synthetic else describe(cfg.data))
 
 
 def compile_step(cfg, synthetic: bool):
@@ -129,7 +124,7 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     overrides = [a[len('--config.'):] for a in extra if a.startswith('--config.')]
     cfg = config_lib.load_config(args.config, overrides)
-    set_dispatch(cfg, args.synthetic)
+    runtime.start(cfg)
     result = benchmark(cfg, args.steps, args.warmup, args.synthetic)
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -142,5 +137,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    relaunch_with_allocator_settings()
     sys.exit(main())

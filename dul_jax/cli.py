@@ -51,10 +51,11 @@ def _parser() -> argparse.ArgumentParser:
 def _sweep(args) -> None:
     import os
 
+    from dul_jax import runtime
     from dul_jax.scaling import sweep
     shard = sweep.parse_shard(args.shard)
     base, runs = sweep.load_sweep(args.sweep)
-    _start(base, False)
+    runtime.start(base)
     results = sweep.run_sweep(args.sweep, args.workdir, shard)
     if len(results) == len(runs) and not args.no_report:
         from dul_jax.scaling import report
@@ -73,26 +74,6 @@ def _split_overrides(extra: list[str]) -> list[str]:
     return overrides
 
 
-def _start(cfg, debug: bool, training: bool = False) -> None:
-    """Join the other processes (if any), set how a training run's CPU steps are dispatched
-    (dul_jax/hostmem.py; before jax's backend starts), then set debug flags and say where we run."""
-    import chex
-    import jax
-
-    from dul_jax import hostmem
-    from dul_jax.data import describe
-    from dul_jax.sharding import distributed
-    distributed.initialize(cfg.distributed)
-    if training:
-        hostmem.set_dispatch_for(cfg, lambda: describe(cfg.data))
-    if debug:
-        jax.config.update('jax_debug_nans', True)
-        chex.enable_asserts()
-    if jax.process_index() == 0 and jax.default_backend() == 'cpu':
-        print(f'no accelerator found: running on the CPU ({jax.device_count()} device(s)).',
-              file=sys.stderr)
-
-
 def run(argv: list[str]) -> int:
     args, extra = _parser().parse_known_args(argv)
     overrides = _split_overrides(extra)
@@ -103,12 +84,13 @@ def run(argv: list[str]) -> int:
         _sweep(args)
         return 0
     from dul_jax import config as config_lib
+    from dul_jax import runtime
     from dul_jax.train import loop
     if args.command in ('train', 'inspect'):
         cfg = config_lib.load_config(args.config, overrides)
     else:
         cfg = loop.load_config_of(args.workdir, overrides)
-    _start(cfg, getattr(args, 'debug', False), training=args.command == 'train')
+    runtime.start(cfg, getattr(args, 'debug', False))
     if args.command == 'train':
         loop.train(cfg, args.workdir, debug=args.debug)
     elif args.command == 'inspect':
@@ -143,9 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """The `dul-jax` command: main() in a process whose allocator keeps step memory (hostmem)."""
-    from dul_jax.hostmem import relaunch_with_allocator_settings
-    relaunch_with_allocator_settings()
+    """The `dul-jax` command."""
     sys.exit(main())
 
 

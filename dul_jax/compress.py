@@ -38,10 +38,10 @@ import os
 import struct
 import tempfile
 import time
+from typing import Protocol
 
 import constriction
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dul_jax.errors import UserError
@@ -74,52 +74,16 @@ def quantize(logits: np.ndarray, precision: int = PRECISION) -> np.ndarray:
 
 # ---- the model, one position at a time -------------------------------------------------------
 
-class PixelStepper:
-    """A PixelCNN run one position at a time from its cached activations."""
-    # Images coded side by side (small per-position work, so batch). The width changes which
-    # kernels run and so the logits' last bits: changing it needs a VERSION bump.
-    rows = 1000
+class PositionDecoder(Protocol):
+    """What a task's `position_decoder(params)` returns: its exact model, one position at a time,
+    on `rows` rows side by side. `rows` changes which kernels run and so the logits' last bits:
+    changing it needs a VERSION bump."""
+    rows: int
+    length: int  # positions per row
 
-    def __init__(self, task, params):
-        self.task, self.length, self.params = task, task.dims, jax.device_put(params)
-        self._logits = jax.jit(task.decode_logits, donate_argnums=1)
-        self._write = jax.jit(task.decode_write, donate_argnums=0)
-
-    def start(self, rows):
-        return self.task.decode_init(rows), 0
-
-    def next(self, state):
-        cache, t = state
-        logits, cache = self._logits(self.params, cache, t)
-        return (cache, t), logits
-
-    def feed(self, state, symbols):
-        cache, t = state
-        return self._write(cache, t, jnp.asarray(symbols, jnp.int32)), t + 1
-
-
-class CachedStepper:
-    """A GPT in decode mode: one token per call, keys and values kept in its cache."""
-    rows = 64                    # text windows side by side (as PixelStepper.rows: VERSION)
-
-    def __init__(self, task, params):
-        self.model = task.model.clone(decode=True)
-        self.task, self.length, self.params = task, task.length, jax.device_put(params)
-        self._step = jax.jit(lambda p, cache, tokens: self.model.apply(
-            {'params': p, 'cache': cache}, tokens[:, None], None, mutable=['cache']))
-
-    def start(self, rows):
-        dummy = jnp.zeros((rows, self.length), jnp.int32)
-        shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), dummy, None))
-        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
-        return cache, jnp.full((rows,), self.model.bos, jnp.int32)
-
-    def next(self, state):
-        logits, updated = self._step(self.params, *state)
-        return (updated['cache'], state[1]), logits[:, 0]
-
-    def feed(self, state, symbols):
-        return state[0], jnp.asarray(symbols, jnp.int32)
+    def start(self, rows: int): ...                     # -> state before position 0
+    def next(self, state): ...                          # -> (state, (rows, levels) logits)
+    def feed(self, state, symbols: np.ndarray): ...     # -> state with the symbols written
 
 
 # ---- the run's model -------------------------------------------------------------------------
@@ -129,7 +93,7 @@ class Codec:
     kind: str              # 'image' or 'text'
     spec: object           # the run's DataSpec
     fingerprint: bytes     # sha256 of the model config and parameters
-    stepper: object
+    stepper: PositionDecoder
 
     @property
     def levels(self) -> int:
@@ -154,8 +118,8 @@ def load_codec(cfg, workdir: str, ema: bool = True) -> Codec:
     params where the run keeps them (ema=False: the raw params, e.g. of a run too short for the
     EMA to have warmed up)."""
     from dul_jax.train.checkpoint import restore_state
-    from dul_jax.train.loop import eval_params
     from dul_jax.train.setup import prepare
+    from dul_jax.train.state import eval_params
     cfg = cfg.copy_and_resolve_references()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
     cfg.train.batch_size = cfg.eval.batch_size = 1   # any size divides one device
@@ -167,21 +131,14 @@ def load_codec(cfg, workdir: str, ema: bool = True) -> Codec:
 
 def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
     """The coder of `task` (built from `cfg`) with `params` (host arrays)."""
-    spec = task.spec
-    if cfg.model.get('class_conditional', False):
-        raise UserError(f'the run in {workdir} is class-conditional, and compression would need '
-                        'the labels too; use the --workdir of an unconditional run.')
-    if task.name == 'pixelcnn':
-        stepper = PixelStepper(task, params)
-    elif task.name == 'autoregressive':
-        if spec.kind == 'text' and spec.vocab is not None:
-            raise UserError(f'the run in {workdir} models characters, but files are coded as '
-                            "bytes; use a run trained with --config.data.text_vocab=bytes.")
-        stepper = CachedStepper(task, params)
-    else:
+    try:
+        stepper = task.position_decoder(params)
+    except UserError as e:
+        raise UserError(f'cannot code with the run in {workdir}: {e}') from None
+    if stepper is None:
         raise UserError(f'task "{task.name}" of the run in {workdir} gives no exact likelihood '
                         'to code with; use a "pixelcnn" or "autoregressive" run.')
-    return Codec(spec.kind, spec, model_fingerprint(cfg, params), stepper)
+    return Codec(task.spec.kind, task.spec, model_fingerprint(cfg, params), stepper)
 
 
 # ---- coding rows of symbols -------------------------------------------------------------------

@@ -66,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     c.mesh.rules = ()                           # (logical, mesh axis) pairs before the defaults
 
+    c.runtime = ml_collections.ConfigDict()     # process settings, applied once by runtime.start
+    # False runs CPU computations on the calling thread, whose heap keeps a large step's memory
+    # under benchmarks/cpu_env.sh; True (jax's default) overlaps Python with the step.
+    c.runtime.cpu_async_dispatch = True
+
     c.distributed = ml_collections.ConfigDict()  # multi-process runs; see sharding/distributed.py
     c.distributed.enabled = False
     c.distributed.coordinator = ''              # HOST:PORT of process 0

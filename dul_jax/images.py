@@ -3,7 +3,7 @@
 import math
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def to_uint8(images: np.ndarray, num_levels: int) -> np.ndarray:
@@ -26,4 +26,16 @@ def save_grid(images: np.ndarray, path: str, num_levels: int = 256, cols: int | 
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    return path
+
+
+def label_rows(path: str, labels: list[str], margin: int = 48) -> str:
+    """Add a white margin on the left of the PNG at `path` with one label per row of its grid."""
+    grid = Image.open(path).convert('L')
+    labelled = Image.new('L', (grid.width + margin, grid.height), 255)
+    labelled.paste(grid, (margin, 0))
+    draw, row_height = ImageDraw.Draw(labelled), grid.height / len(labels)
+    for i, text in enumerate(labels):
+        draw.text((4, int((i + 0.5) * row_height) - 5), text, fill=0)
+    labelled.save(path)
     return path

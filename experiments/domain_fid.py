@@ -23,6 +23,7 @@ from dul_jax.config import base_config
 from dul_jax.errors import UserError
 from dul_jax.metrics import domain_classifier
 from dul_jax.train import loop
+from dul_jax.train.state import eval_params
 
 
 def train_command(args) -> None:
@@ -43,7 +44,7 @@ def score_command(args, overrides) -> None:
     num = args.num or setup.spec.num_eval
     start = time.time()
     with setup.context():
-        samples = setup.task.sample_images(loop.eval_params(state), jax.random.key(args.seed),
+        samples = setup.task.sample_images(eval_params(state), jax.random.key(args.seed),
                                            num)
     sample_s = time.time() - start
     result = domain_classifier.score(args.classifier, cfg.data, samples, seed=args.seed)

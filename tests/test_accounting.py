@@ -4,14 +4,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from dul_jax.accounting import count_params, transformer_flops_per_token, xla_flops
 from dul_jax.config import base_config
 from dul_jax.data import DataSpec
-from dul_jax.scaling.accounting import (
-    count_embedding_params,
-    count_params,
-    transformer_flops_per_token,
-    xla_flops,
-)
 from dul_jax.tasks.autoregressive import default_model_config
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
@@ -39,7 +34,7 @@ def test_parameter_counts_by_hand():
     block = 4 * d * d + 4 * d + 2 * d * 4 * d + 4 * d + d + 4 * d   # attn, mlp, 2 LayerNorms
     head = d * V + V + 2 * d                                         # head and final LayerNorm
     embeddings = (V + 1) * d + T * d                                 # tokens (+ start) and positions
-    assert count_embedding_params(params) == embeddings
+    assert count_params(params, setup.task.embedding_names) == embeddings
     assert count_params(params) == L * block + head + embeddings
 
 
@@ -51,7 +46,7 @@ def test_analytic_training_flops_match_xla_within_10_percent(num_layers, embed_d
     assert source == 'analytic'
     step = make_train_step(setup.task, setup.tx, setup.schedule, 0.0)
     counted = xla_flops(jax.jit(step).lower(state, setup.dummy_batch(8)))
-    matmul = count_params(state.params) - count_embedding_params(state.params)
+    matmul = count_params(state.params) - count_params(state.params, setup.task.embedding_names)
     assert analytic == 8 * 64 * transformer_flops_per_token(matmul, num_layers, 64, embed_dim)
     assert abs(counted - analytic) / analytic < 0.10, (counted, analytic)
 

@@ -94,7 +94,7 @@ def test_images_round_trip_and_cost_what_the_model_says(image_run, test_images, 
     # the model's own NLL (float32, one parallel pass) in bits over the same images
     stepper = codec.stepper
     batch = {'image': test_images, 'label': np.zeros(len(test_images), np.int32)}
-    nats = float(np.sum(jax.jit(stepper.task.eval_metrics)(stepper.params, batch)[
+    nats = float(np.sum(jax.jit(stepper.task.eval_metrics)(stepper.params, batch, None)[
         'nats_per_image']))
     nll_bits = nats / math.log(2)
     payload_bits = 8 * stats['payload_bytes']

@@ -241,7 +241,7 @@ def test_task_losses_by_hand_with_a_zero_output_head(output, tfds_dir):
         edges = np.concatenate([[-np.inf], (np.arange(16) * 2 + 1) / 16 - 1, [np.inf]])
         cdf = 1 / (1 + np.exp(-edges))
         per_pixel = -np.log(np.diff(cdf))[images]
-    metrics = jax.jit(task.eval_metrics)(params, batch)
+    metrics = jax.jit(task.eval_metrics)(params, batch, None)
     np.testing.assert_allclose(metrics['nats_per_image'], per_pixel.sum(axis=(1, 2, 3)),
                                rtol=1e-5)
     np.testing.assert_allclose(metrics['loss'], per_pixel.mean(axis=(1, 2, 3)), rtol=1e-5)

@@ -26,10 +26,4 @@ def eval_batches(data_cfg, batch_size, max_examples=None, split=None, process_in
                                  process_count)
 
 
-def local_builders():
-    from dul_jax.data.catalog import LOCAL_BUILDERS
-    return LOCAL_BUILDERS
-
-
-__all__ = ['DataSpec', 'decode_text', 'describe', 'encode_text', 'eval_batches', 'local_builders',
-           'train_iterator']
+__all__ = ['DataSpec', 'decode_text', 'describe', 'encode_text', 'eval_batches', 'train_iterator']

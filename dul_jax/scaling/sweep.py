@@ -24,8 +24,8 @@ import jax
 import ml_collections
 
 from dul_jax import config as config_lib
+from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
-from dul_jax.scaling.accounting import count_embedding_params, count_params
 
 RESULT = 'result.json'
 
@@ -84,7 +84,8 @@ def measure(cfg, steps: int) -> dict:
     if flops is None:
         raise UserError(f'the compute of task "{cfg.task}" cannot be counted ({source}); sweep '
                         'a task with an analytic FLOP count, such as "autoregressive".')
-    return {'N': total - count_embedding_params(state.params), 'N_total': total,
+    embeddings = count_params(state.params, setup.task.embedding_names)
+    return {'N': total - embeddings, 'N_total': total,
             'D': steps * cfg.train.batch_size * setup.task.example_size(),
             'C': flops * steps, 'C_source': source}
 

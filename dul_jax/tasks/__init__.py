@@ -1,9 +1,4 @@
-"""Model families behind one interface; importing this package registers them all."""
+"""Model families behind one interface (base.py); each family module is imported by name when a
+config asks for it, so importing this package loads none of them."""
 
-from dul_jax.tasks import (
-    autoregressive,  # noqa: F401  (registers 'autoregressive')
-    diffusion,  # noqa: F401  (registers 'diffusion')
-    mae,  # noqa: F401  (registers 'mae')
-    pixelcnn,  # noqa: F401  (registers 'pixelcnn')
-)
-from dul_jax.tasks.base import TASKS, Task, make_task  # noqa: F401
+from dul_jax.tasks.base import Task, builtin_families, make_task, task_class  # noqa: F401

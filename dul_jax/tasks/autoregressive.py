@@ -5,7 +5,6 @@ in raster order (row, column, channel), one token per channel value. The model p
 from the ones before it, from a start token; the loss is the mean NLL per token in nats.
 """
 
-import functools
 import os
 
 import jax
@@ -13,21 +12,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import images
+from dul_jax.accounting import count_params, transformer_flops_per_token
 from dul_jax.config import check
 from dul_jax.data import decode_text
+from dul_jax.errors import UserError
 from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
 from dul_jax.models.gpt import GPT, shift_right
 from dul_jax.sampling import sample_logits
-from dul_jax.scaling.accounting import (
-    count_embedding_params,
-    count_params,
-    transformer_flops_per_token,
-)
-from dul_jax.sharding.mesh import to_host
-from dul_jax.tasks.base import Task, register
-
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+from dul_jax.tasks.base import Task, jit_method
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -47,40 +39,33 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-@register('autoregressive')
 class AutoregressiveTask(Task):
+    embedding_names = ('tok_embed', 'pos_embed', 'class_embed')
 
     def __init__(self, cfg, spec):
-        super().__init__(cfg, spec)
-        m = cfg.model
         self.length = int(np.prod(spec.shape))
-        self.conditional = bool(m.class_conditional)
-        self.model = GPT(
-            vocab_size=spec.num_levels, max_len=self.length, num_layers=m.num_layers,
+        super().__init__(cfg, spec)
+
+    def build_model(self):
+        m = self.cfg.model
+        return GPT(
+            vocab_size=self.spec.num_levels, max_len=self.length, num_layers=m.num_layers,
             num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
-            num_classes=spec.num_classes if self.conditional else 0, dropout=m.dropout,
-            dtype=DTYPES.get(m.dtype, jnp.float32), remat=m.remat,
-            scan_unroll=m.get('scan_unroll', 0))
+            num_classes=self.spec.num_classes if self.conditional else 0, dropout=m.dropout,
+            dtype=self.dtype, remat=m.remat, scan_unroll=m.scan_unroll)
 
     def validate(self):
+        super().validate()
         m = self.cfg.model
         check(m.embed_dim % m.num_heads == 0,
               f'model.embed_dim={m.embed_dim} must be a multiple of model.num_heads={m.num_heads}.')
-        check(m.dtype in DTYPES, f'model.dtype must be one of {sorted(DTYPES)}, got "{m.dtype}".')
-        check(m.get('scan_unroll', 0) >= 0,
-              f'model.scan_unroll must be 0 (all layers) or positive, got {m.get("scan_unroll")}.')
-        check(m.remat in ('none', 'full', 'dots'),
-              f'model.remat must be "none", "full" or "dots", got "{m.remat}".')
-        check(not self.conditional or self.spec.num_classes > 0,
-              f'model.class_conditional needs labels, but data set "{self.spec.name}" has none; '
-              'set --config.model.class_conditional=False.')
 
     def example_size(self):
         return self.length
 
     def flops_per_example(self, params):
         m = self.cfg.model
-        matmul = count_params(params) - count_embedding_params(params)
+        matmul = count_params(params) - count_params(params, self.embedding_names)
         return self.length * transformer_flops_per_token(matmul, m.num_layers, self.length,
                                                          m.embed_dim)
 
@@ -89,28 +74,25 @@ class AutoregressiveTask(Task):
             return batch['image'].reshape(batch['image'].shape[0], -1).astype(jnp.int32)
         return batch['tokens'].astype(jnp.int32)
 
-    def _labels(self, batch):
-        return batch['label'].astype(jnp.int32) if self.conditional else None
-
     def _nll(self, params, batch, rng=None):
         """Per-token NLL in nats, shape (batch, length)."""
         tokens = self._tokens(batch)
         kwargs = {'rngs': {'dropout': rng}, 'deterministic': False} if rng is not None else {}
         logits = self.model.apply({'params': params}, shift_right(tokens, self.model.bos),
-                                  self._labels(batch), **kwargs)
+                                  self.labels(batch), **kwargs)
         return categorical_nll(logits, tokens)
 
     def init(self, rng, batch):
         tokens = self._tokens(batch)
         return self.model.init(rng, shift_right(tokens, self.model.bos),
-                               self._labels(batch))['params']
+                               self.labels(batch))['params']
 
     def loss(self, params, batch, rng):
         nll = self._nll(params, batch, rng if self.cfg.model.dropout > 0 else None)
         loss = nll.mean()
         return loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)}
 
-    def eval_metrics(self, params, batch):
+    def eval_metrics(self, params, batch, rng):
         nll = self._nll(params, batch).sum(axis=-1)  # nats per example
         metrics = {'loss': nll / self.length, 'bits_per_dim': bits_per_dim(nll, self.length)}
         if self.spec.kind == 'image':
@@ -119,10 +101,7 @@ class AutoregressiveTask(Task):
 
     # ---- sampling -------------------------------------------------------------------------
 
-    def sample_labels(self, num):
-        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes if self.conditional else None
-
-    @functools.partial(jax.jit, static_argnums=(0, 3))
+    @jit_method('num')
     def _sample_tokens(self, params, rng, num, labels):
         decoder = self.model.clone(decode=True)
         dummy = jnp.zeros((num, self.length), jnp.int32)
@@ -143,16 +122,52 @@ class AutoregressiveTask(Task):
         return tokens.T
 
     def sample(self, params, rng, num):
-        tokens = to_host(self._sample_tokens(params, rng, num, self.sample_labels(num)))
+        tokens = self._sample_tokens(params, rng, num, self.sample_labels(num))
         return tokens.reshape((num,) + tuple(self.spec.shape))
 
+    def position_decoder(self, params):
+        if self.conditional:
+            raise UserError('a class-conditional model would need the labels to code with; use '
+                            'an unconditional run.')
+        if self.spec.kind == 'text' and self.spec.vocab is not None:
+            raise UserError('this run models characters, but files are coded as bytes; use a '
+                            'run trained with --config.data.text_vocab=bytes.')
+        return CachedDecoder(self, params)
+
     def save_samples(self, samples, path_stem):
-        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
         if self.spec.kind == 'image':
-            cols = self.spec.num_classes if self.conditional else None
-            return [images.save_grid(samples, path_stem + '.png', self.spec.num_levels, cols=cols,
-                                     scale=max(1, 64 // self.spec.shape[0]))]
+            return [self.save_image_grid(samples, path_stem + '.png')]
         path = path_stem + '.txt'
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         with open(path, 'w', encoding='utf-8') as f:
-            f.writelines(f'===== sample {i} =====\n{decode_text(tokens, self.spec)}\n' for i, tokens in enumerate(samples))
+            f.writelines(f'===== sample {i} =====\n{decode_text(tokens, self.spec)}\n'
+                         for i, tokens in enumerate(samples))
         return [path]
+
+
+class CachedDecoder:
+    """The GPT in decode mode, one token per call, keys and values kept in its cache: the
+    PositionDecoder that `dul-jax compress` codes with."""
+    rows = 64  # text windows side by side; changing it changes the logits' last bits
+
+    def __init__(self, task: AutoregressiveTask, params):
+        self.model = task.model.clone(decode=True)
+        self.length, self.params = task.length, jax.device_put(params)
+        self._step = jax.jit(lambda p, cache, tokens: self.model.apply(
+            {'params': p, 'cache': cache}, tokens[:, None], None, mutable=['cache']))
+
+    def start(self, rows):
+        dummy = jnp.zeros((rows, self.length), jnp.int32)
+        shapes = jax.eval_shape(lambda: self.model.init(jax.random.key(0), dummy, None))
+        cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes['cache'])
+        return cache, jnp.full((rows,), self.model.bos, jnp.int32)
+
+    def next(self, state):
+        logits, updated = self._step(self.params, *state)
+        return (updated['cache'], state[1]), logits[:, 0]
+
+    def feed(self, state, symbols):
+        return state[0], jnp.asarray(symbols, jnp.int32)
+
+
+TASK = AutoregressiveTask

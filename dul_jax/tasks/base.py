@@ -1,79 +1,177 @@
-"""The interface between the trainer and a model family, and the registry of families by name.
+"""The interface between the trainer and a model family, and the plumbing every family shares.
 
-A task binds a model, its training loss, its evaluation metrics and its sampler. The trainer knows
-only this interface, so a new family is one task file, one model file and a config.
+A family is one module: `dul_jax/tasks/NAME.py` for `task = 'NAME'`, or any importable module
+for a dotted name (`task = 'my_pkg.my_family'`), defining `TASK`, a subclass of `Task`, and
+usually `default_model_config()`. Modules are imported by name when a config asks for them
+(as big_vision finds its models), so adding a family edits no existing file.
 """
 
+import importlib
+import os
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from dul_jax import images
+from dul_jax.config import check
 from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
 
 Batch = dict[str, jax.Array]
-TASKS: dict[str, type['Task']] = {}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+REMAT_CHOICES = ('none', 'full', 'dots')
 
 
-def register(name: str) -> Callable[[type], type]:
-    def add(cls):
-        TASKS[name] = cls
-        cls.name = name
-        return cls
-    return add
+def builtin_families() -> list[str]:
+    """The family modules shipped in dul_jax/tasks/."""
+    here = os.path.dirname(__file__)
+    return sorted(m.name for m in pkgutil.iter_modules([here]) if m.name != 'base')
+
+
+def task_class(name: str) -> type['Task']:
+    """The `TASK` class of family `name`: dul_jax.tasks.NAME, or the module NAME if dotted."""
+    module_name = name if '.' in name else f'dul_jax.tasks.{name}'
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not module_name.startswith(e.name):
+            raise  # the family exists but one of its own imports is missing: a real bug
+        raise UserError(f'unknown task "{name}"; set --config.task to one of '
+                        f'{", ".join(builtin_families())} or to an importable module '
+                        '(my_pkg.my_family) that defines TASK.') from None
+    cls = getattr(module, 'TASK', None)
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise UserError(f'task module {module_name} defines no TASK (a dul_jax.tasks.base.Task '
+                        'subclass); add `TASK = YourTask` to it.')
+    return cls
 
 
 def make_task(cfg, spec: DataSpec) -> 'Task':
-    if cfg.task not in TASKS:
-        raise UserError(f'unknown task "{cfg.task}"; set --config.task to one of '
-                        f'{", ".join(sorted(TASKS))}.')
-    return TASKS[cfg.task](cfg, spec)
+    """The configured family's task: validated against `spec`, then its model built."""
+    return task_class(cfg.task)(cfg, spec)
 
 
 class Task:
-    """Subclasses set `self.model` in __init__ and implement the methods below (all pure)."""
-    name: str
+    """Binds a model, its loss, its per-example eval metrics and its sampler; all pure.
+
+    `__init__` validates the config against the data (`validate`, UserError on the first
+    problem) before building the model (`build_model`), so a constructor never has to fall back
+    on a default for a bad value. Subclasses implement the methods that raise NotImplementedError.
+    """
     model: nn.Module
+    # Parameter collections that are lookup tables, not matmul weights: left out of N (the
+    # non-embedding parameters of scaling laws) by `dul-jax sweep`.
+    embedding_names: tuple[str, ...] = ()
 
     def __init__(self, cfg, spec: DataSpec):
-        self.cfg = cfg
-        self.spec = spec
+        self.cfg, self.spec, self.name = cfg, spec, cfg.task
+        self.validate()
+        self.model = self.build_model()
 
-    def validate(self) -> None:
-        """Raise UserError for a model config that cannot work with this data set."""
+    # ---- what every family implements ----------------------------------------------------
 
-    def example_size(self) -> int:
-        """Tokens (or pixels) per example, for throughput in tokens/s."""
+    def build_model(self) -> nn.Module:
+        """The Flax module, from an already validated config."""
         raise NotImplementedError
 
-    def flops_per_example(self, params) -> float | None:
-        """Analytic training FLOPs per example where the task knows them (the Transformer's
-        6N + 12LTd per token); None lets the trainer use XLA's count of the step."""
-        return None
+    def example_size(self) -> int:
+        """Tokens (or pixels, or patches) per example, for throughput in tokens/s."""
+        raise NotImplementedError
 
     def init(self, rng: jax.Array, batch: Batch) -> Any:
         """Boxed (logically partitioned) params, from a batch of the right shapes."""
         raise NotImplementedError
 
     def loss(self, params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss (nats) and scalar metrics, for value_and_grad."""
+        """Scalar training loss and scalar metrics, for value_and_grad."""
         raise NotImplementedError
 
-    def eval_metrics(self, params, batch: Batch) -> dict[str, jax.Array]:
-        """Per-example metrics, each of shape (batch,); the trainer averages them over the mask."""
+    def eval_metrics(self, params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+        """Per-example metrics, each (batch,); the trainer averages them over the mask. `rng` is
+        the same at every eval for a given batch, so evals at different steps compare."""
         raise NotImplementedError
-
-    def final_metrics(self, params) -> dict[str, float]:
-        """Expensive evaluations run once at the end of training and by `dul-jax eval`, beyond
-        the per-example eval metrics (e.g. a linear probe on frozen features). Default: none."""
-        return {}
 
     def sample(self, params, rng: jax.Array, num: int) -> Any:
-        """`num` samples as a numpy array (jitted inside)."""
+        """`num` samples: a pytree of arrays (the trainer gathers them to the host)."""
         raise NotImplementedError
 
     def save_samples(self, samples, path_stem: str) -> list[str]:
-        """Write samples to files named `path_stem.*`; return the paths."""
+        """Write host samples to files named `path_stem.*`; return the paths."""
         raise NotImplementedError
+
+    # ---- optional capabilities -------------------------------------------------------------
+
+    def validate(self) -> None:
+        """UserError for a config that cannot work with this data. Subclasses call super()."""
+        m = self.cfg.model
+        if 'dtype' in m:
+            check(m.dtype in DTYPES,
+                  f'model.dtype must be one of {", ".join(DTYPES)}, got "{m.dtype}".')
+        if 'remat' in m:
+            check(m.remat in REMAT_CHOICES,
+                  f'model.remat must be one of {", ".join(REMAT_CHOICES)}, got "{m.remat}".')
+        if 'scan_unroll' in m:
+            check(m.scan_unroll >= 0, 'model.scan_unroll (layers per scan step; 0 = all, '
+                                      f'unrolled) must be >= 0, got {m.scan_unroll}.')
+        check(not m.get('class_conditional', False) or self.spec.num_classes > 0,
+              f'model.class_conditional needs labels, but data set "{self.spec.name}" has none; '
+              'set --config.model.class_conditional=False.')
+
+    def flops_per_example(self, params) -> float | None:
+        """Analytic training FLOPs per example where the family knows them; None lets the trainer
+        use XLA's count of the step."""
+        return None
+
+    def final_metrics(self, params) -> dict[str, float]:
+        """Family-specific evaluations run once at the end of training and by `dul-jax eval`,
+        beyond the per-example metrics and the configured evaluators. Default: none."""
+        return {}
+
+    def position_decoder(self, params):
+        """An exact one-position-at-a-time model for `dul-jax compress` (see compress.py's
+        PositionDecoder), or None where the family has no exact discrete likelihood."""
+        return
+
+    # ---- shared plumbing -------------------------------------------------------------------
+
+    def require_images(self) -> None:
+        check(self.spec.kind == 'image', f'task "{self.name}" models images, but data set '
+              f'"{self.spec.name}" is {self.spec.kind}; set --config.data.name to an image set.')
+
+    @property
+    def dtype(self):
+        """The compute dtype (model.dtype); params stay float32."""
+        return DTYPES[self.cfg.model.dtype]
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.cfg.model.get('class_conditional', False))
+
+    def labels(self, batch: Batch) -> jax.Array | None:
+        """The batch's class labels as int32 for a class-conditional model, else None."""
+        return batch['label'].astype(jnp.int32) if self.conditional else None
+
+    def sample_labels(self, num: int) -> jax.Array | None:
+        """Classes 0, 1, ..., K-1, 0, ... for `num` conditional samples (a grid's columns)."""
+        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes if self.conditional \
+            else None
+
+    def save_image_grid(self, levels: np.ndarray, path: str, num_levels: int | None = None,
+                        cols: int | None = None) -> str:
+        """(N, H, W, C) images as one PNG, one column per class for a conditional model, scaled
+        so small images show at >= 64 pixels."""
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        if cols is None and self.conditional:
+            cols = self.spec.num_classes
+        return images.save_grid(levels, path, num_levels or self.spec.num_levels, cols=cols,
+                                scale=max(1, 64 // levels.shape[1]))
+
+
+def jit_method(*static: str) -> Callable:
+    """`jax.jit` for a Task method: the task (`self`) and the named arguments are static."""
+    return lambda method: jax.jit(method, static_argnames=('self',) + static)

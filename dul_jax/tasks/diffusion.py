@@ -9,13 +9,11 @@ training also reports the variational bound in bits/dim on `eval.vlb_examples` t
 """
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from PIL import Image, ImageDraw
 
 from dul_jax import data, images
 from dul_jax.config import base_config, check
@@ -23,9 +21,8 @@ from dul_jax.losses import diffusion as dl
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.dit import DiT
 from dul_jax.models.unet import UNet
-from dul_jax.tasks.base import Task, register
+from dul_jax.tasks.base import Task, jit_method
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 SAMPLERS = ('ddpm', 'ddim')
 
 
@@ -90,46 +87,40 @@ def step_grid(num_steps: int, steps: int) -> np.ndarray:
     return np.round(np.linspace(0, num_steps, steps + 1)).astype(np.int32)
 
 
-@register('diffusion')
 class DiffusionTask(Task):
 
     def __init__(self, cfg, spec):
-        super().__init__(cfg, spec)
         m = cfg.model
-        self.height, self.width, self.channels = spec.shape
+        self.height, self.width, self.channels = spec.shape if spec.kind == 'image' else (0,) * 3
         self.size = int(m.image_size) or max(self.height, self.width)
-        self.conditional = bool(m.class_conditional) and spec.num_classes > 0
         self.null_class = spec.num_classes
         self.num_steps = int(m.num_steps)
-        self.alpha_bars = dl.discrete_alpha_bars(m.schedule, self.num_steps) \
-            if m.schedule in dl.SCHEDULES and self.num_steps > 0 else None
+        super().__init__(cfg, spec)
+        self.alpha_bars = dl.discrete_alpha_bars(m.schedule, self.num_steps)
+
+    def build_model(self):
+        m = self.cfg.model
         common = {'num_heads': m.num_heads, 'dropout': m.dropout,
-                  'num_classes': spec.num_classes if self.conditional else 0,
-                  'dtype': DTYPES.get(m.dtype, jnp.float32)}
+                  'num_classes': self.spec.num_classes if self.conditional else 0,
+                  'dtype': self.dtype}
         if m.kind == 'dit':
-            self.model = DiT(patch=m.patch, embed_dim=m.embed_dim, num_layers=m.num_layers,
-                             mlp_dim=m.mlp_dim, remat=m.remat, **common)
-        else:
-            self.model = UNet(channels=m.channels, channel_mults=tuple(m.channel_mults),
-                              num_res_blocks=m.num_res_blocks,
-                              attn_resolutions=tuple(m.attn_resolutions), groups=m.groups,
-                              **common)
+            return DiT(patch=m.patch, embed_dim=m.embed_dim, num_layers=m.num_layers,
+                       mlp_dim=m.mlp_dim, remat=m.remat, **common)
+        return UNet(channels=m.channels, channel_mults=tuple(m.channel_mults),
+                    num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
+                    groups=m.groups, **common)
 
     def validate(self):
+        super().validate()
+        self.require_images()
         m, s = self.cfg.model, self.cfg.sample
-        check(self.spec.kind == 'image', f'the diffusion task needs an image data set, but '
-              f'"{self.spec.name}" is {self.spec.kind}; set --config.data.name to one.')
         for key, allowed in (('kind', ('unet', 'dit')), ('schedule', dl.SCHEDULES),
-                             ('prediction', dl.PREDICTIONS), ('weighting', dl.WEIGHTINGS),
-                             ('dtype', tuple(DTYPES))):
+                             ('prediction', dl.PREDICTIONS), ('weighting', dl.WEIGHTINGS)):
             check(m[key] in allowed, f'model.{key} must be one of {", ".join(allowed)}, '
                                      f'got "{m[key]}".')
         check(m.num_steps >= 2, f'model.num_steps must be at least 2, got {m.num_steps}.')
         check(0.0 <= m.label_dropout < 1.0,
               f'model.label_dropout must be in [0, 1), got {m.label_dropout}.')
-        check(not m.class_conditional or self.spec.num_classes > 0,
-              f'model.class_conditional needs labels, but data set "{self.spec.name}" has none; '
-              'set --config.model.class_conditional=False.')
         check(self.size >= max(self.height, self.width),
               f'model.image_size={self.size} is smaller than the {self.height}x{self.width} '
               'images; set it to 0 or at least their size.')
@@ -214,12 +205,10 @@ class DiffusionTask(Task):
         ab = self._ab(t)
         ab4 = ab[:, None, None, None]
         x_t = dl.q_sample(x0, ab4, eps)
-        labels = None
-        if self.conditional:
-            labels = batch['label'].astype(jnp.int32)
-            if train and m.label_dropout > 0:
-                drop = jax.random.bernoulli(k_drop, m.label_dropout, (b,))
-                labels = jnp.where(drop, self.null_class, labels)
+        labels = self.labels(batch)
+        if self.conditional and train and m.label_dropout > 0:
+            drop = jax.random.bernoulli(k_drop, m.label_dropout, (b,))
+            labels = jnp.where(drop, self.null_class, labels)
         out = self.apply(params, x_t, t, labels, k_dropout if train else None)
         loss = dl.diffusion_loss(out, x0, eps, ab, m.prediction, m.weighting, m.snr_gamma)
         _, eps_hat = dl.to_x0_eps(m.prediction, out, x_t, ab4)
@@ -231,14 +220,13 @@ class DiffusionTask(Task):
         loss = loss.mean()
         return loss, {'loss': loss, 'mse_eps': mse_eps.mean()}
 
-    def eval_metrics(self, params, batch):
-        # One fixed draw of (t, noise) per batch position: a deterministic, comparable estimate.
-        loss, mse_eps = self._loss_terms(params, batch, jax.random.key(0), train=False)
+    def eval_metrics(self, params, batch, rng):
+        loss, mse_eps = self._loss_terms(params, batch, rng, train=False)
         return {'loss': loss, 'mse_eps': mse_eps}
 
     # ---- the variational bound ---------------------------------------------------------------
 
-    @functools.partial(jax.jit, static_argnums=0)
+    @jit_method()
     def _vlb_nats(self, params, levels, labels, rng):
         """Per-example terms of -log p(x_0) <= L_T + sum_{t=2}^T L_{t-1} + L_0, in nats.
 
@@ -319,7 +307,7 @@ class DiffusionTask(Task):
             eps = dl.eps_from_x0(x0, x_t, ab)
         return x0, eps
 
-    @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5, 9))
+    @jit_method('num', 'sampler', 'steps', 'use_cfg')
     def sample_x(self, params, rng, num, sampler, steps, labels, eta, guidance, use_cfg,
                  x_init=None):
         """(num, size, size, C) model-space samples, x_T -> x_0 over `step_grid(T, steps)`.
@@ -351,11 +339,6 @@ class DiffusionTask(Task):
 
         return jax.lax.fori_loop(0, steps, body, x)
 
-    def sample_labels(self, num):
-        if not self.conditional:
-            return None
-        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes
-
     def sample_images(self, params, rng, num, labels=None, guidance=None, use_cfg=None):
         """uint8 level images (num, H, W, C) with the configured sampler. `use_cfg` defaults to
         guidance != 1 (at 1 the unconditional half of the batch would be wasted)."""
@@ -366,7 +349,7 @@ class DiffusionTask(Task):
             use_cfg = self.conditional and guidance != 1.0
         x = self.sample_x(params, rng, num, s.sampler, int(s.steps) or self.num_steps, labels,
                           float(s.eta), float(guidance), use_cfg)
-        return np.asarray(self.to_levels(x))
+        return self.to_levels(x)
 
     def sample(self, params, rng, num):
         out = {'samples': self.sample_images(params, rng, num)}
@@ -380,27 +363,15 @@ class DiffusionTask(Task):
         return out
 
     def save_samples(self, samples, path_stem):
-        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
-        scale = max(1, 64 // self.height)
-        cols = self.spec.num_classes if self.conditional else None
-        paths = [images.save_grid(samples['samples'], path_stem + '.png', self.spec.num_levels,
-                                  cols=cols, scale=scale)]
+        paths = [self.save_image_grid(samples['samples'], path_stem + '.png')]
         if 'sweep' in samples:
-            paths.append(save_sweep(samples['sweep'], path_stem + '_guidance.png',
-                                    self.spec.num_levels, self.cfg.sample.guidance_sweep, scale))
+            sweep = samples['sweep']
+            path = self.save_image_grid(sweep.reshape((-1,) + sweep.shape[2:]),
+                                        path_stem + '_guidance.png', cols=sweep.shape[1])
+            images.label_rows(path, [f'w={w:g}' for w in self.cfg.sample.guidance_sweep])
+            paths.append(path)
         return paths
 
 
-def save_sweep(sweep, path: str, num_levels: int, scales, scale: int) -> str:
-    """(rows = guidance scales, columns = classes, H, W, C) -> one PNG, each row labelled w=..."""
-    images.save_grid(sweep.reshape((-1,) + sweep.shape[2:]), path, num_levels,
-                     cols=sweep.shape[1], scale=scale)
-    grid = Image.open(path).convert('L')
-    margin = 48
-    labelled = Image.new('L', (grid.width + margin, grid.height), 255)
-    labelled.paste(grid, (margin, 0))
-    draw, row_height = ImageDraw.Draw(labelled), grid.height / len(scales)
-    for i, w in enumerate(scales):
-        draw.text((4, int((i + 0.5) * row_height) - 5), f'w={w:g}', fill=0)
-    labelled.save(path)
-    return path
+TASK = DiffusionTask
+

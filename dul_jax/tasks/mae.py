@@ -8,21 +8,19 @@ Samples are pictures: original / masked input (masked patches gray) / reconstruc
 """
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data, images, probes
+from dul_jax import data, probes
 from dul_jax.config import check
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches
 from dul_jax.models.mae import MAE, num_masked
 from dul_jax.models.patches import patchify, unpatchify
-from dul_jax.tasks.base import Task, register
+from dul_jax.tasks.base import Task, jit_method
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 PROBE_POOLS = ('cls', 'mean')
 MASKED_GRAY = 0.5  # masked patches in the pictures: between the black background and white ink
 
@@ -42,32 +40,27 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.norm_pix_loss = False        # targets normalised per patch (mean 0, variance 1)
     m.dtype = 'float32'            # compute dtype; params stay float32
     m.remat = 'none'               # 'none', 'full' or 'dots'
-    m.scan_unroll = 1              # layers per scan step (>= depth: fully unrolled)
+    m.scan_unroll = 1              # layers per scan step; 0 = all (unrolled)
     m.probe_pool = 'cls'           # probe features: the cls token, or the mean of patch tokens
     m.probe_knn_k = 20
     return m
 
 
-@register('mae')
 class MAETask(Task):
 
-    def __init__(self, cfg, spec):
-        super().__init__(cfg, spec)
-        m = cfg.model
-        self.model = MAE(
-            image_shape=tuple(spec.shape), patch=m.patch_size, embed_dim=m.embed_dim,
+    def build_model(self):
+        m = self.cfg.model
+        return MAE(
+            image_shape=tuple(self.spec.shape), patch=m.patch_size, embed_dim=m.embed_dim,
             num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
             decoder_embed_dim=m.decoder_embed_dim, decoder_layers=m.decoder_layers,
             decoder_heads=m.decoder_heads, decoder_mlp_dim=m.decoder_mlp_dim,
-            mask_ratio=m.mask_ratio, dtype=DTYPES.get(m.dtype, jnp.float32), remat=m.remat,
-            scan_unroll=m.get('scan_unroll', 1))
-        self._features = jax.jit(self._features_impl)
-        self._reconstruct = jax.jit(self._reconstruct_impl)
+            mask_ratio=m.mask_ratio, dtype=self.dtype, remat=m.remat, scan_unroll=m.scan_unroll)
 
     def validate(self):
+        super().validate()
+        self.require_images()
         m, spec = self.cfg.model, self.spec
-        check(spec.kind == 'image', f'the mae task needs images, but "{spec.name}" is text; set '
-                                    '--config.data.name to an image data set such as digits.')
         h, w, _ = spec.shape
         check(m.patch_size > 0 and h % m.patch_size == 0 and w % m.patch_size == 0,
               f'model.patch_size={m.patch_size} does not tile the {h}x{w} images of '
@@ -76,18 +69,13 @@ class MAETask(Task):
             check(m[width] % m[heads] == 0 and m[width] % 4 == 0,
                   f'model.{width}={m[width]} must be a multiple of 4 (2-D sine-cosine positions) '
                   f'and of model.{heads}={m[heads]}; change --config.model.{width}.')
-        patches = (h // max(m.patch_size, 1)) * (w // max(m.patch_size, 1))
+        patches = (h // m.patch_size) * (w // m.patch_size)
         masked = num_masked(patches, m.mask_ratio)
         check(0 < masked < patches,
               f'model.mask_ratio={m.mask_ratio} masks {masked} of {patches} patches; set '
               '--config.model.mask_ratio so that at least one patch is masked and one visible.')
-        check(m.dtype in DTYPES, f'model.dtype must be one of {sorted(DTYPES)}, got "{m.dtype}".')
-        check(m.remat in ('none', 'full', 'dots'),
-              f'model.remat must be "none", "full" or "dots", got "{m.remat}".')
         check(m.probe_pool in PROBE_POOLS,
               f'model.probe_pool must be "cls" or "mean", got "{m.probe_pool}".')
-        check(m.get('scan_unroll', 1) > 0,
-              f'model.scan_unroll must be positive, got {m.get("scan_unroll")}.')
         check(m.probe_knn_k > 0, f'model.probe_knn_k must be positive, got {m.probe_knn_k}.')
 
     def example_size(self):
@@ -116,14 +104,13 @@ class MAETask(Task):
         loss = self._per_example_loss(params, batch, rng).mean()
         return loss, {'loss': loss}
 
-    def eval_metrics(self, params, batch):
-        # Fixed masks (one key for every eval), so evals at different steps are comparable.
-        rng = jax.random.fold_in(jax.random.key(self.cfg.seed), 0x5EED)
+    def eval_metrics(self, params, batch, rng):
         return {'loss': self._per_example_loss(params, batch, rng)}
 
     # ---- frozen-encoder evaluation -------------------------------------------------------------
 
-    def _features_impl(self, params, image_levels):
+    @jit_method()
+    def _features(self, params, image_levels):
         pixels = self._pixels({'image': image_levels})
         latent, _, _ = self.model.apply({'params': params}, pixels, 0.0, method=MAE.encode)
         pooled = latent[:, 0] if self.cfg.model.probe_pool == 'cls' else latent[:, 1:].mean(1)
@@ -149,7 +136,8 @@ class MAETask(Task):
 
     # ---- pictures --------------------------------------------------------------------------
 
-    def _reconstruct_impl(self, params, image_levels, rng):
+    @jit_method()
+    def _reconstruct(self, params, image_levels, rng):
         pixels = self._pixels({'image': image_levels})
         pred, mask = self.model.apply({'params': params}, pixels, rngs={'masking': rng})
         target = patchify(pixels, self.model.patch)
@@ -169,10 +157,9 @@ class MAETask(Task):
         """(3, num, H, W, C) in [0, 1]: the first `num` eval images, their masked inputs and their
         reconstructions with the visible patches pasted back."""
         batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
-        return np.asarray(self._reconstruct(params, batch['image'], rng))
+        return self._reconstruct(params, batch['image'], rng)
 
     def save_samples(self, samples, path_stem):
-        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
         _, num, h, w, c = samples.shape
         cols = min(num, 10)
         blocks = []  # per block of `cols` images: a row of originals, masked inputs, outputs
@@ -180,7 +167,8 @@ class MAETask(Task):
             block = samples[:, start:start + cols]
             pad = np.full((3, cols - block.shape[1], h, w, c), MASKED_GRAY, block.dtype)
             blocks.append(np.concatenate([block, pad], axis=1).reshape(3 * cols, h, w, c))
-        path = path_stem + '.png'
-        images.save_grid(np.concatenate(blocks), path, num_levels=2, cols=cols,
-                         scale=max(1, 64 // h))
-        return [path]
+        return [self.save_image_grid(np.concatenate(blocks), path_stem + '.png', num_levels=2,
+                                     cols=cols)]
+
+
+TASK = MAETask

@@ -11,16 +11,13 @@ so with the mixture output each channel has its own mixture conditioned on the e
 in place of PixelCNN++'s linear coefficients between the channels of one shared mixture.
 """
 
-import functools
-import os
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import images
 from dul_jax.config import check
+from dul_jax.errors import UserError
 from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
 from dul_jax.losses.logistic_mixture import (
     discretized_logistic_mixture_log_probs,
@@ -29,9 +26,8 @@ from dul_jax.losses.logistic_mixture import (
 from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
 from dul_jax.sampling import sample_logits
-from dul_jax.tasks.base import Task, register
+from dul_jax.tasks.base import Task, jit_method
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 MODELS = {'pixelcnn': PixelCNN, 'gated': GatedPixelCNN}
 OUTPUTS = ('categorical', 'logistic_mixture')
 
@@ -50,32 +46,29 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-@register('pixelcnn')
 class PixelCNNTask(Task):
 
     def __init__(self, cfg, spec):
-        super().__init__(cfg, spec)
-        m = cfg.model
         self.levels = spec.num_levels
-        self.conditional = bool(m.class_conditional)
-        self.mixture = m.output == 'logistic_mixture'
+        self.mixture = cfg.model.output == 'logistic_mixture'
         self.dims = int(np.prod(spec.shape))
-        channels = spec.shape[-1] if spec.kind == 'image' else 1
-        self.model = MODELS.get(m.kind, GatedPixelCNN)(
+        super().__init__(cfg, spec)
+
+    def build_model(self):
+        m = self.cfg.model
+        return MODELS[m.kind](
             out_per_channel=3 * m.num_mixtures if self.mixture else self.levels,
-            data_channels=channels, hidden=m.hidden, num_layers=m.num_layers,
+            data_channels=self.spec.shape[-1], hidden=m.hidden, num_layers=m.num_layers,
             kernel_size=m.kernel_size, first_kernel_size=m.first_kernel_size,
-            num_classes=spec.num_classes if self.conditional else 0,
-            dtype=DTYPES.get(m.dtype, jnp.float32))
+            num_classes=self.spec.num_classes if self.conditional else 0, dtype=self.dtype)
 
     def validate(self):
+        super().validate()
+        self.require_images()
         m, spec = self.cfg.model, self.spec
-        check(spec.kind == 'image', f'task "pixelcnn" models images, but data set "{spec.name}" '
-                                    'is text; set --config.data.name to an image data set.')
         check(m.kind in MODELS, f'model.kind must be "pixelcnn" or "gated", got "{m.kind}".')
         check(m.output in OUTPUTS,
               f'model.output must be "categorical" or "logistic_mixture", got "{m.output}".')
-        check(m.dtype in DTYPES, f'model.dtype must be one of {sorted(DTYPES)}, got "{m.dtype}".')
         check(m.num_layers >= 1, f'model.num_layers must be at least 1, got {m.num_layers}.')
         for key in ('kernel_size', 'first_kernel_size'):
             check(m[key] >= 3 and m[key] % 2 == 1,
@@ -88,17 +81,11 @@ class PixelCNNTask(Task):
         check(not self.mixture or self.levels >= 2,
               f'a logistic mixture needs at least 2 levels, but "{spec.name}" has {self.levels}; '
               'set --config.model.output=categorical.')
-        check(not self.conditional or spec.num_classes > 0,
-              f'model.class_conditional needs labels, but data set "{spec.name}" has none; '
-              'set --config.model.class_conditional=False.')
 
     def example_size(self):
         return self.dims
 
     # ---- the model's distribution -------------------------------------------------------
-
-    def _labels(self, batch):
-        return batch['label'].astype(jnp.int32) if self.conditional else None
 
     def _scaled(self, levels):
         """Levels [0, L) -> [-1, 1], the network's input."""
@@ -135,30 +122,27 @@ class PixelCNNTask(Task):
     def _nll(self, params, batch):
         """NLL in nats per dimension, (B, H, W, C)."""
         levels = batch['image'].astype(jnp.int32)
-        outputs = self.outputs(params, levels, self._labels(batch))
+        outputs = self.outputs(params, levels, self.labels(batch))
         if self.mixture:
             return discretized_logistic_mixture_nll(outputs, levels, self.levels)
         return categorical_nll(outputs, levels)
 
     def init(self, rng, batch):
         levels = jnp.asarray(batch['image'], jnp.int32)
-        return self.model.init(rng, self._scaled(levels), self._labels(batch))['params']
+        return self.model.init(rng, self._scaled(levels), self.labels(batch))['params']
 
     def loss(self, params, batch, rng):
         loss = self._nll(params, batch).mean()
         return loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)}
 
-    def eval_metrics(self, params, batch):
+    def eval_metrics(self, params, batch, rng):
         nll = self._nll(params, batch).reshape(batch['image'].shape[0], -1).sum(axis=-1)
         return {'loss': nll / self.dims, 'bits_per_dim': bits_per_dim(nll, self.dims),
                 'nats_per_image': nll}
 
     # ---- sampling -----------------------------------------------------------------------
 
-    def sample_labels(self, num):
-        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes if self.conditional else None
-
-    @functools.partial(jax.jit, static_argnums=(0, 3))
+    @jit_method('num')
     def _sample(self, params, rng, num, labels):
         temperature, top_k = self.cfg.sample.temperature, self.cfg.sample.top_k
 
@@ -174,10 +158,39 @@ class PixelCNNTask(Task):
         return flat.reshape((num,) + tuple(self.spec.shape))
 
     def sample(self, params, rng, num):
-        return np.asarray(self._sample(params, rng, num, self.sample_labels(num)))
+        return self._sample(params, rng, num, self.sample_labels(num))
 
     def save_samples(self, samples, path_stem):
-        os.makedirs(os.path.dirname(path_stem) or '.', exist_ok=True)
-        cols = self.spec.num_classes if self.conditional else None
-        return [images.save_grid(samples, path_stem + '.png', self.levels, cols=cols,
-                                 scale=max(1, 64 // self.spec.shape[0]))]
+        return [self.save_image_grid(samples, path_stem + '.png')]
+
+    def position_decoder(self, params):
+        if self.conditional:
+            raise UserError('a class-conditional model would need the labels to code with; use '
+                            'an unconditional run.')
+        return PixelDecoder(self, params)
+
+
+class PixelDecoder:
+    """The PixelCNN one position at a time from its cached activations: the PositionDecoder that
+    `dul-jax compress` codes with."""
+    rows = 1000  # images side by side; changing it changes the logits' last bits
+
+    def __init__(self, task: PixelCNNTask, params):
+        self.task, self.length, self.params = task, task.dims, jax.device_put(params)
+        self._logits = jax.jit(task.decode_logits, donate_argnums=1)
+        self._write = jax.jit(task.decode_write, donate_argnums=0)
+
+    def start(self, rows):
+        return self.task.decode_init(rows), 0
+
+    def next(self, state):
+        cache, t = state
+        logits, cache = self._logits(self.params, cache, t)
+        return (cache, t), logits
+
+    def feed(self, state, symbols):
+        cache, t = state
+        return self._write(cache, t, jnp.asarray(symbols, jnp.int32)), t + 1
+
+
+TASK = PixelCNNTask

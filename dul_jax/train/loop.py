@@ -18,10 +18,13 @@ import tqdm
 
 from dul_jax import config as config_lib
 from dul_jax import data
+from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
+from dul_jax.sharding.mesh import to_host
 from dul_jax.train import mfu
 from dul_jax.train.checkpoint import Checkpointer, restore_state
-from dul_jax.train.setup import Setup, count_params, prepare
+from dul_jax.train.setup import Setup, prepare
+from dul_jax.train.state import eval_params
 from dul_jax.train.writers import MetricWriter
 
 
@@ -210,22 +213,19 @@ def _prefixed(metrics: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in metrics.items()}
 
 
-def eval_params(state):
-    """EMA params where the run keeps them (they sample and evaluate better), else the params."""
-    return state.ema_params if state.ema_params is not None else state.params
-
-
 def evaluate(setup: Setup, state, max_examples: int = 0) -> dict[str, float]:
     """Mean per-example metrics over the eval split (the first max_examples; 0 = all of it)."""
     eval_step = setup.eval_step
     params = eval_params(state)
+    # the same keys at every eval (per batch index), so evals at different steps compare
+    eval_rng = jax.random.fold_in(jax.random.key(setup.cfg.seed), 0x5EED)
     totals = None
     with setup.context():
-        for batch in data.eval_batches(setup.cfg.data, setup.cfg.eval.batch_size
-                                       // jax.process_count(), max_examples or None,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count()):
-            sums = eval_step(params, setup.put_batch(batch))
+        for i, batch in enumerate(data.eval_batches(
+                setup.cfg.data, setup.cfg.eval.batch_size // jax.process_count(),
+                max_examples or None, process_index=jax.process_index(),
+                process_count=jax.process_count())):
+            sums = eval_step(params, setup.put_batch(batch), jax.random.fold_in(eval_rng, i))
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop('count'))
@@ -237,7 +237,7 @@ def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None 
     num = num or setup.cfg.sample.num
     rng = jax.random.fold_in(jax.random.key(setup.cfg.seed if seed is None else seed), step)
     with setup.context():
-        samples = setup.task.sample(eval_params(state), rng, num)
+        samples = jax.tree.map(to_host, setup.task.sample(eval_params(state), rng, num))
     if not _is_main():
         return []
     return setup.task.save_samples(samples, os.path.join(workdir, 'samples', f'step_{step:06d}'))

@@ -11,7 +11,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from dul_jax.scaling.accounting import xla_flops
+from dul_jax.accounting import xla_flops
 from dul_jax.train.state import make_train_step
 
 # Dense bf16 peaks in TFLOP/s per chip, matched against jax's device_kind (lower case).

@@ -16,15 +16,20 @@ def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
         decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.lr * optim_cfg.min_lr_ratio)
 
 
+DECAYED_SUFFIXES = ('kernel', 'embedding', 'embed')
+
+
 def decay_mask(params):
-    """Weight decay on matrices (`kernel`) and embeddings only, never on biases or norm scales.
+    """Weight decay on weight matrices and embedding tables, never on biases or norm scales: on
+    parameters whose own name ends in `kernel` (nn.Dense, nn.Conv, `query_kernel`, ...),
+    `embedding` (nn.Embed) or `embed` (a table made with self.param, e.g. `pos_embed`).
 
     Decided by name, not by ndim: under nn.scan a LayerNorm scale has a leading layers axis and
-    would look like a matrix.
+    would look like a matrix, and a per-head bias (heads, kv) is 2-D.
     """
     def is_decayed(path, _):
-        names = {getattr(k, 'key', getattr(k, 'name', None)) for k in path}
-        return bool(names & {'kernel', 'embedding', 'pos_embed'})
+        last = path[-1]
+        return str(getattr(last, 'key', getattr(last, 'name', ''))).endswith(DECAYED_SUFFIXES)
     return jax.tree_util.tree_map_with_path(is_decayed, params)
 
 

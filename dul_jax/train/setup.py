@@ -12,7 +12,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dul_jax import data
@@ -117,7 +116,8 @@ class Setup:
     def eval_step(self):
         """Jitted once per Setup, so periodic evals reuse the compiled step."""
         params_sharding = self.state_shardings.params
-        return jax.jit(make_eval_step(self.task), in_shardings=(params_sharding, self.batch_sharding))
+        return jax.jit(make_eval_step(self.task),
+                       in_shardings=(params_sharding, self.batch_sharding, None))
 
     def put_batch(self, batch: dict) -> dict:
         """This process's host batch as the train/eval step takes it."""
@@ -173,10 +173,3 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
                              setup.state_shardings.params)
     return setup
 
-
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def tree_bytes(tree) -> int:
-    return int(sum(np.prod(x.shape) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))

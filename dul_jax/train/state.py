@@ -56,11 +56,16 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
     return train_step
 
 
+def eval_params(state: TrainState):
+    """EMA params where the run keeps them (they sample and evaluate better), else the params."""
+    return state.ema_params if state.ema_params is not None else state.params
+
+
 def make_eval_step(task):
     """Mask-weighted sums of the task's per-example metrics, plus the example count."""
 
-    def eval_step(params, batch) -> dict[str, jax.Array]:
-        per_example = task.eval_metrics(params, batch)
+    def eval_step(params, batch, rng) -> dict[str, jax.Array]:
+        per_example = task.eval_metrics(params, batch, rng)
         mask = batch['mask'].astype(jnp.float32)
         sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
         sums['count'] = jnp.sum(mask)

@@ -12,19 +12,13 @@ N_matmul excludes the token and position embedding tables (lookups, not matmuls)
 import jax
 import numpy as np
 
-EMBEDDING_NAMES = ('tok_embed', 'pos_embed', 'class_embed')
 
-
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
-
-
-def count_embedding_params(params) -> int:
-    """Parameters of lookup tables (token, position, class embeddings): not matmul weights."""
+def count_params(params, under: tuple[str, ...] | None = None) -> int:
+    """Parameters in the tree, or only those whose path names one of `under` (e.g. a task's
+    `embedding_names`: lookup tables, not matmul weights)."""
     total = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        names = {getattr(k, 'key', None) for k in path}
-        if names & set(EMBEDDING_NAMES):
+        if under is None or {getattr(k, 'key', None) for k in path} & set(under):
             total += int(np.prod(leaf.shape))
     return total
 

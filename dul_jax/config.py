@@ -24,7 +24,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'digits'
-    c.data.dir = '../shared/data'             # local corpora (binarized_mnist/, mnist/, ...)
+    # raw local corpora (binarized_mnist/, mnist/, ...); '' = $DUL_JAX_DATA_DIR, else
+    # ~/.cache/dul_jax/data
+    c.data.dir = ''
     c.data.tfds_dir = '~/.cache/dul_jax/tfds'  # where TFDS builders write prepared files
     c.data.seq_len = 64                        # text window length
     c.data.text_vocab = 'bytes'                # 'bytes' (256) or 'chars' (the corpus's own)
@@ -104,21 +106,44 @@ def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDi
 
 
 def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
-    """Set `a.b.c=value`, parsing `value` as the type of the existing entry."""
+    """Set `a.b.c=value` from the command line, parsing `value` as the existing entry's type."""
     if '=' not in item:
         raise UserError(f'override "{item}" has no "="; write it as --config.KEY=VALUE.')
     key, text = item.split('=', 1)
+    node, leaf = _parent(cfg, key)
+    node[leaf] = parse_value(key, text, node[leaf])
+
+
+def set_value(cfg: ml_collections.ConfigDict, key: str, value) -> None:
+    """Set the existing entry `a.b.c` to a Python value of its type (an int where a float is
+    expected, a list where a tuple is); one sentence naming the key otherwise."""
+    node, leaf = _parent(cfg, key)
+    current = node[leaf]
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        value = type(current)(value)
+    if current is not None and type(value) is not type(current):
+        raise UserError(f'config key "{key}" holds a {type(current).__name__} (e.g. '
+                        f'{current!r}), not {value!r}.')
+    node[leaf] = value
+
+
+def _parent(cfg: ml_collections.ConfigDict, key: str):
+    """(the ConfigDict holding `key`'s last part, that part); UserError for an unknown key."""
     *parents, leaf = key.split('.')
     node = cfg
     for i, name in enumerate(parents):
         if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            raise UserError(f'unknown config key "{".".join(parents[:i + 1])}"; check the spelling '
-                            f'(known here: {", ".join(sorted(node.keys()))}).')
+            known = ', '.join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) \
+                else ''
+            raise UserError(f'unknown config key "{".".join(parents[:i + 1])}"; check the '
+                            f'spelling (known here: {known}).')
         node = node[name]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
         known = ', '.join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ''
         raise UserError(f'unknown config key "{key}"; check the spelling (known here: {known}).')
-    node[leaf] = parse_value(key, text, node[leaf])
+    return node, leaf
 
 
 def parse_value(key: str, text: str, current):

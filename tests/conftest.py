@@ -18,6 +18,9 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / 'shared' / 'data'
+# Configs leave data.dir empty: the raw corpora come from $DUL_JAX_DATA_DIR (here, where present).
+if SHARED_DATA.is_dir():
+    os.environ.setdefault('DUL_JAX_DATA_DIR', str(SHARED_DATA))
 
 
 @pytest.fixture(scope='session')

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from dul_jax import config as config_lib
 from dul_jax import data
 from dul_jax.errors import UserError
 from dul_jax.metrics import fid
@@ -35,11 +36,7 @@ def tiny_config(tfds_dir, kind, **extra):
         'train.steps': 60, 'optim.lr': 3e-3, 'optim.ema_decay': 0.9, 'model.dropout': 0.0,
         **extra}
     for key, value in settings.items():
-        *parents, leaf = key.split('.')
-        node = c
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+        config_lib.set_value(c, key, value)
     return c
 
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import os
 import pathlib
 
 import numpy as np
@@ -10,7 +11,8 @@ from dul_jax.data.catalog import LOCAL_BUILDERS, TEXT_DATA_SETS, data_source, pr
 from dul_jax.data.spec import DataSpec
 from dul_jax.errors import UserError
 
-DEFAULT_DATA_DIR = '../shared/data'
+DATA_DIR_VARIABLE = 'DUL_JAX_DATA_DIR'   # where data.dir is empty: the raw corpora's folder
+DEFAULT_DATA_DIR = '~/.cache/dul_jax/data'
 DEFAULT_TFDS_DIR = '~/.cache/dul_jax/tfds'
 TEXT_VOCABS = ('bytes', 'chars')
 
@@ -30,7 +32,8 @@ def settings(data_cfg):
     if not name:
         raise UserError('data.name is empty; set --config.data.name to a data set name.')
     # Relative folders resolve against the current directory, like any command-line path.
-    source_dir = pathlib.Path(data_cfg.get('dir') or DEFAULT_DATA_DIR).expanduser().resolve()
+    source_dir = pathlib.Path(data_cfg.get('dir') or os.environ.get(DATA_DIR_VARIABLE)
+                              or DEFAULT_DATA_DIR).expanduser().resolve()
     tfds_dir = pathlib.Path(data_cfg.get('tfds_dir') or DEFAULT_TFDS_DIR).expanduser().resolve()
     text_vocab = data_cfg.get('text_vocab') or 'bytes'
     if text_vocab not in TEXT_VOCABS:

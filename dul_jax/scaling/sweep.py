@@ -46,6 +46,8 @@ def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[SweepRun]]:
     if duplicated:
         raise UserError(f'sweep {path} names runs {duplicated} more than once; give each run a '
                         'unique name.')
+    for run in runs:  # every run's keys and types, before the first run starts
+        run_config(base, run)
     return base, runs
 
 
@@ -63,13 +65,10 @@ def parse_shard(text: str) -> tuple[int, int]:
 def run_config(base: ml_collections.ConfigDict, run: SweepRun) -> ml_collections.ConfigDict:
     cfg = copy.deepcopy(base)
     for key, value in run.overrides.items():
-        *parents, leaf = key.split('.')
-        node = cfg
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise UserError(f'run {run.name} sets unknown config key "{key}"; fix the sweep file.')
-        node[leaf] = value
+        try:
+            config_lib.set_value(cfg, key, value)
+        except UserError as e:
+            raise UserError(f'run {run.name} of the sweep: {e} Fix the sweep file.') from None
     return cfg
 
 

@@ -40,6 +40,17 @@ def unstack_replicas(tree, shardings):
     return jax.tree.map(unstack, tree, shardings)
 
 
+def data_parallel_step(step):
+    """`step(state, batch) -> (state, metrics)`, which averages over AXIS itself, as a pmapped
+    step on stacked states and split batches, returning one copy of its (equal) metrics."""
+    mapped = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+
+    def pmap_step(state, batch):
+        state, metrics = mapped(state, batch)
+        return state, jax.tree.map(lambda m: m[0], metrics)
+    return pmap_step
+
+
 def split_batch(batch: dict) -> dict:
     """(b, ...) host arrays -> (n_devices, b / n_devices, ...), as pmap takes them."""
     n = len(pmap_devices())

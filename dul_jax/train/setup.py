@@ -23,7 +23,7 @@ from dul_jax.train.optim import make_optimizer
 from dul_jax.train.state import TrainState, create_state, make_eval_step, make_train_step
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
     cfg: Any
     spec: data.DataSpec
@@ -66,13 +66,8 @@ class Setup:
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, self.state_shardings)
 
-    def _init_boxed(self, rng) -> TrainState:
-        param_rng, state_rng = jax.random.split(rng)
-        params = self.task.init(param_rng, self.dummy_batch())
-        return create_state(params, self.tx, state_rng, self.cfg.optim.ema_decay)
-
     def _init_unboxed(self, rng) -> TrainState:
-        return nn.meta.unbox(self._init_boxed(rng))
+        return nn.meta.unbox(_init_boxed(self.task, self.tx, self.cfg, rng))
 
     @property
     def pmap(self) -> bool:
@@ -95,14 +90,9 @@ class Setup:
     def train_step(self, jit: bool = True):
         """(state, batch) -> (state, scalar metrics), for states and batches in step form."""
         if self.pmap:
-            step = jax.pmap(make_train_step(self.task, self.tx, self.schedule,
-                                            self.cfg.optim.ema_decay, axis_name=pmap_lib.AXIS),
-                            axis_name=pmap_lib.AXIS, donate_argnums=(0,))
-
-            def pmap_step(state, batch):
-                state, metrics = step(state, batch)
-                return state, jax.tree.map(lambda m: m[0], metrics)  # pmean'd: equal everywhere
-            return pmap_step
+            return pmap_lib.data_parallel_step(make_train_step(
+                self.task, self.tx, self.schedule, self.cfg.optim.ema_decay,
+                axis_name=pmap_lib.AXIS))
         step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay)
         if not jit:  # --debug: eager, so a debugger (or jax_debug_nans) stops inside the step
             def eager_step(state, batch):
@@ -164,12 +154,18 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     if not eager and cfg.parallelism == 'jit':
         mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
-    setup = Setup(cfg, spec, task, mesh, rules, tx, schedule, None, None,
-                  mesh_lib.batch_sharding(mesh, rules), eager)
-    boxed = jax.eval_shape(setup._init_boxed, jax.random.key(0))
-    setup.logical_specs = nn.get_partition_spec(boxed)
-    setup.state_shardings = mesh_lib.logical_to_shardings(setup.logical_specs, mesh, rules)
-    mesh_lib.check_divisible(nn.meta.unbox(boxed.params), setup.logical_specs.params,
-                             setup.state_shardings.params)
-    return setup
+    boxed = jax.eval_shape(functools.partial(_init_boxed, task, tx, cfg), jax.random.key(0))
+    logical_specs = nn.get_partition_spec(boxed)
+    state_shardings = mesh_lib.logical_to_shardings(logical_specs, mesh, rules)
+    mesh_lib.check_divisible(nn.meta.unbox(boxed.params), logical_specs.params,
+                             state_shardings.params)
+    return Setup(cfg, spec, task, mesh, rules, tx, schedule, state_shardings, logical_specs,
+                 mesh_lib.batch_sharding(mesh, rules), eager)
+
+
+def _init_boxed(task, tx, cfg, rng) -> TrainState:
+    """A fresh train state with boxed (logically partitioned) params."""
+    param_rng, state_rng = jax.random.split(rng)
+    params = task.init(param_rng, dummy_batch(task.spec, 1))
+    return create_state(params, tx, state_rng, cfg.optim.ema_decay)
 

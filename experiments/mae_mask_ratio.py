@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt  # headless: matplotlib falls back to the Agg ba
 import numpy as np
 
 from dul_jax import config as config_lib
-from dul_jax import data, probes
+from dul_jax import data, evaluators
+from dul_jax.metrics import probes
 from dul_jax.train import loop
 from dul_jax.train.loop import train
 from dul_jax.train.setup import prepare
@@ -50,7 +51,7 @@ def random_encoder_row(overrides):
     setup = prepare(cfg)
     state = setup.init_state(cfg.seed)
     with setup.context():
-        metrics = setup.task.final_metrics(state.params)
+        metrics = evaluators.evaluate(setup.task, state.params)
     return {'ratio': None, 'loss_own': None, 'loss_common': loss_at(cfg, state, COMMON_RATIO),
             'probe_accuracy': metrics['probe_accuracy'], 'knn_accuracy': metrics['knn_accuracy'],
             'train_s': 0.0}
@@ -69,7 +70,7 @@ def raw_pixel_row(overrides):
     train_xy, test_xy = split(spec.train_split), split(spec.eval_split)
     return {'ratio': None, 'loss_own': None, 'loss_common': None,
             'probe_accuracy': probes.linear_probe_accuracy(*train_xy, *test_xy),
-            'knn_accuracy': probes.knn_accuracy(*train_xy, *test_xy, k=cfg.model.probe_knn_k),
+            'knn_accuracy': probes.knn_accuracy(*train_xy, *test_xy, k=cfg.eval.probe.knn_k),
             'train_s': 0.0}
 
 

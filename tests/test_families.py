@@ -75,6 +75,9 @@ FAMILY = textwrap.dedent('''
             return {'loss': nll / self.model.dims,
                     'bits_per_dim': bits_per_dim(nll, self.model.dims)}
 
+        def bound_terms(self, params, batch, rng):  # exact: the bound is the NLL itself
+            return {'nll': self._nll(params, batch).sum(-1)}
+
         def sample(self, params, rng, num):
             logits = self.model.apply({'params': params}, num)
             return jax.random.categorical(rng, logits).reshape((num, *self.spec.shape))
@@ -130,12 +133,21 @@ def test_a_family_outside_the_package_runs_through_the_cli(tmp_path, tfds_dir, m
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         steps = [row['step'] for row in map(json.loads, f) if 'loss' in row]
     assert steps == [5, 10, 15, 20]
-    assert cli.main(['eval', '--workdir', workdir]) == 0
+    # the shared bound evaluator over the whole eval split agrees with the per-example metrics
+    assert cli.main(['eval', '--workdir', workdir, "--config.eval.evaluators=('bound',)",
+                     '--config.eval.bound.examples=0']) == 0
     with open(os.path.join(workdir, 'eval_step_000020.json')) as f:
         evaluated = json.load(f)
     # 17 gray levels: a uniform model costs log2(17) = 4.09 bits/dim; per-pixel frequencies of
     # digits (mostly background) cost far less
     assert evaluated['bits_per_dim'] < 3.0
+    assert evaluated['bound_bits_per_dim'] == pytest.approx(evaluated['bits_per_dim'], rel=1e-5)
+    assert evaluated['bound_nll_bpd'] == pytest.approx(evaluated['bits_per_dim'], rel=1e-5)
+    assert evaluated['bound_examples'] == 297
+    # an evaluator the family has no capability for is refused before anything runs
+    capsys.readouterr()
+    assert cli.main(['eval', '--workdir', workdir, "--config.eval.evaluators=('probe',)"]) == 2
+    assert 'gives no features (Task.features)' in capsys.readouterr().err
     assert cli.main(['sample', '--workdir', workdir, '--num', '4']) == 0
     assert os.path.isfile(os.path.join(workdir, 'samples', 'step_000020.png'))
     # the config names a module that has no TASK: one sentence, status 2

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from dul_jax import config as config_lib
-from dul_jax import data, probes
+from dul_jax import data
 from dul_jax.errors import UserError
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches
+from dul_jax.metrics import probes
 from dul_jax.models.mae import MAE, num_masked, random_masking, unshuffle
 from dul_jax.models.patches import patchify, unpatchify
 from dul_jax.train import loop

@@ -127,10 +127,19 @@ class Task:
         use XLA's count of the step."""
         return None
 
-    def final_metrics(self, params) -> dict[str, float]:
-        """Family-specific evaluations run once at the end of training and by `dul-jax eval`,
-        beyond the per-example metrics and the configured evaluators. Default: none."""
-        return {}
+    # Capabilities that the shared evaluators (dul_jax/evaluators/) ask for; see `implements`.
+
+    def features(self, params, levels: jax.Array) -> jax.Array:
+        """(B, D) representations of (B, H, W, C) images, for probes (evaluators/probe.py)."""
+        raise NotImplementedError
+
+    def sample_images(self, params, rng: jax.Array, num: int) -> jax.Array:
+        """(num, H, W, C) sampled images as levels of the data set, for FID (evaluators/fid.py)."""
+        raise NotImplementedError
+
+    def bound_terms(self, params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
+        """Per-example terms (B,) in nats whose sum bounds -log p(x) (evaluators/bound.py)."""
+        raise NotImplementedError
 
     def position_decoder(self, params):
         """An exact one-position-at-a-time model for `dul-jax compress` (see compress.py's
@@ -170,6 +179,11 @@ class Task:
             cols = self.spec.num_classes
         return images.save_grid(levels, path, num_levels or self.spec.num_levels, cols=cols,
                                 scale=max(1, 64 // levels.shape[1]))
+
+
+def implements(task: Task, method: str) -> bool:
+    """Whether `task`'s family overrides Task.`method` (an optional capability)."""
+    return getattr(type(task), method) is not getattr(Task, method)
 
 
 def jit_method(*static: str) -> Callable:

@@ -2,8 +2,8 @@
 
 Images become floats in [0, 1] (level / (num_levels - 1)). The training loss is the mean squared
 error on the masked patches (optionally against per-patch normalised pixels); eval reports it per
-example with fixed masks. `final_metrics` judges the frozen encoder, without masking: a linear
-probe and a k-NN classifier on its features of the train split, scored on the eval split.
+example with fixed masks. `features` are the frozen encoder's, without masking, for the shared
+probe evaluator (`eval.evaluators = ('probe',)`: a linear probe and k-NN).
 Samples are pictures: original / masked input (masked patches gray) / reconstruction.
 """
 
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data, probes
+from dul_jax import data
 from dul_jax.config import check
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches
 from dul_jax.models.mae import MAE, num_masked
@@ -42,7 +42,6 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.remat = 'none'               # 'none', 'full' or 'dots'
     m.scan_unroll = 1              # layers per scan step; 0 = all (unrolled)
     m.probe_pool = 'cls'           # probe features: the cls token, or the mean of patch tokens
-    m.probe_knn_k = 20
     return m
 
 
@@ -76,7 +75,6 @@ class MAETask(Task):
               '--config.model.mask_ratio so that at least one patch is masked and one visible.')
         check(m.probe_pool in PROBE_POOLS,
               f'model.probe_pool must be "cls" or "mean", got "{m.probe_pool}".')
-        check(m.probe_knn_k > 0, f'model.probe_knn_k must be positive, got {m.probe_knn_k}.')
 
     def example_size(self):
         return self.model.num_patches  # tokens per example: throughput is in patches/s
@@ -107,32 +105,12 @@ class MAETask(Task):
     def eval_metrics(self, params, batch, rng):
         return {'loss': self._per_example_loss(params, batch, rng)}
 
-    # ---- frozen-encoder evaluation -------------------------------------------------------------
-
-    @jit_method()
-    def _features(self, params, image_levels):
-        pixels = self._pixels({'image': image_levels})
-        latent, _, _ = self.model.apply({'params': params}, pixels, 0.0, method=MAE.encode)
+    def features(self, params, levels):
+        """The frozen encoder's (B, embed_dim) features, without masking."""
+        latent, _, _ = self.model.apply({'params': params}, self._pixels({'image': levels}), 0.0,
+                                        method=MAE.encode)
         pooled = latent[:, 0] if self.cfg.model.probe_pool == 'cls' else latent[:, 1:].mean(1)
         return pooled.astype(jnp.float32)
-
-    def features(self, params, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Encoder features (no masking) and labels of every example of `split`."""
-        feats, labels = [], []
-        for batch in data.eval_batches(self.cfg.data, self.cfg.eval.batch_size, split=split):
-            keep = batch['mask'] > 0
-            feats.append(np.asarray(self._features(params, batch['image']))[keep])
-            labels.append(np.asarray(batch['label'])[keep])
-        return np.concatenate(feats), np.concatenate(labels)
-
-    def final_metrics(self, params):
-        """Test accuracy of a linear probe and of cosine k-NN on frozen encoder features."""
-        if not self.spec.num_classes:
-            return {}  # nothing to probe without labels
-        train = self.features(params, self.spec.train_split)
-        test = self.features(params, self.spec.eval_split)
-        return {'probe_accuracy': probes.linear_probe_accuracy(*train, *test),
-                'knn_accuracy': probes.knn_accuracy(*train, *test, k=self.cfg.model.probe_knn_k)}
 
     # ---- pictures --------------------------------------------------------------------------
 

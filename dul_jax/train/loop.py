@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 
 from dul_jax import config as config_lib
-from dul_jax import data
+from dul_jax import data, evaluators
 from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
 from dul_jax.sharding.mesh import to_host
@@ -148,7 +148,7 @@ class _Run:
                     return {}
             state = setup.from_step_form(state)
             final = evaluate(setup, state, self.cfg.eval.max_examples)
-            final.update(setup.task.final_metrics(eval_params(state)))
+            final.update(evaluators.evaluate(setup.task, eval_params(state)))
             self.writer.write(step, _prefixed(final, 'eval/'))
             paths = write_samples(setup, state, self.workdir, step)
         log(f'eval on {setup.spec.eval_split}: ' +
@@ -267,7 +267,7 @@ def eval_command(cfg, workdir: str) -> dict[str, float]:
     setup, state = load_run(cfg, workdir)
     with setup.context():
         metrics = evaluate(setup, state, 0)
-        metrics.update(setup.task.final_metrics(eval_params(state)))
+        metrics.update(evaluators.evaluate(setup.task, eval_params(state)))
     step = int(state.step)
     if _is_main():
         with open(os.path.join(workdir, f'eval_step_{step:06d}.json'), 'w') as f:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from dul_jax import data
+from dul_jax import data, evaluators
 from dul_jax.config import check, validate_common
 from dul_jax.sharding import mesh as mesh_lib
 from dul_jax.sharding import pmap as pmap_lib
@@ -133,8 +133,8 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     """
     validate_common(cfg)
     spec = spec or data.describe(cfg.data)
-    task = make_task(cfg, spec)
-    task.validate()
+    task = make_task(cfg, spec)   # validates the model config against the data
+    evaluators.validate(task)
     if eager:
         mesh = mesh_lib.make_mesh({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1])
     else:

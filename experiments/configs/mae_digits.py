@@ -28,5 +28,6 @@ def get_config():
     c.train.sample_every = 500
     c.eval.batch_size = 128
     c.eval.max_examples = 0
+    c.eval.evaluators = ('probe',)
     c.sample.num = 20
     return c

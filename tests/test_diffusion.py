@@ -12,6 +12,7 @@ import scipy.linalg
 
 from dul_jax import data
 from dul_jax.errors import UserError
+from dul_jax.losses import diffusion as dl
 from dul_jax.metrics import fid
 from dul_jax.tasks.diffusion import diffusion_config, guided_output
 from dul_jax.train import loop
@@ -96,6 +97,35 @@ def test_guidance_scale_0_is_unconditional_and_1_conditional(dit_task):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_vlb_decoder_term_uses_the_configured_variance(dit_task, tfds_dir):
+    # DDPM's code (hojonathanho/diffusion diffusion_utils_2.py _vb_terms_bpd) scores x_0 at
+    # t = 1 under N(x0_hat, exp(posterior_log_variance_clipped)): the t = 2 posterior variance.
+    task, params = dit_task
+    levels = jax.random.randint(jax.random.key(8), (4, 8, 8, 1), 0, 17).astype(jnp.uint8)
+    labels = jnp.full((4,), task.null_class, jnp.int32)
+    rng = jax.random.key(9)
+    x0 = task.to_model_space(levels)
+    x_1 = dl.q_sample(x0, task._ab(1), jax.random.normal(jax.random.fold_in(rng, 1), x0.shape))
+    x0_hat, _ = task._predict_x0_eps(params, x_1, 1, labels, 1.0, False)
+    tables = dl.posterior_tables(dl.discrete_betas('cosine', STEPS))
+    variances = {'posterior_clipped': tables['posterior_variance'][2],
+                 'beta_1': tables['beta'][1]}
+    decoders = {}
+    for option, var in variances.items():
+        cfg = tiny_config(tfds_dir, 'dit', **{'model.vlb_decoder_variance': option})
+        other = prepare(cfg, devices=jax.devices()[:1]).task
+        assert task.cfg.model.vlb_decoder_variance == 'posterior_clipped'  # the default
+        prior, diffusion, decoder = other._vlb_nats(params, levels, labels, rng)
+        expected = dl.discretized_gaussian_nll(x0, x0_hat, np.sqrt(var), 17).sum(axis=(1, 2, 3))
+        np.testing.assert_allclose(decoder, expected, rtol=1e-5, err_msg=option)
+        decoders[option] = np.asarray(decoder)
+        if option == 'posterior_clipped':
+            default = task._vlb_nats(params, levels, labels, rng)
+            for got, want in zip(default, (prior, diffusion, decoder)):
+                np.testing.assert_array_equal(got, want)
+    assert np.abs(decoders['posterior_clipped'] - decoders['beta_1']).min() > 1e-3
+
+
 @pytest.mark.parametrize('kind', ['unet', 'dit'])
 def test_sharded_training_agrees_over_meshes(kind, tfds_dir):
     cfg = tiny_config(tfds_dir, kind)
@@ -142,6 +172,7 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
     ({'model.channel_mults': (1, 2, 2, 2, 2)}, 'halves a 8x8 image 4 times'),
     ({'sample.steps': 50}, 'sample.steps must be in [0, model.num_steps=20]'),
     ({'model.label_dropout': 0.0, 'sample.guidance': 3.0}, 'classifier-free guidance'),
+    ({'model.vlb_decoder_variance': 'learned'}, 'model.vlb_decoder_variance must be one of'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
     with pytest.raises(UserError, match=re.escape(fragment)):

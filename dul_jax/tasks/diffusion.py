@@ -55,6 +55,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.num_layers = 4
     m.mlp_dim = 512
     m.remat = 'none'
+    # Variance of the bound's decoder p(x_0 | x_1): 'posterior_clipped' (DDPM's code: the
+    # posterior variance at t = 2) or 'beta_1'; see losses/diffusion.py decoder_log_variance.
+    m.vlb_decoder_variance = 'posterior_clipped'
     return m
 
 
@@ -103,6 +106,9 @@ class DiffusionTask(Task):
         self.num_steps = int(m.num_steps)
         self.alpha_bars = dl.discrete_alpha_bars(m.schedule, self.num_steps) \
             if m.schedule in dl.SCHEDULES and self.num_steps > 0 else None
+        # float64 posterior constants for the bound, cast to float32 only where used
+        self.tables = dl.posterior_tables(dl.discrete_betas(m.schedule, self.num_steps)) \
+            if m.schedule in dl.SCHEDULES and self.num_steps >= 2 else None
         common = {'num_heads': m.num_heads, 'dropout': m.dropout,
                   'num_classes': spec.num_classes if self.conditional else 0,
                   'dtype': DTYPES.get(m.dtype, jnp.float32)}
@@ -125,6 +131,9 @@ class DiffusionTask(Task):
             check(m[key] in allowed, f'model.{key} must be one of {", ".join(allowed)}, '
                                      f'got "{m[key]}".')
         check(m.num_steps >= 2, f'model.num_steps must be at least 2, got {m.num_steps}.')
+        decoder = m.get('vlb_decoder_variance', 'posterior_clipped')
+        check(decoder in dl.DECODER_VARIANCES, 'model.vlb_decoder_variance must be one of '
+              f'{", ".join(dl.DECODER_VARIANCES)}, got "{decoder}".')
         check(0.0 <= m.label_dropout < 1.0,
               f'model.label_dropout must be in [0, 1), got {m.label_dropout}.')
         check(not m.class_conditional or self.spec.num_classes > 0,
@@ -245,25 +254,31 @@ class DiffusionTask(Task):
         L_T = KL(q(x_T | x_0) || N(0, I)); L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
         with p's mean the posterior mean at the predicted x_0 and its variance the posterior's,
         at one draw of x_t ~ q(x_t | x_0) per t; L_0 = -log of the discretized Gaussian
-        decoder N(x0_hat(x_1), beta_1) over the data's levels. Padding is part of x_0, so the sum
-        bounds -log p of the padded image, which bounds -log p of the image itself.
+        decoder N(x0_hat(x_1), var) over the data's levels, var from model.vlb_decoder_variance
+        (default: DDPM's clipped posterior variance, i.e. that of t = 2). Coefficients come from
+        float64 tables (dl.posterior_tables). Padding is part of x_0, so the sum bounds -log p
+        of the padded image, which bounds -log p of the image itself.
         """
         x0 = self.to_model_space(levels)
         per_example = lambda v: v.reshape(v.shape[0], -1).sum(axis=-1)
         ab_T = self._ab(self.num_steps)
         prior = per_example(dl.gaussian_kl(jnp.sqrt(ab_T) * x0, 1.0 - ab_T, 0.0, 1.0))
+        tab = {k: jnp.asarray(v, jnp.float32) for k, v in self.tables.items()}
+        # As hojonathanho/diffusion diffusion_utils_2.py _vb_terms_bpd: the decoder's mean is the
+        # posterior mean at x0_hat for t = 1, which is x0_hat (coef1 = 1, coef2 = 0).
+        decoder_std = float(np.exp(0.5 * dl.decoder_log_variance(
+            self.tables, self.cfg.model.get('vlb_decoder_variance', 'posterior_clipped'))))
 
         def term(t):
-            ab_t, ab_prev = self._ab(t), self._ab(t - 1)
+            ab_t = self._ab(t)
             eps = jax.random.normal(jax.random.fold_in(rng, t), x0.shape, jnp.float32)
             x_t = dl.q_sample(x0, ab_t, eps)
             x0_hat, _ = self._predict_x0_eps(params, x_t, t, labels, 1.0, False)
-            mean, var = dl.posterior(x0, x_t, ab_t, ab_prev)
-            mean_hat, _ = dl.posterior(x0_hat, x_t, ab_t, ab_prev)
-            var = jnp.where(t == 1, 1.0, var)  # 0 at t = 1, where the decoder term is used
+            c1, c2 = tab['posterior_mean_coef1'][t], tab['posterior_mean_coef2'][t]
+            mean, mean_hat = c1 * x0 + c2 * x_t, c1 * x0_hat + c2 * x_t
+            var = tab['posterior_variance_clipped'][t]  # > 0 at t = 1 too (the decoder's step)
             kl = per_example(dl.gaussian_kl(mean, var, mean_hat, var))
-            beta_1 = 1.0 - ab_t
-            nll = per_example(dl.discretized_gaussian_nll(x0, x0_hat, jnp.sqrt(beta_1),
+            nll = per_example(dl.discretized_gaussian_nll(x0, x0_hat, decoder_std,
                                                            self.spec.num_levels))
             return jnp.where(t == 1, nll, kl)
 

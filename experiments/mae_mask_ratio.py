@@ -22,6 +22,7 @@ import numpy as np
 from dul_jax import config as config_lib
 from dul_jax import data, evaluators
 from dul_jax.metrics import probes
+from dul_jax.models.mae import num_masked
 from dul_jax.train import loop
 from dul_jax.train.loop import train
 from dul_jax.train.setup import prepare
@@ -107,7 +108,7 @@ def write_table(rows, random_row, pixel_row, cfg, steps, path):
               '| 20-NN | run time |')
     lines = [title, '', note, '', header, '|---|---|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f'| MAE | {r["ratio"]} | {round(r["ratio"] * 16)}/16 | '
+        lines.append(f'| MAE | {r["ratio"]} | {num_masked(16, r["ratio"])}/16 | '
                      f'{r["loss_own"]:.4f} | {r["loss_common"]:.4f} | '
                      f'{r["probe_accuracy"]:.3f} | {r["knn_accuracy"]:.3f} | '
                      f'{r["train_s"]:.0f} s |')

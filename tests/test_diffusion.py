@@ -2,6 +2,7 @@
 Frechet distance."""
 
 import math
+import pathlib
 import re
 
 import jax
@@ -13,18 +14,20 @@ import scipy.linalg
 from dul_jax import config as config_lib
 from dul_jax import data
 from dul_jax.errors import UserError
+from dul_jax.losses import diffusion as dl
 from dul_jax.metrics import fid
-from dul_jax.tasks.diffusion import diffusion_config, guided_output
+from dul_jax.sampling.diffusion import guided_output
 from dul_jax.train import loop
 from dul_jax.train.setup import prepare
 
 STEPS = 20  # diffusion steps T of the tiny models
+DEFAULTS = pathlib.Path(__file__).resolve().parents[1] / 'experiments/configs/diffusion_defaults.py'
 
 
 def tiny_config(tfds_dir, kind, **extra):
     """A U-Net or DiT of a few thousand parameters on digits, T = 20. Every test that trains uses
     these settings, so runs on the same mesh reuse one compiled step (persistent jit cache)."""
-    c = diffusion_config()
+    c = config_lib.load_config(str(DEFAULTS))
     settings = {
         'data.tfds_dir': tfds_dir, 'model.kind': kind, 'model.num_steps': STEPS,
         'model.channels': 16, 'model.channel_mults': (1, 2), 'model.num_res_blocks': 0,
@@ -32,7 +35,7 @@ def tiny_config(tfds_dir, kind, **extra):
         'model.embed_dim': 32, 'model.num_layers': 1, 'model.mlp_dim': 64,
         'train.batch_size': 16, 'train.log_every': 10, 'train.eval_every': 0,
         'train.ckpt_every': 0, 'eval.batch_size': 16, 'eval.max_examples': 32,
-        'eval.vlb_examples': 16, 'sample.num': 8, 'sample.steps': 5, 'optim.warmup_steps': 5,
+        'eval.bound.examples': 16, 'sample.num': 8, 'sample.steps': 5, 'optim.warmup_steps': 5,
         'train.steps': 60, 'optim.lr': 3e-3, 'optim.ema_decay': 0.9, 'model.dropout': 0.0,
         **extra}
     for key, value in settings.items():
@@ -93,6 +96,36 @@ def test_guidance_scale_0_is_unconditional_and_1_conditional(dit_task):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_vlb_decoder_term_uses_the_configured_variance(dit_task, tfds_dir):
+    # DDPM's code (hojonathanho/diffusion diffusion_utils_2.py _vb_terms_bpd) scores x_0 at
+    # t = 1 under N(x0_hat, exp(posterior_log_variance_clipped)): the t = 2 posterior variance.
+    task, params = dit_task
+    levels = jax.random.randint(jax.random.key(8), (4, 8, 8, 1), 0, 17).astype(jnp.uint8)
+    labels = jnp.full((4,), task.null_class, jnp.int32)
+    rng = jax.random.key(9)
+    x0 = task.to_model_space(levels)
+    x_1 = dl.q_sample(x0, task._ab(1), jax.random.normal(jax.random.fold_in(rng, 1), x0.shape))
+    x0_hat, _ = task._predict_x0_eps(params, x_1, 1, labels, 1.0, False)
+    tables = dl.posterior_tables(dl.discrete_betas('cosine', STEPS))
+    variances = {'posterior_clipped': tables['posterior_variance'][2],
+                 'beta_1': tables['beta'][1]}
+    decoders = {}
+    for option, var in variances.items():
+        cfg = tiny_config(tfds_dir, 'dit', **{'model.vlb_decoder_variance': option})
+        other = prepare(cfg, devices=jax.devices()[:1]).task
+        assert task.cfg.model.vlb_decoder_variance == 'posterior_clipped'  # the default
+        terms = other.bound_terms(params, {'image': levels, 'label': labels}, rng)
+        prior, diffusion, decoder = terms['prior'], terms['diffusion'], terms['decoder']
+        expected = dl.discretized_gaussian_nll(x0, x0_hat, np.sqrt(var), 17).sum(axis=(1, 2, 3))
+        np.testing.assert_allclose(decoder, expected, rtol=1e-5, err_msg=option)
+        decoders[option] = np.asarray(decoder)
+        if option == 'posterior_clipped':
+            default = task.bound_terms(params, {'image': levels, 'label': labels}, rng)
+            for got, want in zip(default.values(), (prior, diffusion, decoder)):
+                np.testing.assert_array_equal(got, want)
+    assert np.abs(decoders['posterior_clipped'] - decoders['beta_1']).min() > 1e-3
+
+
 @pytest.mark.parametrize('kind', ['unet', 'dit'])
 def test_sharded_training_agrees_over_meshes(kind, tfds_dir):
     cfg = tiny_config(tfds_dir, kind)
@@ -127,9 +160,9 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
     rows = [r for r in loop_metrics(tmp_path) if 'loss' in r and 'eval/loss' not in r]
     assert rows[-1]['loss'] < 0.7 * rows[0]['loss']
     # the bound: 8x8 digits, 17 levels; a uniform model costs log2(17) = 4.09 bits/dim
-    assert 0.3 < final['vlb_bits_per_dim'] < 12
-    assert final['vlb_bits_per_dim'] == pytest.approx(
-        final['vlb_prior_bpd'] + final['vlb_diffusion_bpd'] + final['vlb_decoder_bpd'])
+    assert 0.3 < final['bound_bits_per_dim'] < 12
+    assert final['bound_bits_per_dim'] == pytest.approx(
+        final['bound_prior_bpd'] + final['bound_diffusion_bpd'] + final['bound_decoder_bpd'])
     assert (tmp_path / 'samples' / 'step_000060.png').is_file()
 
 
@@ -139,6 +172,7 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
     ({'model.channel_mults': (1, 2, 2, 2, 2)}, 'halves a 8x8 image 4 times'),
     ({'sample.steps': 50}, 'sample.steps must be in [0, model.num_steps=20]'),
     ({'model.label_dropout': 0.0, 'sample.guidance': 3.0}, 'classifier-free guidance'),
+    ({'model.vlb_decoder_variance': 'learned'}, 'model.vlb_decoder_variance must be one of'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
     with pytest.raises(UserError, match=re.escape(fragment)):

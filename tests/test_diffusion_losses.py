@@ -142,3 +142,66 @@ def test_discretized_gaussian_is_stable_for_tiny_std():
     nll = dl.discretized_gaussian_nll(x, x[5], 1e-4, 17)
     assert float(nll[5]) == pytest.approx(0.0, abs=1e-6)
     assert np.all(np.isfinite(nll)) and float(nll[6]) > 1e3
+
+
+# ---- float64 posterior tables and the decoder variance (DDPM's code) ---------------------------
+
+def _ddpm_reference_tables(betas):
+    """hojonathanho/diffusion diffusion_tf/diffusion_utils_2.py GaussianDiffusion2.__init__,
+    recomputed in float64 numpy; 0-based steps (entry i is step t = i + 1)."""
+    ab = np.cumprod(1.0 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    var = betas * (1.0 - ab_prev) / (1.0 - ab)
+    return {'posterior_variance': var,
+            'posterior_log_variance_clipped': np.log(np.append(var[1], var[1:])),
+            'posterior_mean_coef1': betas * np.sqrt(ab_prev) / (1.0 - ab),
+            'posterior_mean_coef2': (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab),
+            'alpha_bar': ab}
+
+
+def test_posterior_tables_match_the_ddpm_reference_in_float64():
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)  # the reference's linear schedule
+    np.testing.assert_array_equal(dl.discrete_betas('linear', 1000), betas)
+    tables = dl.posterior_tables(dl.discrete_betas('linear', 1000))
+    assert all(v.dtype == np.float64 and v.shape == (1001,) for v in tables.values())
+    for key, expected in _ddpm_reference_tables(betas).items():
+        np.testing.assert_allclose(tables[key][1:], expected, rtol=1e-14, atol=0, err_msg=key)
+    np.testing.assert_array_equal(tables['alpha_bar'], dl.discrete_alpha_bars('linear', 1000))
+    # the clip: the t = 1 entry (0-based 0) is the t = 2 posterior variance, not log(0)
+    assert tables['posterior_variance'][1] == 0.0
+    assert tables['posterior_log_variance_clipped'][1] == np.log(tables['posterior_variance'][2])
+    np.testing.assert_array_equal(tables['posterior_variance_clipped'][2:],
+                                  tables['posterior_variance'][2:])
+    # t = 1: the posterior mean is x_0 itself
+    assert np.float32(tables['posterior_mean_coef1'][1]) == 1.0
+    assert tables['posterior_mean_coef2'][1] == 0.0
+
+
+def test_posterior_tables_are_float64_accurate_once_cast():
+    tables = dl.posterior_tables(dl.discrete_betas('linear', 1000))
+    table32 = {k: v.astype(np.float32) for k, v in tables.items()}
+    # t = 1 with clipping is the t = 2 value, to float32 precision
+    assert table32['posterior_variance_clipped'][1] == table32['posterior_variance'][2]
+    assert np.float32(np.exp(tables['posterior_log_variance_clipped'][1])) == \
+        table32['posterior_variance'][2]
+    # each cast entry is the float64 value rounded once (relative error <= 2^-24) ...
+    t = np.arange(2, 1001)
+    exact = tables['posterior_variance'][t]
+    np.testing.assert_allclose(table32['posterior_variance'][t], exact, rtol=2 ** -24, atol=0)
+    # ... whereas float32 arithmetic from float32 alpha_bars (beta_t = 1 - ab_t / ab_{t-1})
+    # loses digits where beta_t is small, hence the float64 tables
+    ab32 = tables['alpha_bar'].astype(np.float32)
+    _, var32 = dl.posterior(0.0, 0.0, ab32[t], ab32[t - 1])
+    assert np.abs(np.asarray(var32, np.float64) / exact - 1).max() > 1e-5
+
+
+def test_decoder_log_variance_options():
+    tables = dl.posterior_tables(dl.discrete_betas('linear', 1000))
+    b1, b2 = 1e-4, 1e-4 + (0.02 - 1e-4) / 999
+    expected = b2 * (1 - (1 - b1)) / (1 - (1 - b1) * (1 - b2))  # posterior variance at t = 2
+    assert dl.decoder_log_variance(tables, 'posterior_clipped') == pytest.approx(
+        math.log(expected), abs=1e-12)
+    assert dl.decoder_log_variance(tables, 'beta_1') == pytest.approx(math.log(1e-4), abs=1e-12)
+    assert set(dl.DECODER_VARIANCES) == {'posterior_clipped', 'beta_1'}
+    with pytest.raises(ValueError, match='unknown decoder variance'):
+        dl.decoder_log_variance(tables, 'learned')

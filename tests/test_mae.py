@@ -16,7 +16,7 @@ from dul_jax import data
 from dul_jax.errors import UserError
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches
 from dul_jax.metrics import probes
-from dul_jax.models.mae import MAE, num_masked, random_masking, unshuffle
+from dul_jax.models.mae import MAE, num_kept, num_masked, random_masking, unshuffle
 from dul_jax.models.patches import patchify, unpatchify
 from dul_jax.train import loop
 from dul_jax.train.setup import prepare
@@ -56,15 +56,26 @@ def _images(seed, batch=8):
 
 # ---- masking and order ------------------------------------------------------------------------
 
+@pytest.mark.parametrize('n, ratio, kept', [
+    (16, 0.9, 1), (16, 0.75, 4), (16, 0.5, 8), (16, 0.25, 12), (16, 0.99, 0), (16, 0.01, 15),
+    (49, 0.25, 36), (49, 0.5, 24), (49, 0.75, 12), (49, 0.9, 4), (196, 0.75, 49),
+    (10, 0.7, 3), (64, 0.6, 25), (16, 0.0, 16)])
+def test_kept_count_is_mae_len_keep(n, ratio, kept):
+    # facebookresearch/mae models_mae.py random_masking: len_keep = int(L * (1 - mask_ratio))
+    assert int(n * (1 - ratio)) == kept  # the table above is the reference's own expression
+    assert num_kept(n, ratio) == kept
+    assert num_masked(n, ratio) == n - kept
+
+
 @pytest.mark.parametrize('ratio', [0.25, 0.5, 0.75, 0.9])
-def test_exactly_round_ratio_times_patches_are_masked_and_masks_differ(ratio):
+def test_exactly_len_keep_patches_are_kept_and_masks_differ(ratio):
     n = 49
     tokens = jax.random.normal(jax.random.key(0), (32, n, 3))
     noise = jax.random.uniform(jax.random.key(1), (32, n))
     keep = n - num_masked(n, ratio)
     visible, mask, _ = random_masking(tokens, noise, keep)
-    assert visible.shape == (32, keep, 3)
-    np.testing.assert_array_equal(mask.sum(axis=1), round(ratio * n))
+    assert visible.shape == (32, int(n * (1 - ratio)), 3)
+    np.testing.assert_array_equal(mask.sum(axis=1), n - int(n * (1 - ratio)))
     assert len({tuple(row) for row in np.asarray(mask)}) == 32  # a different mask per example
     # the visible tokens are exactly the unmasked ones (in shuffled order)
     for b in range(4):
@@ -130,9 +141,36 @@ def test_masked_mse_matches_hand_computation():
     mask = jnp.array([[1.0, 0.0, 1.0]])
     # patch 0: ((1)^2 + (2)^2) / 2 = 2.5; patch 2: ((2)^2 + (1)^2) / 2 = 2.5; patch 1 ignored
     np.testing.assert_allclose(masked_mse(pred, target, mask), [2.5])
-    # per-patch normalisation: [1, 3] has mean 2 and variance 1 -> [-1, 1]
-    np.testing.assert_allclose(normalize_patches(jnp.array([[1.0, 3.0]]), eps=0.0), [[-1., 1.]])
+    # per-patch normalisation: [1, 3] has mean 2 and unbiased variance ((-1)^2 + 1^2) / (2 - 1)
+    # = 2 -> [-1, 1] / sqrt(2)
+    np.testing.assert_allclose(normalize_patches(jnp.array([[1.0, 3.0]]), eps=0.0),
+                               [[-2 ** -0.5, 2 ** -0.5]], rtol=1e-6)
     np.testing.assert_allclose(normalize_patches(jnp.array([[4.0, 4.0]])), [[0.0, 0.0]])
+
+
+def test_normalize_patches_uses_the_unbiased_variance_like_mae_forward_loss():
+    # facebookresearch/mae models_mae.py forward_loss: torch's target.var(dim=-1) is unbiased
+    # (ddof=1), then (target - mean) / (var + 1e-6) ** .5.
+    patches = np.random.default_rng(0).uniform(size=(3, 5, 12)).astype(np.float32)
+    x = patches.astype(np.float64)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).sum(-1, keepdims=True) / (x.shape[-1] - 1)
+    expected = (x - mean) / np.sqrt(var + 1e-6)
+    got = np.asarray(normalize_patches(jnp.asarray(patches)))
+    np.testing.assert_allclose(got, expected, rtol=2e-5, atol=2e-6)
+    biased = (x - mean) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    assert np.abs(got - biased).max() > 1e-2  # the biased form is measurably different here
+
+
+@pytest.mark.parametrize('ratio, kept', [(0.9, 1), (0.75, 4), (0.5, 8), (0.3, 11)])
+def test_model_mask_has_len_keep_visible_patches(model_and_params, ratio, kept):
+    model, params = model_and_params  # 16 patches
+    assert kept == int(16 * (1 - ratio))
+    latent, mask, _ = jax.jit(lambda x: model.apply(
+        {'params': params}, x, ratio, rngs={'masking': jax.random.key(3)},
+        method=MAE.encode))(_images(6, batch=4))
+    np.testing.assert_array_equal((np.asarray(mask) == 0).sum(axis=1), kept)
+    assert latent.shape == (4, 1 + kept, 32)
 
 
 def test_loss_ignores_visible_patches_and_sees_masked_ones(model_and_params):
@@ -157,6 +195,8 @@ def test_loss_ignores_visible_patches_and_sees_masked_ones(model_and_params):
     ({'model.patch_size': 3}, 'model.patch_size=3 does not tile'),
     ({'model.mask_ratio': 0.0}, 'at least one patch is masked'),
     ({'model.mask_ratio': 0.99}, 'one visible'),
+    ({'model.mask_ratio': 0.95}, 'masks 16 of 16 patches'),  # int(16 * 0.05) = 0 kept
+    ({'model.patch_size': 1, 'model.norm_pix_loss': True}, 'at least 2 values'),
     ({'model.decoder_embed_dim': 18}, 'model.decoder_embed_dim=18 must be a multiple of 4'),
     ({'model.probe_pool': 'max'}, 'model.probe_pool'),
 ])

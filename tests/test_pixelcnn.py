@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate
+from scipy import integrate, special
 
 from dul_jax import config as config_lib
 from dul_jax import data
@@ -200,6 +200,54 @@ def test_logistic_mixture_matches_numerical_integration_and_sums_to_one(levels, 
     np.testing.assert_allclose(np.exp(ours).sum(), 1.0, rtol=1e-5)
     nll = lm.discretized_logistic_mixture_nll(jnp.asarray(params), jnp.arange(levels), levels)
     np.testing.assert_allclose(-np.asarray(nll), ours, rtol=1e-5, atol=1e-5)
+
+
+def test_logistic_bin_centres_are_the_exact_values_rounded_once():
+    k = np.arange(256)
+    expected = np.float32((2 * k - 255) / 255)   # float64, rounded once to float32
+    for levels in (jnp.asarray(k), jnp.asarray(k, jnp.uint8)):
+        np.testing.assert_array_equal(lm.bin_centres(levels, 256), expected)
+        np.testing.assert_array_equal(jax.jit(lm.bin_centres, static_argnums=1)(levels, 256),
+                                      expected)
+    assert float(lm.bin_centres(jnp.array(0), 256)) == -1.0
+    assert float(lm.bin_centres(jnp.array(255), 256)) == 1.0
+    for levels in (2, 3, 17):
+        np.testing.assert_array_equal(lm.bin_centres(jnp.arange(levels), levels),
+                                      np.float32((2 * np.arange(levels) - (levels - 1))
+                                                 / (levels - 1)))
+
+
+def _pixelcnn_pp_log_probs_float64(params, targets):
+    """openai/pixel-cnn pixel_cnn_pp/nn.py discretized_mix_logistic_loss, one channel, in
+    float64 numpy: x = (2 k - 255) / 255, bins of half-width 1/255, the edge bins (x < -0.999,
+    x > 0.999) taking the CDF to -inf / +inf; log-scales clamped at -7."""
+    kk = params.shape[-1] // 3
+    logits, means = params[..., :kk], params[..., kk:2 * kk]
+    log_scales = np.maximum(params[..., 2 * kk:], -7.0)
+    x = ((2.0 * targets - 255.0) / 255.0)[..., None]
+    inv = np.exp(-log_scales)
+    plus, minus = inv * (x - means + 1 / 255), inv * (x - means - 1 / 255)
+    log_cdf_plus = plus - np.logaddexp(0.0, plus)            # log sigmoid(plus)
+    log_one_minus_cdf_min = -np.logaddexp(0.0, minus)        # log (1 - sigmoid(minus))
+    with np.errstate(divide='ignore'):  # far components' bins underflow to 0 (log -inf)
+        log_delta = np.log(special.expit(plus) - special.expit(minus))
+    log_probs = np.where(x < -0.999, log_cdf_plus,
+                         np.where(x > 0.999, log_one_minus_cdf_min, log_delta))
+    log_weights = logits - special.logsumexp(logits, axis=-1, keepdims=True)
+    return special.logsumexp(log_probs + log_weights, axis=-1)
+
+
+def test_logistic_mixture_nll_matches_pixelcnn_pp_formula_in_float64():
+    rng = np.random.default_rng(0)
+    n, k = 512, 3
+    params = np.concatenate([rng.normal(size=(n, k)), rng.uniform(-1.1, 1.1, size=(n, k)),
+                             rng.uniform(-4.5, -1.0, size=(n, k))], axis=-1)
+    targets = np.concatenate([np.arange(256), rng.integers(0, 256, n - 256)])
+    targets[:8] = [0, 255, 0, 255, 1, 254, 127, 128]
+    expected = -_pixelcnn_pp_log_probs_float64(params, targets)
+    got = lm.discretized_logistic_mixture_nll(jnp.asarray(params, jnp.float32),
+                                              jnp.asarray(targets), 256)
+    np.testing.assert_allclose(np.asarray(got, np.float64), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_logistic_mixture_tiny_bins_and_gradients_stay_finite():

@@ -30,11 +30,11 @@ def _cosine_f(t):
     return np.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * np.pi / 2) ** 2
 
 
-def discrete_alpha_bars(schedule: str, num_steps: int) -> np.ndarray:
-    """alpha_bar_t for t = 0..T as float64, shape (T + 1,), alpha_bar_0 = 1, decreasing.
+def discrete_betas(schedule: str, num_steps: int) -> np.ndarray:
+    """beta_t for t = 1..T as float64, shape (T,) (entry i is beta_{i+1}).
 
-    linear: beta_t evenly spaced from 1e-4 to 0.02 (times 1000 / T), alpha_bar_t = prod(1 - beta).
-    cosine: alpha_bar_t = f(t / T) / f(0), with beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}.
+    linear: evenly spaced from 1e-4 to 0.02 (times 1000 / T).
+    cosine: beta_t = 1 - f(t / T) / f((t - 1) / T), so alpha_bar_t = f(t / T) / f(0).
     Both clip beta_t at 0.999.
     """
     if schedule == 'linear':
@@ -46,7 +46,13 @@ def discrete_alpha_bars(schedule: str, num_steps: int) -> np.ndarray:
         betas = np.minimum(1.0 - f[1:] / f[:-1], MAX_BETA)
     else:
         raise ValueError(f'unknown schedule {schedule!r}; use one of {SCHEDULES}')
-    return np.concatenate([[1.0], np.cumprod(1.0 - betas)])
+    return betas
+
+
+def discrete_alpha_bars(schedule: str, num_steps: int) -> np.ndarray:
+    """alpha_bar_t for t = 0..T as float64, shape (T + 1,), alpha_bar_0 = 1, decreasing:
+    alpha_bar_t = prod_{s <= t} (1 - beta_s) with `discrete_betas`."""
+    return np.concatenate([[1.0], np.cumprod(1.0 - discrete_betas(schedule, num_steps))])
 
 
 # Continuous linear schedule: the VP-SDE with beta(t) = b0 + (b1 - b0) t (Song et al. 2021), the
@@ -185,6 +191,60 @@ def posterior(x0, x_t, ab_t, ab_prev):
     mean = (jnp.sqrt(ab_prev) * beta / (1.0 - ab_t)) * x0 \
         + (jnp.sqrt(1.0 - beta) * (1.0 - ab_prev) / (1.0 - ab_t)) * x_t
     return mean, beta * (1.0 - ab_prev) / (1.0 - ab_t)
+
+
+# The decoder p(x_0 | x_1)'s variance in the bound (see `decoder_log_variance`).
+DECODER_VARIANCES = ('posterior_clipped', 'beta_1')
+
+
+def posterior_tables(betas: np.ndarray) -> dict[str, np.ndarray]:
+    """The reverse process's per-step constants, float64, each indexed by t = 0..T (T + 1,).
+
+    Computed in float64 from the betas and only then cast by the caller, as DDPM's code does
+    (hojonathanho/diffusion, diffusion_tf/diffusion_utils_2.py, GaussianDiffusion2.__init__;
+    the same in openai/improved-diffusion, gaussian_diffusion.py, GaussianDiffusion.__init__):
+      alpha_bar                  prod_{s <= t} (1 - beta_s); 1 at t = 0
+      beta                       beta_t
+      posterior_variance         beta_t (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t); 0 at t = 1
+      posterior_variance_clipped the same with its t = 1 entry replaced by the t = 2 one (> 0)
+      posterior_log_variance_clipped   log of that: the reference's
+                                 `posterior_log_variance_clipped`, the variance of p(x_{t-1}|x_t)
+                                 for its fixed-small model (the posterior's), decoder included
+      posterior_mean_coef1       beta_t sqrt(alpha_bar_{t-1}) / (1 - alpha_bar_t)      (x_0)
+      posterior_mean_coef2       (1 - alpha_bar_{t-1}) sqrt(1 - beta_t) / (1 - alpha_bar_t)  (x_t)
+    The reference indexes steps 0..T-1; here entry t is its t - 1, and entry 0 (no step) holds
+    alpha_bar = 1 and beta = 0, the t = 1 values for the clipped variance, and 0 otherwise.
+    """
+    betas = np.asarray(betas, np.float64)
+    assert betas.ndim == 1 and betas.shape[0] >= 2 and np.all((betas > 0) & (betas <= 1))
+    ab = np.cumprod(1.0 - betas)
+    ab_prev = np.append(1.0, ab[:-1])
+    var = betas * (1.0 - ab_prev) / (1.0 - ab)
+    var_clipped = np.append(var[1], var[1:])
+    coef1 = betas * np.sqrt(ab_prev) / (1.0 - ab)
+    coef2 = (1.0 - ab_prev) * np.sqrt(1.0 - betas) / (1.0 - ab)
+    pad = lambda v, first=0.0: np.concatenate([[first], v])
+    return {'alpha_bar': pad(ab, 1.0), 'beta': pad(betas),
+            'posterior_variance': pad(var),
+            'posterior_variance_clipped': pad(var_clipped, var_clipped[0]),
+            'posterior_log_variance_clipped': pad(np.log(var_clipped), np.log(var_clipped[0])),
+            'posterior_mean_coef1': pad(coef1), 'posterior_mean_coef2': pad(coef2)}
+
+
+def decoder_log_variance(tables: dict[str, np.ndarray], kind: str) -> float:
+    """log of the variance of the decoder p(x_0 | x_1) = N(x0_hat(x_1), var), float64.
+
+    'posterior_clipped': DDPM's: `_vb_terms_bpd` scores x_0 at t = 1 under the model's
+      log-variance, which for its fixed-small (and fixed-large) model is
+      `posterior_log_variance_clipped[0]` = log(posterior variance of the step after), i.e. here
+      tables['posterior_log_variance_clipped'][1] = log(posterior_variance[2]).
+    'beta_1': log(beta_1), the forward process's first-step variance.
+    """
+    if kind == 'posterior_clipped':
+        return float(tables['posterior_log_variance_clipped'][1])
+    if kind == 'beta_1':
+        return float(np.log(tables['beta'][1]))
+    raise ValueError(f'unknown decoder variance {kind!r}; use one of {DECODER_VARIANCES}')
 
 
 def gaussian_kl(mean1, var1, mean2, var2):

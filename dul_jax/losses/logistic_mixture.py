@@ -1,6 +1,6 @@
 """Discretized logistic mixture likelihood (PixelCNN++) of integer levels, in nats.
 
-A value x in {0, ..., L-1} is rescaled to c(x) = 2x/(L-1) - 1 in [-1, 1]; its bin is
+A value x in {0, ..., L-1} is rescaled to c(x) = (2x - (L-1)) / (L-1) in [-1, 1]; its bin is
 [c(x) - 1/(L-1), c(x) + 1/(L-1)], except that the edge bins take the whole tails: level 0 owns
 (-inf, c(0) + 1/(L-1)] and level L-1 owns [c(L-1) - 1/(L-1), +inf), so the L bin probabilities
 sum to exactly 1. Each component k has weight softmax(w)_k, mean mu_k and log-scale s_k (clamped
@@ -20,6 +20,7 @@ to float32 relative precision and no fallback branch is needed (nor its gradient
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MIN_LOG_SCALE = -7.0
 
@@ -32,11 +33,27 @@ def split_params(params: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return logits, means, jnp.maximum(log_scales, MIN_LOG_SCALE)
 
 
+def bin_centres(levels: jax.Array, num_levels: int) -> jax.Array:
+    """Integer levels 0..L-1 -> their bin centres (2 level - (L - 1)) / (L - 1) in [-1, 1], float32.
+
+    Each centre is the exact value rounded once to float32, e.g. (2 k - 255) / 255 for L = 256:
+    the same floats as PixelCNN++'s data, (x - 127.5) / 127.5 (openai/pixel-cnn, whose
+    pixel_cnn_pp/nn.py discretized_mix_logistic_loss scores x in [-1, 1] with bins of half-width
+    1/255). The form level * (2 / (L - 1)) - 1 rounds twice (207 of 256 centres off by an ulp),
+    and so does the division in XLA, which turns x / constant into x * (1 / constant) (126 of 256
+    off on CPU); so the quotient of the two exact integers is taken in numpy (float64, then
+    rounded once) and looked up.
+    """
+    k = np.arange(num_levels, dtype=np.float64)
+    table = ((2.0 * k - (num_levels - 1)) / (num_levels - 1)).astype(np.float32)
+    return jnp.asarray(table)[levels]
+
+
 def _log_bin_probs(levels: jax.Array, means: jax.Array, log_scales: jax.Array,
                    num_levels: int) -> jax.Array:
     """log P(level) under each logistic component; levels broadcast against (..., K)."""
     half_width = 1.0 / (num_levels - 1)
-    centred = levels.astype(jnp.float32) * (2.0 * half_width) - 1.0 - means
+    centred = bin_centres(levels, num_levels) - means
     inv_scale = jnp.exp(-log_scales)
     upper = inv_scale * (centred + half_width)   # b_plus
     lower = inv_scale * (centred - half_width)   # b_minus

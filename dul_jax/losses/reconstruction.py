@@ -9,13 +9,20 @@ import jax
 import jax.numpy as jnp
 
 
+def patch_variance(patches: jax.Array) -> jax.Array:
+    """Unbiased (ddof=1) variance of each patch over its last axis, keeping that axis."""
+    return patches.var(axis=-1, keepdims=True, ddof=1)
+
+
 def normalize_patches(patches: jax.Array, eps: float = 1e-6) -> jax.Array:
     """(x - mean) / sqrt(var + eps) within each patch (over its last axis), as MAE's norm_pix_loss.
 
-    var is the biased (1/n) variance; eps keeps a flat patch (var = 0) at 0 instead of 0/0.
+    var is the unbiased (1/(n-1)) variance, as in MAE's `forward_loss` (facebookresearch/mae,
+    models_mae.py: `target.var(dim=-1, keepdim=True)`, torch's default unbiased estimate, then
+    `(target - mean) / (var + 1.e-6)**.5`); eps keeps a flat patch (var = 0) at 0, not 0/0.
     """
     mean = patches.mean(axis=-1, keepdims=True)
-    var = patches.var(axis=-1, keepdims=True)
+    var = patch_variance(patches)
     return (patches - mean) / jnp.sqrt(var + eps)
 
 

@@ -4,7 +4,7 @@ narrower, shallower decoder that predicts the pixels of every patch.
 Both halves are the shared bidirectional `Stack` (causal=False) with fixed 2-D sine-cosine
 positions; the patch embedding and patchify live in patches.py. Masking is per example: each
 example draws uniform noise per patch, sorts it, keeps the patches with the smallest noise and
-masks exactly `num_masked(num_patches, mask_ratio)` of them.
+keeps exactly `num_kept(num_patches, mask_ratio)` of them, as MAE's `random_masking` does.
 """
 
 from typing import Any
@@ -17,9 +17,18 @@ from dul_jax.models.patches import PatchEmbed, sincos_2d
 from dul_jax.models.transformer import Stack, dense_init, layer_norm
 
 
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+    """Patches left visible per example: int(num_patches * (1 - mask_ratio)), truncated.
+
+    This is `len_keep` of MAE's `random_masking` (facebookresearch/mae, models_mae.py), the same
+    float expression truncated the same way: 16 patches at ratio 0.9 keep int(1.6) = 1, not 2.
+    """
+    return int(num_patches * (1 - mask_ratio))
+
+
 def num_masked(num_patches: int, mask_ratio: float) -> int:
-    """Patches masked per example: round(mask_ratio * num_patches), the same for every example."""
-    return round(mask_ratio * num_patches)
+    """Patches masked per example (the same for every example): all but `num_kept`."""
+    return num_patches - num_kept(num_patches, mask_ratio)
 
 
 def random_masking(tokens: jax.Array, noise: jax.Array, num_keep: int

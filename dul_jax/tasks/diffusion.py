@@ -4,8 +4,11 @@ Pixels (levels 0..K-1) become values in [-1, 1], padded with -1 to `model.image_
 Training draws t uniformly from 1..T, noises x_0 to x_t and regresses the configured target
 (eps, v or x_0) with the configured weighting; labels are replaced by the null class with
 probability `model.label_dropout`, so one network is both conditional and unconditional.
-Sampling (from EMA params) runs DDPM ancestral or DDIM steps in one jitted `lax` loop; the end of
-training also reports the variational bound in bits/dim on `eval.vlb_examples` test images.
+Sampling (from EMA params) runs DDPM ancestral or DDIM steps (sampling/diffusion.py) in one jitted
+`lax` loop. `bound_terms` gives the variational bound for the shared bound evaluator
+(`eval.evaluators = ('bound',)`); `sample_images` the images that the FID evaluator scores.
+The sampler's keys (sample.sampler, steps, eta, guidance, guidance_sweep, clip_x0) are added by
+experiments/configs/diffusion_defaults.py.
 """
 
 import functools
@@ -15,15 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data, images
-from dul_jax.config import base_config, check
+from dul_jax import images
+from dul_jax.config import check
 from dul_jax.losses import diffusion as dl
-from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.dit import DiT
 from dul_jax.models.unet import UNet
+from dul_jax.sampling import diffusion as samplers
 from dul_jax.tasks.base import Task, jit_method
-
-SAMPLERS = ('ddpm', 'ddim')
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -52,39 +53,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.num_layers = 4
     m.mlp_dim = 512
     m.remat = 'none'
+    # Variance of the bound's decoder p(x_0 | x_1): 'posterior_clipped' (DDPM's code: the
+    # posterior variance at t = 2) or 'beta_1'; see losses/diffusion.py decoder_log_variance.
+    m.vlb_decoder_variance = 'posterior_clipped'
     return m
-
-
-def diffusion_config() -> ml_collections.ConfigDict:
-    """base_config() with the diffusion task's model, sampling and evaluation keys."""
-    c = base_config()
-    c.task = 'diffusion'
-    c.model = default_model_config()
-    c.optim.ema_decay = 0.999
-    c.sample.sampler = 'ddim'         # 'ddim' (eta below) or 'ddpm' (ancestral)
-    c.sample.steps = 100              # sampling steps on an even grid of 1..T; 0: all T
-    c.sample.eta = 0.0                # DDIM noise: 0 deterministic, 1 = DDPM's posterior noise
-    c.sample.guidance = 1.0           # classifier-free guidance scale (1: plain conditional)
-    c.sample.guidance_sweep = ()      # scales for an extra grid: rows = scales, columns = classes
-    c.sample.clip_x0 = True           # clip predicted x_0 to [-1, 1] at every step
-    c.eval.vlb_examples = 256         # test images for the bound in bits/dim (0: skip it)
-    return c
-
-
-def guided_output(apply_fn, x, t, labels, null_class: int, scale):
-    """Classifier-free guidance: uncond + scale * (cond - uncond), both from one batched call.
-
-    Scale 0 is the unconditional prediction, 1 the conditional one. Linear in the output, so it
-    is the same in eps, v or x_0 space."""
-    both = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                    jnp.concatenate([labels, jnp.full_like(labels, null_class)]))
-    cond, uncond = jnp.split(both, 2)
-    return uncond + scale * (cond - uncond)
-
-
-def step_grid(num_steps: int, steps: int) -> np.ndarray:
-    """`steps` + 1 evenly spaced integers from 0 to T (all of 0..T when steps = T)."""
-    return np.round(np.linspace(0, num_steps, steps + 1)).astype(np.int32)
 
 
 class DiffusionTask(Task):
@@ -97,6 +69,8 @@ class DiffusionTask(Task):
         self.num_steps = int(m.num_steps)
         super().__init__(cfg, spec)
         self.alpha_bars = dl.discrete_alpha_bars(m.schedule, self.num_steps)
+        # float64 posterior constants for the bound, cast to float32 only where used
+        self.tables = dl.posterior_tables(dl.discrete_betas(m.schedule, self.num_steps))
 
     def build_model(self):
         m = self.cfg.model
@@ -119,13 +93,15 @@ class DiffusionTask(Task):
             check(m[key] in allowed, f'model.{key} must be one of {", ".join(allowed)}, '
                                      f'got "{m[key]}".')
         check(m.num_steps >= 2, f'model.num_steps must be at least 2, got {m.num_steps}.')
+        check(m.vlb_decoder_variance in dl.DECODER_VARIANCES, 'model.vlb_decoder_variance must '
+              f'be one of {", ".join(dl.DECODER_VARIANCES)}, got "{m.vlb_decoder_variance}".')
         check(0.0 <= m.label_dropout < 1.0,
               f'model.label_dropout must be in [0, 1), got {m.label_dropout}.')
         check(self.size >= max(self.height, self.width),
               f'model.image_size={self.size} is smaller than the {self.height}x{self.width} '
               'images; set it to 0 or at least their size.')
         self._validate_network(m)
-        check(s.sampler in SAMPLERS, f'sample.sampler must be "ddpm" or "ddim", got "{s.sampler}".')
+        check(s.sampler in samplers.SAMPLERS, f'sample.sampler must be "ddpm" or "ddim", got "{s.sampler}".')
         check(0 <= s.steps <= m.num_steps,
               f'sample.steps must be in [0, model.num_steps={m.num_steps}], got {s.steps}.')
         check(s.eta >= 0, f'sample.eta must be >= 0, got {s.eta}.')
@@ -226,32 +202,43 @@ class DiffusionTask(Task):
 
     # ---- the variational bound ---------------------------------------------------------------
 
-    @jit_method()
-    def _vlb_nats(self, params, levels, labels, rng):
-        """Per-example terms of -log p(x_0) <= L_T + sum_{t=2}^T L_{t-1} + L_0, in nats.
+    def bound_terms(self, params, batch, rng):
+        """Per-example terms of -log p(x_0) <= L_T + sum_{t=2}^T L_{t-1} + L_0, in nats:
+        {'prior': L_T, 'diffusion': the sum of the L_{t-1}, 'decoder': L_0}.
 
         L_T = KL(q(x_T | x_0) || N(0, I)); L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t))
         with p's mean the posterior mean at the predicted x_0 and its variance the posterior's,
         at one draw of x_t ~ q(x_t | x_0) per t; L_0 = -log of the discretized Gaussian
-        decoder N(x0_hat(x_1), beta_1) over the data's levels. Padding is part of x_0, so the sum
-        bounds -log p of the padded image, which bounds -log p of the image itself.
+        decoder N(x0_hat(x_1), var) over the data's levels, var from model.vlb_decoder_variance
+        (default: DDPM's clipped posterior variance, i.e. that of t = 2). Coefficients come from
+        float64 tables (dl.posterior_tables). Padding is part of x_0, so the sum bounds -log p
+        of the padded image, which bounds -log p of the image itself. Unconditional (null
+        class) where the model was trained with label dropout, so it compares with unconditional
+        likelihood models; conditional on the true label otherwise.
         """
-        x0 = self.to_model_space(levels)
+        x0 = self.to_model_space(batch['image'])
+        labels = self.labels(batch)
+        if labels is not None and self.cfg.model.label_dropout > 0:
+            labels = jnp.full_like(labels, self.null_class)
         per_example = lambda v: v.reshape(v.shape[0], -1).sum(axis=-1)
         ab_T = self._ab(self.num_steps)
         prior = per_example(dl.gaussian_kl(jnp.sqrt(ab_T) * x0, 1.0 - ab_T, 0.0, 1.0))
+        tab = {k: jnp.asarray(v, jnp.float32) for k, v in self.tables.items()}
+        # As hojonathanho/diffusion diffusion_utils_2.py _vb_terms_bpd: the decoder's mean is the
+        # posterior mean at x0_hat for t = 1, which is x0_hat (coef1 = 1, coef2 = 0).
+        decoder_std = float(np.exp(0.5 * dl.decoder_log_variance(
+            self.tables, self.cfg.model.vlb_decoder_variance)))
 
         def term(t):
-            ab_t, ab_prev = self._ab(t), self._ab(t - 1)
+            ab_t = self._ab(t)
             eps = jax.random.normal(jax.random.fold_in(rng, t), x0.shape, jnp.float32)
             x_t = dl.q_sample(x0, ab_t, eps)
             x0_hat, _ = self._predict_x0_eps(params, x_t, t, labels, 1.0, False)
-            mean, var = dl.posterior(x0, x_t, ab_t, ab_prev)
-            mean_hat, _ = dl.posterior(x0_hat, x_t, ab_t, ab_prev)
-            var = jnp.where(t == 1, 1.0, var)  # 0 at t = 1, where the decoder term is used
+            c1, c2 = tab['posterior_mean_coef1'][t], tab['posterior_mean_coef2'][t]
+            mean, mean_hat = c1 * x0 + c2 * x_t, c1 * x0_hat + c2 * x_t
+            var = tab['posterior_variance_clipped'][t]  # > 0 at t = 1 too (the decoder's step)
             kl = per_example(dl.gaussian_kl(mean, var, mean_hat, var))
-            beta_1 = 1.0 - ab_t
-            nll = per_example(dl.discretized_gaussian_nll(x0, x0_hat, jnp.sqrt(beta_1),
+            nll = per_example(dl.discretized_gaussian_nll(x0, x0_hat, decoder_std,
                                                            self.spec.num_levels))
             return jnp.where(t == 1, nll, kl)
 
@@ -263,32 +250,7 @@ class DiffusionTask(Task):
 
         zeros = jnp.zeros(x0.shape[0], jnp.float32)
         diffusion, decoder = jax.lax.fori_loop(1, self.num_steps + 1, body, (zeros, zeros))
-        return prior, diffusion, decoder
-
-    def final_metrics(self, params):
-        """The variational bound in bits/dim on the first `eval.vlb_examples` eval images.
-
-        Unconditional (null class) when the model was trained with label dropout, so it compares
-        with unconditional likelihood models; conditional on the true label otherwise."""
-        limit = int(self.cfg.eval.get('vlb_examples', 0))
-        if not limit:
-            return {}
-        sums, count = np.zeros(3), 0.0
-        for batch in data.eval_batches(self.cfg.data, self.cfg.eval.batch_size, limit):
-            labels = None
-            if self.conditional:
-                labels = jnp.asarray(batch['label'], jnp.int32)
-                if self.cfg.model.label_dropout > 0:
-                    labels = jnp.full_like(labels, self.null_class)
-            terms = self._vlb_nats(params, jnp.asarray(batch['image']), labels,
-                                   jax.random.key(self.cfg.seed))
-            mask = batch['mask']
-            sums += [float(np.sum(np.asarray(v) * mask)) for v in terms]
-            count += float(mask.sum())
-        prior, diffusion, decoder = bits_per_dim(sums / count, self.example_size())
-        return {'vlb_bits_per_dim': float(prior + diffusion + decoder),
-                'vlb_prior_bpd': float(prior), 'vlb_diffusion_bpd': float(diffusion),
-                'vlb_decoder_bpd': float(decoder), 'vlb_examples': count}
+        return {'prior': prior, 'diffusion': diffusion, 'decoder': decoder}
 
     # ---- sampling ----------------------------------------------------------------------------
 
@@ -297,7 +259,8 @@ class DiffusionTask(Task):
         t_vec = jnp.full((x_t.shape[0],), t, jnp.int32)
         apply_fn = functools.partial(self.apply, params)
         if use_cfg:
-            out = guided_output(apply_fn, x_t, t_vec, labels, self.null_class, guidance)
+            out = samplers.guided_output(apply_fn, x_t, t_vec, labels, self.null_class,
+                                         guidance)
         else:
             out = apply_fn(x_t, t_vec, labels)
         ab = self._ab(t)
@@ -310,34 +273,15 @@ class DiffusionTask(Task):
     @jit_method('num', 'sampler', 'steps', 'use_cfg')
     def sample_x(self, params, rng, num, sampler, steps, labels, eta, guidance, use_cfg,
                  x_init=None):
-        """(num, size, size, C) model-space samples, x_T -> x_0 over `step_grid(T, steps)`.
-
-        x_T is `x_init` if given, else drawn from rng; the per-step noise always comes from rng.
-
-        ddim: x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z, with
-          sigma^2 = eta^2 (1 - ab_prev) / (1 - ab) (1 - ab / ab_prev) (Song et al. 2021).
-        ddpm: x_prev ~ q(x_prev | x_t, x0), the posterior at the predicted x_0 (Ho et al. 2020).
-        The noise z at step t is drawn from fold_in(rng, t), so the two samplers with the same
-        rng see the same noise, and ddim at eta = 1 on all T steps is ddpm.
-        """
-        grid = jnp.asarray(step_grid(self.num_steps, steps))
+        """(num, size, size, C) model-space samples from x_T = `x_init` (else drawn from rng)
+        over `steps` steps of `sampler` (see sampling/diffusion.py)."""
         init_rng, step_rng = jax.random.split(rng)
         x = x_init if x_init is not None else jax.random.normal(
             init_rng, (num, self.size, self.size, self.channels), jnp.float32)
-
-        def body(i, x):
-            t, t_prev = grid[steps - i], grid[steps - i - 1]
-            ab, ab_prev = self._ab(t), self._ab(t_prev)
-            x0, eps = self._predict_x0_eps(params, x, t, labels, guidance, use_cfg)
-            z = jax.random.normal(jax.random.fold_in(step_rng, t), x.shape, jnp.float32)
-            if sampler == 'ddpm':
-                mean, var = dl.posterior(x0, x, ab, ab_prev)
-                return mean + jnp.sqrt(var) * z
-            var = eta ** 2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
-            direction = jnp.sqrt(jnp.maximum(1.0 - ab_prev - var, 0.0))
-            return jnp.sqrt(ab_prev) * x0 + direction * eps + jnp.sqrt(var) * z
-
-        return jax.lax.fori_loop(0, steps, body, x)
+        denoise = functools.partial(self._predict_x0_eps, params, labels=labels,
+                                    guidance=guidance, use_cfg=use_cfg)
+        return samplers.sample(denoise, jnp.asarray(self.alpha_bars, jnp.float32), x, step_rng,
+                               self.num_steps, steps, sampler, eta)
 
     def sample_images(self, params, rng, num, labels=None, guidance=None, use_cfg=None):
         """uint8 level images (num, H, W, C) with the configured sampler. `use_cfg` defaults to
@@ -357,7 +301,7 @@ class DiffusionTask(Task):
         if scales:
             labels = jnp.arange(self.spec.num_classes, dtype=jnp.int32)
             sweep_rng = jax.random.fold_in(rng, 1)  # one noise for every row: only w changes
-            out['sweep'] = np.stack([  # guidance is traced: one compiled sampler for every row
+            out['sweep'] = jnp.stack([  # guidance is traced: one compiled sampler for every row
                 self.sample_images(params, sweep_rng, len(labels), labels, w, use_cfg=True)
                 for w in scales])
         return out

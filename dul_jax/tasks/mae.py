@@ -16,7 +16,7 @@ import numpy as np
 
 from dul_jax import data
 from dul_jax.config import check
-from dul_jax.losses.reconstruction import masked_mse, normalize_patches
+from dul_jax.losses.reconstruction import masked_mse, normalize_patches, patch_variance
 from dul_jax.models.mae import MAE, num_masked
 from dul_jax.models.patches import patchify, unpatchify
 from dul_jax.tasks.base import Task, jit_method
@@ -73,6 +73,9 @@ class MAETask(Task):
         check(0 < masked < patches,
               f'model.mask_ratio={m.mask_ratio} masks {masked} of {patches} patches; set '
               '--config.model.mask_ratio so that at least one patch is masked and one visible.')
+        check(not m.norm_pix_loss or m.patch_size ** 2 * spec.shape[2] > 1,
+              'model.norm_pix_loss needs patches of at least 2 values (an unbiased variance); '
+              'set --config.model.patch_size above 1 or --config.model.norm_pix_loss=False.')
         check(m.probe_pool in PROBE_POOLS,
               f'model.probe_pool must be "cls" or "mean", got "{m.probe_pool}".')
 
@@ -123,7 +126,7 @@ class MAETask(Task):
             # Predictions are in per-patch normalised units: show them with the true patch's
             # mean and spread (as MAE's own figures do), since the model never predicts those.
             mean = target.mean(-1, keepdims=True)
-            pred = pred * jnp.sqrt(target.var(-1, keepdims=True) + 1e-6) + mean
+            pred = pred * jnp.sqrt(patch_variance(target) + 1e-6) + mean  # the loss's variance
         m = mask[..., None]
         masked_input = target * (1 - m) + MASKED_GRAY * m
         pasted = target * (1 - m) + jnp.clip(pred, 0.0, 1.0) * m

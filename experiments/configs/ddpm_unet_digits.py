@@ -1,11 +1,13 @@
 """DDPM with a small U-Net on 8x8 digits (17 levels), class-conditional with label dropout for
 classifier-free guidance. Reports the bound in bits/dim on the test set; samples by DDIM."""
 
-from dul_jax.tasks.diffusion import diffusion_config
+import os
+
+from dul_jax.config import load_config
 
 
 def get_config():
-    c = diffusion_config()
+    c = load_config(os.path.join(os.path.dirname(__file__), 'diffusion_defaults.py'))
     c.data.name = 'digits'
     c.model.kind = 'unet'
     c.model.schedule = 'cosine'
@@ -31,7 +33,7 @@ def get_config():
     c.train.ckpt_every = 600
     c.eval.max_examples = 0
     c.eval.batch_size = 128
-    c.eval.vlb_examples = 128          # 1000 network passes per image: the bound is costly
+    c.eval.bound.examples = 128          # 1000 network passes per image: the bound is costly
     c.sample.num = 40                  # four per class
     c.sample.steps = 100
     c.sample.guidance = 2.0

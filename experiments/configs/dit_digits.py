@@ -1,11 +1,13 @@
 """DiT (patch 2, 16 tokens, 4 blocks of width 128, adaLN-Zero) on 8x8 digits: the
 transformer counterpart of ddpm_unet_digits.py, same diffusion, data and sampler."""
 
-from dul_jax.tasks.diffusion import diffusion_config
+import os
+
+from dul_jax.config import load_config
 
 
 def get_config():
-    c = diffusion_config()
+    c = load_config(os.path.join(os.path.dirname(__file__), 'diffusion_defaults.py'))
     c.data.name = 'digits'
     c.model.kind = 'dit'
     c.model.schedule = 'cosine'
@@ -30,7 +32,7 @@ def get_config():
     c.train.ckpt_every = 600
     c.eval.max_examples = 0
     c.eval.batch_size = 128
-    c.eval.vlb_examples = 128          # 1000 network passes per image: the bound is costly
+    c.eval.bound.examples = 128          # 1000 network passes per image: the bound is costly
     c.sample.num = 40
     c.sample.steps = 100
     c.sample.guidance = 2.0

@@ -12,5 +12,6 @@ def get_config():
     c.model.update(patch=4, embed_dim=128, mlp_dim=512, dtype='float32')  # bf16 is slow on CPU
     c.optim.update(lr=1e-3, warmup_steps=200, ema_decay=0.999)  # 0.999^4000: 2% of init left
     c.train.update(steps=4000, batch_size=64, log_every=100, eval_every=0, ckpt_every=1000)
-    c.eval.update(batch_size=250, vlb_examples=64)  # the bound costs 1000 passes per image
+    c.eval.batch_size = 250
+    c.eval.bound.examples = 64  # the bound costs 1000 passes per image
     return c

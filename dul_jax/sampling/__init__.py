@@ -1,4 +1,5 @@
-"""Drawing one symbol from logits, shared by every autoregressive sampler."""
+"""Drawing from a trained model: one symbol from logits (every autoregressive sampler) here,
+diffusion samplers in sampling/diffusion.py."""
 
 import jax
 import jax.numpy as jnp

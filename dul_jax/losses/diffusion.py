@@ -55,39 +55,6 @@ def discrete_alpha_bars(schedule: str, num_steps: int) -> np.ndarray:
     return np.concatenate([[1.0], np.cumprod(1.0 - discrete_betas(schedule, num_steps))])
 
 
-# Continuous linear schedule: the VP-SDE with beta(t) = b0 + (b1 - b0) t (Song et al. 2021), the
-# T -> infinity limit of DDPM's linear betas (b0 = 1000 * 1e-4, b1 = 1000 * 0.02).
-_B0, _B1 = 0.1, 20.0
-
-
-def alpha_bar(schedule: str, t: jax.Array) -> jax.Array:
-    """alpha_bar(t) for t in [0, 1]: 1 at t = 0, decreasing to about 0 at t = 1.
-
-    linear: exp(-(b0 t + (b1 - b0) t^2 / 2)), b0 = 0.1, b1 = 20.
-    cosine: f(t) / f(0), f(t) = cos^2((t + s) / (1 + s) * pi / 2), s = 0.008 (exactly 0 at t = 1).
-    """
-    t = jnp.asarray(t, jnp.float32)
-    if schedule == 'linear':
-        return jnp.exp(-(_B0 * t + 0.5 * (_B1 - _B0) * t ** 2))
-    if schedule == 'cosine':
-        f = lambda u: jnp.cos((u + COSINE_OFFSET) / (1 + COSINE_OFFSET) * jnp.pi / 2) ** 2
-        return f(t) / f(0.0)
-    raise ValueError(f'unknown schedule {schedule!r}; use one of {SCHEDULES}')
-
-
-def log_snr(schedule: str, t: jax.Array) -> jax.Array:
-    """log(alpha_bar / (1 - alpha_bar)) at t in [0, 1] (+inf at t = 0, falling with t).
-
-    linear: -log(expm1(b0 t + (b1 - b0) t^2 / 2)), which stays accurate where alpha_bar ~ 1;
-    cosine: log(alpha_bar) - log1p(-alpha_bar).
-    """
-    t = jnp.asarray(t, jnp.float32)
-    if schedule == 'linear':
-        return -jnp.log(jnp.expm1(_B0 * t + 0.5 * (_B1 - _B0) * t ** 2))
-    ab = alpha_bar(schedule, t)
-    return jnp.log(ab) - jnp.log1p(-ab)
-
-
 def snr_from_alpha_bar(ab):
     return ab / (1.0 - ab)
 

@@ -66,6 +66,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     c.mesh.rules = ()                           # (logical, mesh axis) pairs before the defaults
 
+    # The kernel of each op (dul_jax/ops): `auto` picks the measured-fastest per backend,
+    # `reference` is plain JAX; each op's fast paths are listed in dul_jax/ops/__init__.py.
+    c.ops = ml_collections.ConfigDict()
+    c.ops.attention = 'auto'
+    c.ops.matmul = 'auto'
+    c.ops.gelu = 'auto'
+    c.ops.positions = 'auto'
+    c.ops.cross_entropy = 'auto'
+
     c.distributed = ml_collections.ConfigDict()  # multi-process runs; see sharding/distributed.py
     c.distributed.enabled = False
     c.distributed.coordinator = ''              # HOST:PORT of process 0

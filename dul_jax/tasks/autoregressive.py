@@ -16,8 +16,9 @@ import numpy as np
 from dul_jax import images
 from dul_jax.config import check
 from dul_jax.data import decode_text
-from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
+from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.gpt import GPT, shift_right
+from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
 from dul_jax.scaling.accounting import (
     count_embedding_params,

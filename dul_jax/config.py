@@ -74,6 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.tensor = 1
     c.mesh.rules = ()                           # (logical, mesh axis) pairs before the defaults
 
+    # The kernel of each op (dul_jax/ops): `auto` picks the measured-fastest per backend,
+    # `reference` is plain JAX; each op's fast paths are listed in dul_jax/ops/__init__.py.
+    c.ops = ml_collections.ConfigDict()
+    c.ops.attention = 'auto'
+    c.ops.matmul = 'auto'
+    c.ops.gelu = 'auto'
+    c.ops.positions = 'auto'
+    c.ops.cross_entropy = 'auto'
+
     c.runtime = ml_collections.ConfigDict()     # process settings, applied once by runtime.start
     # False runs CPU computations on the calling thread, whose heap keeps a large step's memory
     # under benchmarks/cpu_env.sh; True (jax's default) overlaps Python with the step.

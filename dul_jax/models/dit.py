@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from dul_jax.models.embeddings import TimeClassEmbed
 from dul_jax.models.patches import PatchEmbed, sincos_2d, unpatchify
 from dul_jax.models.transformer import Stack, layer_norm
+from dul_jax.ops import Kernels
 
 
 def _zero_dense(features: int, names: tuple, dtype: Any, name: str) -> nn.Dense:
@@ -32,6 +33,7 @@ class DiT(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     remat: str = 'none'
+    kernels: Kernels = Kernels()  # each op's implementation (dul_jax/ops)
 
     @nn.compact
     def __call__(self, x, t, labels=None, deterministic=True):
@@ -44,7 +46,7 @@ class DiT(nn.Module):
                               name='embed')(t, labels)
         tokens = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=False,
                        dropout=self.dropout, dtype=self.dtype, remat=self.remat,
-                       name='stack')(tokens, deterministic, cond=cond)
+                       kernels=self.kernels, name='stack')(tokens, deterministic, cond=cond)
         shift, scale = jnp.split(_zero_dense(2 * self.embed_dim, ('embed', 'mlp'), self.dtype,
                                              'final_adaln')(nn.silu(cond)), 2, axis=-1)
         h = layer_norm(self.dtype, 'ln_final', affine=False)(tokens)

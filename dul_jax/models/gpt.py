@@ -6,45 +6,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dul_jax.models.matmul import dense_dot_general
 from dul_jax.models.transformer import Stack, dense_init, layer_norm
+from dul_jax.ops import Kernels
+from dul_jax.ops.matmul import dense_dot_general
+from dul_jax.ops.positions import add_positions
 
 
 def shift_right(tokens: jax.Array, bos: int) -> jax.Array:
     """Model inputs for next-token prediction: [bos, x_0, ..., x_{T-2}] for targets x_0..x_{T-1}."""
     start = jnp.full(tokens.shape[:-1] + (1,), bos, tokens.dtype)
     return jnp.concatenate([start, tokens[..., :-1]], axis=-1)
-
-
-def add_positions(x: jax.Array, table: jax.Array) -> jax.Array:
-    """x (B, T, d) + table (T, d), whose gradient for the table sums over the batch as a
-    matrix product with a vector of ones rather than a reduction.
-
-    Why: XLA's GPU layout assignment gives the operand of a reduction with a rank >= 2 result
-    the layout that makes it a row reduction, here (T, d, B) with the batch minor; from this one
-    gradient that layout spread over the whole residual stream, and every residual add and
-    LayerNorm beside a (B*T, d) matmul became a transpose (176 transpose kernels, 13% of an H100
-    step of GPT-125M). The barrier keeps XLA from seeing the ones and turning the product back
-    into that reduction. Same values, deterministic (a scatter-add of rows would use atomics).
-    """
-    return _add_rows(x, table.astype(x.dtype))   # one dtype inside: gradients keep each's own
-
-
-@jax.custom_vjp
-def _add_rows(x, table):
-    return x + table[None]
-
-
-def _add_rows_fwd(x, table):
-    return x + table[None], x.shape[0]
-
-
-def _add_rows_bwd(batch, g):
-    ones = jax.lax.optimization_barrier(jnp.ones((batch,), g.dtype))
-    return g, jnp.einsum('b,btd->td', ones, g)
-
-
-_add_rows.defvjp(_add_rows_fwd, _add_rows_bwd)
 
 
 class GPT(nn.Module):
@@ -66,6 +37,7 @@ class GPT(nn.Module):
     remat: str = 'none'
     scan_unroll: int = 0      # layers per scan step; 0 = all (see Stack)
     decode: bool = False
+    kernels: Kernels = Kernels()  # each op's implementation (dul_jax/ops)
 
     @property
     def bos(self) -> int:
@@ -88,7 +60,8 @@ class GPT(nn.Module):
             if self.decode:  # init: create the counter
                 self.variable('cache', 'position', lambda: jnp.array(0, jnp.int32))
             positions = pos[:length]
-        x = add_positions(tok(inputs).astype(jnp.float32), positions.astype(jnp.float32))
+        x = add_positions(tok(inputs).astype(jnp.float32), positions.astype(jnp.float32),
+                          impl=self.kernels.positions)
         if self.num_classes:
             if labels is None:
                 raise ValueError('this GPT is class-conditional: pass labels')
@@ -100,10 +73,11 @@ class GPT(nn.Module):
         x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
         x = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=True,
                   dropout=self.dropout, dtype=self.dtype, decode=self.decode,
-                  remat=self.remat, unroll=self.scan_unroll, name='stack')(x, deterministic)
+                  remat=self.remat, unroll=self.scan_unroll, kernels=self.kernels,
+                  name='stack')(x, deterministic)
         x = layer_norm(self.dtype, 'ln_final')(x)
         logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='head',
-                          dot_general=dense_dot_general,
+                          dot_general=dense_dot_general(self.kernels.matmul),
                           kernel_init=dense_init(('embed', 'vocab')),
                           bias_init=nn.with_logical_partitioning(
                               nn.initializers.zeros, ('vocab',)))(x)

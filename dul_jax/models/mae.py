@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from dul_jax.models.patches import PatchEmbed, sincos_2d
 from dul_jax.models.transformer import Stack, dense_init, layer_norm
+from dul_jax.ops import Kernels
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -79,6 +80,7 @@ class MAE(nn.Module):
     dtype: Any = jnp.float32
     remat: str = 'none'
     scan_unroll: int = 1  # layers per scan step in both stacks (>= depth: fully unrolled)
+    kernels: Kernels = Kernels()  # each op's implementation (dul_jax/ops)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -92,7 +94,8 @@ class MAE(nn.Module):
         self.patch_embed = PatchEmbed(self.patch, self.embed_dim, self.dtype)
         self.cls_token = _token('cls_token', self, self.embed_dim)
         self.encoder = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=False,
-                             dtype=self.dtype, remat=self.remat, unroll=self.scan_unroll)
+                             dtype=self.dtype, remat=self.remat, unroll=self.scan_unroll,
+                             kernels=self.kernels)
         self.encoder_norm = layer_norm(self.dtype)
         self.decoder_embed = nn.Dense(
             self.decoder_embed_dim, dtype=self.dtype, kernel_init=dense_init((None, 'embed')),
@@ -100,7 +103,7 @@ class MAE(nn.Module):
         self.mask_token = _token('mask_token', self, self.decoder_embed_dim)
         self.decoder = Stack(self.decoder_layers, self.decoder_heads, self.decoder_mlp_dim,
                              causal=False, dtype=self.dtype, remat=self.remat,
-                             unroll=self.scan_unroll)
+                             unroll=self.scan_unroll, kernels=self.kernels)
         self.decoder_norm = layer_norm(self.dtype)
         pixels = self.patch * self.patch * self.image_shape[2]
         self.head = nn.Dense(

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from dul_jax.models.embeddings import TimeClassEmbed
 from dul_jax.models.transformer import Attention, dense_init
+from dul_jax.ops import Kernels
 
 ACTIVATION = ('batch', 'height', 'width', 'channels')
 
@@ -63,13 +64,15 @@ class AttnBlock(nn.Module):
     num_heads: int
     groups: int
     dtype: Any = jnp.float32
+    kernels: Kernels = Kernels()
 
     @nn.compact
     def __call__(self, x):
         b, h, w, c = x.shape
         tokens = group_norm(self.groups, 'norm', self.dtype)(x).reshape(b, h * w, c)
         tokens = nn.with_logical_constraint(tokens, ('batch', 'length', 'embed'))
-        out = Attention(self.num_heads, causal=False, dtype=self.dtype, name='attn')(tokens)
+        out = Attention(self.num_heads, causal=False, dtype=self.dtype, kernels=self.kernels,
+                        name='attn')(tokens)
         return nn.with_logical_constraint(x + out.reshape(b, h, w, c), ACTIVATION)
 
 
@@ -89,6 +92,7 @@ class UNet(nn.Module):
     num_classes: int = 0
     dropout: float = 0.0
     dtype: Any = jnp.float32
+    kernels: Kernels = Kernels()  # each op's implementation (dul_jax/ops)
 
     @nn.compact
     def __call__(self, x, t, labels=None, deterministic=True):
@@ -96,7 +100,8 @@ class UNet(nn.Module):
         emb = TimeClassEmbed(4 * self.channels, self.num_classes, freq_dim=self.channels,
                              dtype=self.dtype, name='embed')(t, labels)
         res = lambda f, name: ResBlock(f, self.groups, self.dropout, self.dtype, name=name)
-        attn = lambda name: AttnBlock(self.num_heads, self.groups, self.dtype, name=name)
+        attn = lambda name: AttnBlock(self.num_heads, self.groups, self.dtype, self.kernels,
+                                      name=name)
 
         h = conv(self.channels, 'conv_in', dtype=self.dtype,
                  names=('height', 'width', 'channels', 'conv_out'))(x.astype(self.dtype))

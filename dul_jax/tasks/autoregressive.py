@@ -16,8 +16,9 @@ from dul_jax.accounting import count_params, transformer_flops_per_token
 from dul_jax.config import check
 from dul_jax.data import decode_text
 from dul_jax.errors import UserError
-from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
+from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.gpt import GPT, shift_right
+from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
 from dul_jax.tasks.base import Task, jit_method
 
@@ -52,7 +53,7 @@ class AutoregressiveTask(Task):
             vocab_size=self.spec.num_levels, max_len=self.length, num_layers=m.num_layers,
             num_heads=m.num_heads, embed_dim=m.embed_dim, mlp_dim=m.mlp_dim,
             num_classes=self.spec.num_classes if self.conditional else 0, dropout=m.dropout,
-            dtype=self.dtype, remat=m.remat, scan_unroll=m.scan_unroll)
+            dtype=self.dtype, remat=m.remat, scan_unroll=m.scan_unroll, kernels=self.kernels)
 
     def validate(self):
         super().validate()
@@ -80,7 +81,7 @@ class AutoregressiveTask(Task):
         kwargs = {'rngs': {'dropout': rng}, 'deterministic': False} if rng is not None else {}
         logits = self.model.apply({'params': params}, shift_right(tokens, self.model.bos),
                                   self.labels(batch), **kwargs)
-        return categorical_nll(logits, tokens)
+        return categorical_nll(logits, tokens, impl=self.kernels.cross_entropy)
 
     def init(self, rng, batch):
         tokens = self._tokens(batch)

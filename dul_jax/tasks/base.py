@@ -21,6 +21,7 @@ from dul_jax import images
 from dul_jax.config import check
 from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
+from dul_jax.ops import Kernels
 
 Batch = dict[str, jax.Array]
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -70,6 +71,7 @@ class Task:
 
     def __init__(self, cfg, spec: DataSpec):
         self.cfg, self.spec, self.name = cfg, spec, cfg.task
+        self.kernels = Kernels.from_config(cfg.ops)  # each op's kernel; UserError if unknown
         self.validate()
         self.model = self.build_model()
 

@@ -76,7 +76,7 @@ class DiffusionTask(Task):
         m = self.cfg.model
         common = {'num_heads': m.num_heads, 'dropout': m.dropout,
                   'num_classes': self.spec.num_classes if self.conditional else 0,
-                  'dtype': self.dtype}
+                  'dtype': self.dtype, 'kernels': self.kernels}
         if m.kind == 'dit':
             return DiT(patch=m.patch, embed_dim=m.embed_dim, num_layers=m.num_layers,
                        mlp_dim=m.mlp_dim, remat=m.remat, **common)

@@ -54,7 +54,8 @@ class MAETask(Task):
             num_layers=m.num_layers, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
             decoder_embed_dim=m.decoder_embed_dim, decoder_layers=m.decoder_layers,
             decoder_heads=m.decoder_heads, decoder_mlp_dim=m.decoder_mlp_dim,
-            mask_ratio=m.mask_ratio, dtype=self.dtype, remat=m.remat, scan_unroll=m.scan_unroll)
+            mask_ratio=m.mask_ratio, dtype=self.dtype, remat=m.remat, scan_unroll=m.scan_unroll,
+            kernels=self.kernels)
 
     def validate(self):
         super().validate()

@@ -18,13 +18,14 @@ import numpy as np
 
 from dul_jax.config import check
 from dul_jax.errors import UserError
-from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
+from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.losses.logistic_mixture import (
     discretized_logistic_mixture_log_probs,
     discretized_logistic_mixture_nll,
 )
 from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
+from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
 from dul_jax.tasks.base import Task, jit_method
 
@@ -125,7 +126,7 @@ class PixelCNNTask(Task):
         outputs = self.outputs(params, levels, self.labels(batch))
         if self.mixture:
             return discretized_logistic_mixture_nll(outputs, levels, self.levels)
-        return categorical_nll(outputs, levels)
+        return categorical_nll(outputs, levels, impl=self.kernels.cross_entropy)
 
     def init(self, rng, batch):
         levels = jnp.asarray(batch['image'], jnp.int32)

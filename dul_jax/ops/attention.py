@@ -1,0 +1,129 @@
+"""Softmax attention on (B, T, H, D) queries, keys and values.
+
+impls: `reference` is XLA's `jax.nn.dot_product_attention`; `blocked` is causal attention in
+query blocks with a hand-written backward pass (fastest on XLA:CPU); `cudnn` is cuDNN's fused
+(flash) attention, 16-bit inputs on NVIDIA GPUs only. Measurements: benchmarks/README.md,
+"Kernels (dul_jax/ops/)".
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ('auto', 'reference', 'blocked', 'cudnn')
+CAUSAL_BLOCK = 128
+
+
+def resolve(impl: str, dtype, length: int, backend: str | None = None) -> str:
+    """The implementation `impl` names for these inputs: `auto` -> cudnn on a GPU for 16-bit
+    inputs whose length is a multiple of 64 (cuDNN refuses some others, e.g. MAE's 13 visible
+    tokens), else blocked on CPU and GPU, reference on other backends (TPU)."""
+    if impl not in IMPLS:
+        raise ValueError(f'attention impl must be one of {", ".join(IMPLS)}, got {impl!r}')
+    if impl != 'auto':
+        return impl
+    backend = backend or jax.default_backend()
+    if backend == 'gpu':
+        sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        return 'cudnn' if sixteen_bit and length % 64 == 0 else 'blocked'
+    return 'blocked' if backend == 'cpu' else 'reference'
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,
+              impl: str = 'auto') -> jax.Array:
+    """softmax(q k^T / sqrt(D)) v per head, (B, T, H, D) in and out."""
+    impl = resolve(impl, q.dtype, q.shape[1])
+    if impl == 'blocked':
+        return blocked(q, k, v, causal)
+    if impl == 'cudnn':
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
+    return reference(q, k, v, causal)
+
+
+def reference(q, k, v, causal):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+
+
+def _query_blocks(length: int, causal: bool) -> list[tuple[int, int, int]]:
+    """(start, stop, keys) per query block: causal attention in blocks of CAUSAL_BLOCK queries that
+    read only the `keys` first keys (the masked upper triangle is skipped), else one block."""
+    count = length // CAUSAL_BLOCK if causal and length % CAUSAL_BLOCK == 0 else 1
+    size = length // count
+    return [(i * size, (i + 1) * size, (i + 1) * size if causal else length) for i in range(count)]
+
+
+def _heads_by_depth(x: jax.Array) -> jax.Array:
+    """(B, T, H, D) -> (B, H, D, T)."""
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def blocked(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool) -> jax.Array:
+    """Attention in query blocks (see `_query_blocks`) with a hand-written backward pass.
+
+    Products accumulate and the softmax runs in float32 whatever the input dtype; each result is
+    rounded to it once. The exponentials stay unnormalised (the (T, D) output is divided, not the
+    (T, T) weights), the backward takes the softmax's row term as rowsum(dO * O), and 4 of the 6
+    products have their left operand contracting over its major dimension, XLA:CPU's fast Eigen
+    case. Reverse-mode only (custom_vjp: no jax.jvp / jacfwd).
+    """
+    return _blocked_fwd(q, k, v, causal)[0]
+
+
+def _blocked_fwd(q, k, v, causal):
+    length, depth = q.shape[1], q.shape[-1]
+    qt = _heads_by_depth(q * jnp.asarray(depth ** -0.5, q.dtype))   # scaled Q^T (B, H, D, T)
+    kt = _heads_by_depth(k)
+    vh = jnp.swapaxes(v, 1, 2)                                         # (B, H, T, D)
+    outputs, weights, inverse_sums = [], [], []
+    for start, stop, keys in _query_blocks(length, causal):
+        scores = jnp.einsum('bhdq,bhdk->bhqk', qt[..., start:stop], kt[..., :keys],
+                            preferred_element_type=jnp.float32)
+        if causal:
+            visible = jnp.arange(keys)[None, :] <= jnp.arange(start, stop)[:, None]
+            scores = jnp.where(visible, scores, -jnp.inf)
+        e = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        inverse_sum = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
+        e = e.astype(v.dtype)
+        outputs.append((jnp.matmul(e, vh[:, :, :keys], preferred_element_type=jnp.float32)
+                        * inverse_sum).astype(v.dtype))
+        weights.append(e)
+        inverse_sums.append(inverse_sum)
+    out = jnp.concatenate(outputs, axis=2) if len(outputs) > 1 else outputs[0]
+    return jnp.swapaxes(out, 1, 2), (qt, kt, vh, out, weights, inverse_sums)
+
+
+def _blocked_bwd(causal, residuals, g):
+    qt, kt, vh, out, weights, inverse_sums = residuals
+    length, depth = qt.shape[-1], qt.shape[-2]
+    g_heads = jnp.swapaxes(g, 1, 2)                                   # dO (B, H, T, D)
+    g_t = _heads_by_depth(g)                                           # dO^T (B, H, D, T)
+    vt, qh, kh = jnp.swapaxes(vh, 2, 3), jnp.swapaxes(qt, 2, 3), jnp.swapaxes(kt, 2, 3)
+    # rowsum(dP * P) = rowsum(dO * O), since dP = dO V^T and O = P V
+    row_term = jnp.sum(g_heads.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)
+    dq_blocks, dk_t, dv_t = [], 0, 0
+    for (start, stop, keys), e, inverse_sum in zip(_query_blocks(length, causal), weights,
+                                                     inverse_sums):
+        g_scaled = (g_heads[:, :, start:stop] * inverse_sum).astype(g.dtype)
+        dv_block = jnp.einsum('bhqd,bhqk->bhdk', g_scaled, e,           # dV^T for keys [0, keys)
+                              preferred_element_type=jnp.float32)
+        dp = jnp.einsum('bhdq,bhdk->bhqk', g_t[..., start:stop], vt[..., :keys],
+                        preferred_element_type=jnp.float32)
+        ds = e * (dp - row_term[:, :, start:stop]) * inverse_sum
+        ds = ds.astype(qt.dtype)
+        dq_blocks.append(jnp.matmul(ds, kh[:, :, :keys], preferred_element_type=jnp.float32))
+        dk_block = jnp.einsum('bhqd,bhqk->bhdk', qh[:, :, start:stop], ds,  # dK^T (scaled q)
+                              preferred_element_type=jnp.float32)
+        padding = [(0, 0)] * 3 + [(0, length - keys)]
+        dv_t = dv_t + jnp.pad(dv_block, padding)
+        dk_t = dk_t + jnp.pad(dk_block, padding)
+    dq = jnp.concatenate(dq_blocks, axis=2) if len(dq_blocks) > 1 else dq_blocks[0]
+    dq = dq * depth ** -0.5
+    from_heads_by_depth = (0, 3, 1, 2)
+    return (jnp.swapaxes(dq, 1, 2).astype(qt.dtype),
+            jnp.transpose(dk_t, from_heads_by_depth).astype(kt.dtype),
+            jnp.transpose(dv_t, from_heads_by_depth).astype(vh.dtype))
+
+
+blocked.defvjp(_blocked_fwd, _blocked_bwd)

@@ -103,7 +103,8 @@ def main() -> None:
                 f.write(raw)
             count, unit, dims = len(raw), 'byte', 1
         size, enc, dec, stats = ours(codec, path, '.npy' if codec.kind == 'image' else '')
-        name = f'ours ({cfg.task}, {cfg.model.get("kind", "gpt")}; {stats["header_bytes"]} B header)'
+        kind = cfg.model.get('kind', 'gpt')
+        name = f'ours ({cfg.task}, {kind}; {stats["header_bytes"]} B header)'
         rows = [(name, size, enc, dec)]
         rows += standard_coders(raw)
         if codec.kind == 'image':

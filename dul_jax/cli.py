@@ -1,6 +1,7 @@
 """The `dul-jax` command.
 
-  dul-jax train  --config experiments/configs/NAME.py --workdir DIR [--config.KEY=VALUE ...] [--debug]
+  dul-jax train  --config experiments/configs/NAME.py --workdir DIR [--config.KEY=VALUE ...]
+                 [--debug]
   dul-jax eval   --workdir DIR [--config.KEY=VALUE ...]
   dul-jax sample --workdir DIR [--num N] [--seed S]
   dul-jax compress   --workdir DIR --input FILE --output FILE   # lossless, with the run's model
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument('--workdir', required=True)
     sample.add_argument('--num', type=int, default=16)
     sample.add_argument('--seed', type=int, default=0)
-    for name, what in (('compress', 'images (.npy) or a file'), ('decompress', 'a compressed file')):
+    for name, what in (('compress', 'images (.npy) or a file'),
+                       ('decompress', 'a compressed file')):
         coder = sub.add_parser(name, help=f'{name} {what} with the model of a run (exact)')
         coder.add_argument('--workdir', required=True)
         coder.add_argument('--input', required=True)

@@ -156,7 +156,8 @@ def _parent(cfg: ml_collections.ConfigDict, key: str):
                             f'spelling (known here: {known}).')
         node = node[name]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        known = ', '.join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ''
+        known = ', '.join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) \
+            else ''
         raise UserError(f'unknown config key "{key}"; check the spelling (known here: {known}).')
     return node, leaf
 

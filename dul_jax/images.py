@@ -22,7 +22,8 @@ def save_grid(images: np.ndarray, path: str, num_levels: int = 256, cols: int | 
     grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 128, np.uint8)
     for i, img in enumerate(images):
         r, q = divmod(i, cols)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[top:top + h, left:left + w] = img
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)

@@ -33,7 +33,7 @@ def test_parameter_counts_by_hand():
     d, L, V, T = 64, 2, 256, 64
     block = 4 * d * d + 4 * d + 2 * d * 4 * d + 4 * d + d + 4 * d   # attn, mlp, 2 LayerNorms
     head = d * V + V + 2 * d                                         # head and final LayerNorm
-    embeddings = (V + 1) * d + T * d                                 # tokens (+ start) and positions
+    embeddings = (V + 1) * d + T * d                         # tokens (+ start) and positions
     assert count_params(params, setup.task.embedding_names) == embeddings
     assert count_params(params) == L * block + head + embeddings
 

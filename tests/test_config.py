@@ -11,7 +11,8 @@ DEMO = str(config_lib.__file__).replace('dul_jax/config.py', 'experiments/config
 
 def test_overrides_parse_as_the_existing_type():
     cfg = config_lib.load_config(DEMO, ['train.steps=7', 'optim.lr=0.5', 'model.dropout=0',
-                                        'model.class_conditional=false', 'data.name=tiny_shakespeare',
+                                        'model.class_conditional=false',
+                                        'data.name=tiny_shakespeare',
                                         'mesh.rules=(("embed", None),)'])
     assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
     assert cfg.optim.lr == 0.5

@@ -1,5 +1,6 @@
 """The autoregressive Transformer: causality, KV-cache decoding, conditioning, sampling."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -88,3 +89,28 @@ def test_sample_logits_greedy_and_top_k():
     assert set(drawn.tolist()) == {1, 3}
     drawn = np.asarray(sample_logits(jax.random.key(1), logits))
     assert set(drawn.tolist()) == {0, 1, 2, 3}
+
+
+class ForwardVariantsTest(chex.TestCase):
+    """The model jitted and not (chex variants), and its shape checks at the boundary."""
+
+    def setUp(self):
+        super().setUp()
+        self.model = GPT(vocab_size=VOCAB, max_len=LENGTH, num_layers=1, num_heads=2,
+                         embed_dim=16, mlp_dim=32)
+        self.params = nn.meta.unbox(self.model.init(
+            jax.random.key(0), jnp.zeros((2, LENGTH), jnp.int32)))['params']
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_logits_are_causal_in_both_variants(self):
+        forward = self.variant(lambda tokens: self.model.apply({'params': self.params}, tokens))
+        x = _tokens(4)
+        base = forward(x)
+        chex.assert_shape(base, (2, LENGTH, VOCAB))
+        changed = forward(x.at[:, 5].set((x[:, 5] + 1) % VOCAB))
+        np.testing.assert_allclose(changed[:, :5], base[:, :5], atol=1e-6)
+        assert np.abs(changed[:, 5:] - base[:, 5:]).max() > 1e-4
+
+    def test_a_wrongly_shaped_input_is_refused_at_the_boundary(self):
+        with pytest.raises(AssertionError, match='rank'):
+            self.model.apply({'params': self.params}, jnp.zeros((LENGTH,), jnp.int32))

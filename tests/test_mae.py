@@ -4,6 +4,7 @@ import functools
 import json
 import os
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -261,3 +262,27 @@ def test_knn_and_linear_probe_on_separable_points():
     train = np.array([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.2, 1.0]])
     assert probes.knn_accuracy(train, np.array([0, 0, 1, 1]), np.array([[1.0, 0.2]]),
                                np.array([0]), k=4) == 1.0
+
+
+class EncoderVariantsTest(chex.TestCase):
+    """The encoder jitted and not (chex variants): only visible patches reach the latent."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_masked_patches_do_not_reach_the_latent(self):
+        model = MAE(image_shape=(4, 4, 1), patch=2, embed_dim=16, num_layers=1, num_heads=2,
+                    mlp_dim=32, decoder_embed_dim=8, decoder_layers=1, decoder_heads=2,
+                    decoder_mlp_dim=16, mask_ratio=0.5)
+        images = _images(5, batch=2)[:, :4, :4]
+        rngs = {'params': jax.random.key(0), 'masking': jax.random.key(1)}
+        params = nn.meta.unbox(model.init(rngs, images))['params']
+        encode = self.variant(lambda x: model.apply({'params': params}, x, method=MAE.encode,
+                                                    rngs={'masking': jax.random.key(2)}))
+        latent, mask, _ = encode(images)
+        chex.assert_shape(latent, (2, 1 + 2, 16))   # cls + 2 of 4 patches
+        masked = int(np.argmax(mask[0]))
+        changed, new_mask, _ = encode(unpatchify(patchify(images, 2).at[0, masked].add(1.0),
+                                                 2, 4, 4))
+        np.testing.assert_array_equal(new_mask, mask)
+        np.testing.assert_allclose(changed, latent, atol=1e-6)
+        with pytest.raises(AssertionError):
+            model.apply({'params': params}, images[:, :2], rngs={'masking': jax.random.key(2)})

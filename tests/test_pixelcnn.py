@@ -54,7 +54,7 @@ def tiny_config(tfds_dir, **extra):
     return config_lib.load_config(DIGITS, [f'{k}={v}' for k, v in items.items()])
 
 
-# ---- masks ------------------------------------------------------------------------------------
+# ---- masks --------------------------------------------------------------------------------------
 
 def test_raster_mask_by_hand():
     a = raster_mask((3, 3), (1, 1), 1, 1, data_channels=1, include_centre=False)[..., 0, 0]
@@ -99,7 +99,7 @@ def test_no_output_depends_on_its_own_or_later_positions_and_gated_has_no_blind_
     assert ((in_rc[:, 0] < out_rc[:, 0]) & (in_rc[:, 1] > out_rc[:, 1])).all()
 
 
-# ---- one position at a time from cached activations ----------------------------------------------
+# ---- one position at a time from cached activations ---------------------------------------------
 
 @pytest.mark.parametrize('model_cls, channels, layers, dtype', [
     (GatedPixelCNN, 1, 3, 'float32'), (GatedPixelCNN, 3, 3, 'float32'),
@@ -266,7 +266,7 @@ def test_logistic_mixture_tiny_bins_and_gradients_stay_finite():
     assert np.isfinite(np.asarray(grad)).all()
 
 
-# ---- the task -------------------------------------------------------------------------------------
+# ---- the task -----------------------------------------------------------------------------------
 
 def _zero_head(params):
     params = jax.tree.map(lambda x: x, params)
@@ -309,7 +309,7 @@ def test_training_on_digits_lowers_the_loss(tmp_path, tfds_dir):
     assert os.path.isfile(tmp_path / 'samples' / 'step_000060.png')
 
 
-# ---- sharding ---------------------------------------------------------------------------------------
+# ---- sharding -----------------------------------------------------------------------------------
 
 def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
     meshes = {'data=8': (8, 1, 1), 'fsdp=8': (1, 8, 1), 'data=2,fsdp=2,tensor=2': (2, 2, 2)}
@@ -336,7 +336,7 @@ def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
         np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=name)
 
 
-# ---- sampling -------------------------------------------------------------------------------------
+# ---- sampling -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('output', ['categorical', 'logistic_mixture'])
 def test_samples_are_valid_levels_and_deterministic_for_a_seed(output, tfds_dir):

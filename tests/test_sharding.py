@@ -140,7 +140,8 @@ def test_collective_counting_follows_loop_trip_counts():
   %ar = f32[4]{0} all-reduce(%x), replica_groups={}, to_apply=%add
 }
 ENTRY %main (a: f32[4]) -> f32[4] {
-  %w = (s32[], f32[4]) while(%t), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %w = (s32[], f32[4]) while(%t), condition=%cond, body=%body, """ + (
+        '''backend_config={"known_trip_count":{"n":"3"}}''') + """
   %ag = f32[8,2]{1,0} all-gather(%a), dimensions={0}
 }"""
     assert collectives(hlo) == {'all-reduce': {'count': 3, 'bytes': 48},
@@ -155,7 +156,8 @@ def _free_port():
 
 def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, tfds_dir):
     common = [f'--config.{o}' for o in MODEL] + [
-        f'--config.data.tfds_dir={tfds_dir}', '--config.train.steps=4', '--config.train.log_every=1',
+        f'--config.data.tfds_dir={tfds_dir}', '--config.train.steps=4',
+        '--config.train.log_every=1',
         '--config.train.ckpt_every=4', '--config.eval.max_examples=64', '--config.sample.num=8',
         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
 

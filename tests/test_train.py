@@ -1,4 +1,5 @@
-"""The trainer end to end on real data (scikit-learn digits): learning, resume, SIGTERM, NaN stop."""
+"""The trainer end to end on real data (scikit-learn digits): learning, resume, SIGTERM, NaN
+stop."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""experiments/configs/ddpm_unet_mnist.py on random images of MNIST's shape (run with --synthetic)."""
+"""experiments/configs/ddpm_unet_mnist.py on random images of MNIST's shape (run with
+--synthetic)."""
 
 import os
 import sys

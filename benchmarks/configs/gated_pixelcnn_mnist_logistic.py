@@ -1,4 +1,5 @@
-"""experiments/configs/gated_pixelcnn_mnist_logistic.py on random images of MNIST's shape (run with --synthetic)."""
+"""experiments/configs/gated_pixelcnn_mnist_logistic.py on random images of MNIST's shape (run
+with --synthetic)."""
 
 import os
 import sys

@@ -1,8 +1,8 @@
 """The data layer: TFDS builders for local corpora, the TFDS catalog, and grain pipelines.
 
-The trainer needs only `describe`, `train_iterator`, `eval_batches` and `decode_text`. TFDS and grain
-are imported on first use of a data set, so importing dul_jax (models, losses, benchmarks on
-synthetic batches) does not need them.
+The trainer needs only `describe`, `train_iterator`, `eval_batches` and `decode_text`. TFDS and
+grain are imported on first use of a data set, so importing dul_jax (models, losses, benchmarks
+on synthetic batches) does not need them.
 """
 
 from dul_jax.data.spec import DataSpec, decode_text, encode_text

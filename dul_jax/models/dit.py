@@ -7,6 +7,7 @@ zero, so an untrained DiT predicts 0 everywhere.
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -37,6 +38,8 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, labels=None, deterministic=True):
+        chex.assert_rank(x, 4)
+        chex.assert_shape(t, x.shape[:1])
         _, height, width, channels = x.shape
         p = self.patch
         tokens = PatchEmbed(p, self.embed_dim, self.dtype, name='patch_embed')(x.astype(self.dtype))
@@ -53,4 +56,5 @@ class DiT(nn.Module):
         h = h * (1.0 + scale[:, None]) + shift[:, None]
         out = _zero_dense(p * p * channels, ('embed', None), self.dtype, 'head')(h)
         out = unpatchify(out.astype(jnp.float32), p, height, width)
+        chex.assert_equal_shape([out, x])
         return nn.with_logical_constraint(out, ('batch', 'height', 'width', 'channels'))

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,8 @@ def shift_right(tokens: jax.Array, bos: int) -> jax.Array:
 class GPT(nn.Module):
     """p(x_t | x_<t [, class]) over `vocab_size` symbols, with an extra start symbol `vocab_size`.
 
-    Inputs are (B, T) ids already shifted right (see `shift_right`); output logits (B, T, vocab_size)
+    Inputs are (B, T) ids already shifted right (see `shift_right`); output logits
+    (B, T, vocab_size)
     in float32, where logits[:, t] predicts target t. With `decode=True` each call takes one
     position (B, 1) and the position counter and key/value caches live in the `cache` collection.
     """
@@ -46,6 +48,9 @@ class GPT(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array, labels: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
+        chex.assert_rank(inputs, 2)
+        if labels is not None:
+            chex.assert_shape(labels, inputs.shape[:1])
         length = inputs.shape[1]
         tok = nn.Embed(self.vocab_size + 1, self.embed_dim, name='tok_embed',
                        embedding_init=nn.with_logical_partitioning(
@@ -81,4 +86,5 @@ class GPT(nn.Module):
                           kernel_init=dense_init(('embed', 'vocab')),
                           bias_init=nn.with_logical_partitioning(
                               nn.initializers.zeros, ('vocab',)))(x)
+        chex.assert_shape(logits, (*inputs.shape, self.vocab_size))
         return nn.with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))

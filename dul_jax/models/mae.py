@@ -9,6 +9,7 @@ keeps exactly `num_kept(num_patches, mask_ratio)` of them, as MAE's `random_mask
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -152,5 +153,6 @@ class MAE(nn.Module):
         return nn.with_logical_constraint(pred, ('batch', 'length', None))
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        chex.assert_shape(images, (None, *self.image_shape))
         latent, mask, ids_restore = self.encode(images)
         return self.decode(latent, ids_restore), mask

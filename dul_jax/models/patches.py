@@ -32,7 +32,8 @@ def unpatchify(patches: jax.Array, patch: int, height: int, width: int) -> jax.A
 
 
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-    """(len(positions), dim): sin on the first half, cos on the second, frequencies 1/10000^(2i/dim)."""
+    """(len(positions), dim): sin on the first half, cos on the second, frequencies
+    1/10000^(2i/dim)."""
     if dim % 2:
         raise ValueError(f'sine-cosine embedding needs an even width, got {dim}')
     freqs = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))

@@ -21,6 +21,7 @@ unrolled), and these stacks are shallow (<= 20 layers) so compile time stays sma
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -157,6 +158,7 @@ class PixelCNN(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        chex.assert_shape(images, (None, None, None, self.data_channels))
         k0, c = self.first_kernel_size, self.data_channels
         x = MaskedConv(self.hidden, (k0, k0), mask='A', data_channels=c, in_axis='channels',
                        dtype=self.dtype, name='input_conv')(images)
@@ -215,6 +217,7 @@ class GatedPixelCNN(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        chex.assert_shape(images, (None, None, None, self.data_channels))
         b, height, width, _ = images.shape
         skip = jnp.zeros((b, height, width, self.hidden), self.dtype)
         carry = (images, images, skip)

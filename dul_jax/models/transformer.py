@@ -117,7 +117,8 @@ class Mlp(nn.Module):
         h = nn.with_logical_constraint(h, ('batch', 'length', 'mlp'))
         return nn.Dense(embed, dtype=self.dtype, name='proj', dot_general=dot_general,
                         kernel_init=dense_init(('mlp', 'embed')),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))(h)
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                               ('embed',)))(h)
 
 
 class Block(nn.Module):

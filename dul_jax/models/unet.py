@@ -7,6 +7,7 @@ shared transformer Attention over the H*W positions of a feature map.
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -96,6 +97,8 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, labels=None, deterministic=True):
+        chex.assert_rank(x, 4)
+        chex.assert_shape(t, x.shape[:1])
         out_channels = x.shape[-1]
         emb = TimeClassEmbed(4 * self.channels, self.num_classes, freq_dim=self.channels,
                              dtype=self.dtype, name='embed')(t, labels)
@@ -134,5 +137,6 @@ class UNet(nn.Module):
         h = nn.silu(group_norm(self.groups, 'norm_out', self.dtype)(h))
         out = conv(out_channels, 'conv_out', dtype=self.dtype, zero=True,
                    names=('height', 'width', 'conv_in', 'channels'))(h)
+        chex.assert_equal_shape([out, x])
         return nn.with_logical_constraint(out.astype(jnp.float32), ACTIVATION)
 

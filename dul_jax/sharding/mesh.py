@@ -28,7 +28,7 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('embed', 'fsdp'),
     ('heads', 'tensor'),
     ('mlp', 'tensor'),
-    ('vocab', None),      # vocabularies here are small (2-256); add ('vocab', 'tensor') for big ones
+    ('vocab', None),      # small vocabularies here (2-256); add ('vocab', 'tensor') for big ones
     ('kv', None),
     ('length', None),
     ('layers', None),
@@ -50,12 +50,13 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % known:
-            raise UserError(f'the mesh axes other than -1 multiply to {known}, which does not divide '
-                            f'the {num_devices} devices; change --config.mesh.*.')
+            raise UserError(f'the mesh axes other than -1 multiply to {known}, which does not '
+                            f'divide the {num_devices} devices; change --config.mesh.*.')
         sizes[fill[0]] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise UserError(f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but '
-                        f'{num_devices} are present; make --config.mesh.* multiply to {num_devices}.')
+                        f'{num_devices} are present; make --config.mesh.* multiply to '
+                        f'{num_devices}.')
     return tuple(sizes)
 
 

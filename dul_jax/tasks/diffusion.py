@@ -101,7 +101,8 @@ class DiffusionTask(Task):
               f'model.image_size={self.size} is smaller than the {self.height}x{self.width} '
               'images; set it to 0 or at least their size.')
         self._validate_network(m)
-        check(s.sampler in samplers.SAMPLERS, f'sample.sampler must be "ddpm" or "ddim", got "{s.sampler}".')
+        check(s.sampler in samplers.SAMPLERS,
+              f'sample.sampler must be "ddpm" or "ddim", got "{s.sampler}".')
         check(0 <= s.steps <= m.num_steps,
               f'sample.steps must be in [0, model.num_steps={m.num_steps}], got {s.steps}.')
         check(s.eta >= 0, f'sample.eta must be >= 0, got {s.eta}.')

@@ -29,7 +29,8 @@ PUBLISHED_PEAK_TFLOPS = (
 
 
 def measure_matmul_flops(size: int = 2048, repeats: int = 10) -> float:
-    """FLOP/s of a float32 size^3 matmul on the default device, best of `repeats` (after warm-up)."""
+    """FLOP/s of a float32 size^3 matmul on the default device, best of `repeats` (after
+    warm-up)."""
     a = jnp.ones((size, size), jnp.float32)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()

@@ -5,7 +5,8 @@ import optax
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to lr, then cosine down to min_lr_ratio * lr at total_steps (or flat)."""
+    """Linear warmup from 0 to lr, then cosine down to min_lr_ratio * lr at total_steps (or
+    flat)."""
     warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
     if optim_cfg.schedule == 'constant':
         return optax.join_schedules(

@@ -1,8 +1,8 @@
 """Everything a run needs before its first step, validated in order from cheap to expensive.
 
 `prepare(cfg)` checks the config, the data set, the model and the mesh (raising UserError with one
-sentence on the first problem), and returns a Setup holding the task, the mesh, the optimizer and the
-shardings of the train state and batch. Nothing has been compiled when it returns.
+sentence on the first problem), and returns a Setup holding the task, the mesh, the optimizer and
+the shardings of the train state and batch. Nothing has been compiled when it returns.
 """
 
 import contextlib

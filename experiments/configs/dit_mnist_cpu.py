@@ -1,6 +1,6 @@
 """`dit_mnist.py` cut to train within about half an hour on a 2-core CPU: patch 4 on 28x28
-(49 tokens instead of 196), width 128 instead of 256, float32, 4,000 steps at batch 64; the same diffusion
-(v-prediction, min-SNR-5, cosine schedule), conditioning and guidance."""
+(49 tokens instead of 196), width 128 instead of 256, float32, 4,000 steps at batch 64; the same
+diffusion (v-prediction, min-SNR-5, cosine schedule), conditioning and guidance."""
 
 import os
 

@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from dul_jax.losses import diffusion as dl
+from dul_jax.losses import gaussian
 
 
 @pytest.mark.parametrize('schedule', dl.SCHEDULES)
@@ -106,17 +107,17 @@ def test_gaussian_kl_matches_monte_carlo():
     m1, v1, m2, v2 = 0.3, 0.5, -0.2, 1.7
     x = np.random.default_rng(0).normal(m1, math.sqrt(v1), 400_000)
     log_ratio = stats.norm.logpdf(x, m1, math.sqrt(v1)) - stats.norm.logpdf(x, m2, math.sqrt(v2))
-    kl = float(dl.gaussian_kl(m1, v1, m2, v2))
+    kl = float(gaussian.gaussian_kl(m1, v1, m2, v2))
     assert abs(kl - log_ratio.mean()) < 4 * log_ratio.std() / math.sqrt(len(x))
-    assert float(dl.gaussian_kl(m1, v1, m1, v1)) == pytest.approx(0.0, abs=1e-7)
+    assert float(gaussian.gaussian_kl(m1, v1, m1, v1)) == pytest.approx(0.0, abs=1e-7)
 
 
 @pytest.mark.parametrize('num_levels', [2, 17, 256])
 def test_discretized_gaussian_is_a_distribution_over_the_levels(num_levels):
-    x = dl.levels_to_unit(jnp.arange(num_levels), num_levels)
+    x = gaussian.levels_to_unit(jnp.arange(num_levels), num_levels)
     assert float(x[0]) == -1.0 and float(x[-1]) == pytest.approx(1.0)
     for mean, std in ((0.1, 0.3), (-0.9, 0.01), (2.0, 0.5)):
-        nll = dl.discretized_gaussian_nll(x, mean, std, num_levels)
+        nll = gaussian.discretized_gaussian_nll(x, mean, std, num_levels)
         np.testing.assert_allclose(jnp.exp(-nll).sum(), 1.0, rtol=1e-4)
         # an inner bin by hand
         k = num_levels // 2
@@ -128,8 +129,8 @@ def test_discretized_gaussian_is_a_distribution_over_the_levels(num_levels):
 
 
 def test_discretized_gaussian_is_stable_for_tiny_std():
-    x = dl.levels_to_unit(jnp.arange(17), 17)
-    nll = dl.discretized_gaussian_nll(x, x[5], 1e-4, 17)
+    x = gaussian.levels_to_unit(jnp.arange(17), 17)
+    nll = gaussian.discretized_gaussian_nll(x, x[5], 1e-4, 17)
     assert float(nll[5]) == pytest.approx(0.0, abs=1e-6)
     assert np.all(np.isfinite(nll)) and float(nll[6]) > 1e3
 

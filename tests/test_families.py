@@ -10,7 +10,9 @@ import textwrap
 import pytest
 
 from dul_jax import cli
+from dul_jax import config as config_lib
 from dul_jax.errors import UserError
+from dul_jax.metrics import domain_classifier
 from dul_jax.tasks import base
 
 # Independent pixels: p(x) = prod_i Cat(x_i; softmax(theta_i)), the simplest exact likelihood.
@@ -82,11 +84,32 @@ FAMILY = textwrap.dedent('''
             logits = self.model.apply({'params': params}, num)
             return jax.random.categorical(rng, logits).reshape((num, *self.spec.shape))
 
+        def sample_images(self, params, rng, num):
+            return self.sample(params, rng, num).astype(jnp.uint8)
+
         def save_samples(self, samples, path_stem):
             return [self.save_image_grid(samples, path_stem + '.png')]
 
 
     TASK = IndependentPixels
+''')
+
+# The same family whose "samples" are the eval split itself: what a perfect generator would draw.
+COPY_EVAL = textwrap.dedent('''
+    import numpy as np
+
+    from dul_jax import data
+    from my_research.pixels import IndependentPixels
+
+
+    class CopyEval(IndependentPixels):
+
+        def sample_images(self, params, rng, num):
+            batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
+            return np.asarray(batch['image'])
+
+
+    TASK = CopyEval
 ''')
 
 CONFIG = textwrap.dedent('''
@@ -149,7 +172,25 @@ def test_a_family_outside_the_package_runs_through_the_cli(tmp_path, tfds_dir, m
     assert cli.main(['eval', '--workdir', workdir, "--config.eval.evaluators=('probe',)"]) == 2
     assert 'gives no features (Task.features)' in capsys.readouterr().err
     assert cli.main(['sample', '--workdir', workdir, '--num', '4']) == 0
+    scores = {}
     assert os.path.isfile(os.path.join(workdir, 'samples', 'step_000020.png'))
+    # the shared FID evaluator: a "sampler" that returns the eval split itself scores 0 and full
+    # precision and recall; independent pixels score far worse
+    classifier = str(tmp_path / 'classifier')
+    cfg = config_lib.load_config(str(config), [f'data.tfds_dir={tfds_dir}'])
+    _, params, info = domain_classifier.train_classifier(cfg.data, steps=30, batch_size=64)
+    domain_classifier.save(classifier, params, info)
+    (package / 'copy_eval.py').write_text(COPY_EVAL)
+    fid_args = ['eval', '--workdir', workdir, "--config.eval.evaluators=('fid',)",
+                f'--config.eval.fid.classifier={classifier}']
+    for task, name in (('my_research.pixels', 'pixels'), ('my_research.copy_eval', 'copy')):
+        assert cli.main([*fid_args, f'--config.task={task}']) == 0
+        with open(os.path.join(workdir, 'eval_step_000020.json')) as f:
+            scores[name] = json.load(f)
+    assert scores['copy']['fid'] == pytest.approx(0.0, abs=1e-3)
+    assert scores['copy']['fid_precision'] == scores['copy']['fid_recall'] == 1.0
+    assert scores['pixels']['fid'] > 10 * max(scores['pixels']['fid_real'], 1e-3)
+    assert scores['pixels']['fid_examples'] == 297
     # the config names a module that has no TASK: one sentence, status 2
     (package / 'empty.py').write_text('')
     config.write_text(CONFIG.format(module='my_research.empty').replace(

@@ -26,15 +26,6 @@ def categorical_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(logits32, axis=-1) - picked
 
 
-def nats_to_bits(nats):
-    return nats / LN2
-
-
 def bits_per_dim(nats_per_example, num_dims: int):
     """bits/dim = (nats per example) / (num_dims * ln 2)."""
     return nats_per_example / (num_dims * LN2)
-
-
-def nats_per_example(bits_per_dim_value, num_dims: int):
-    """The inverse of `bits_per_dim`: nats per example (e.g. nats/image) from bits/dim."""
-    return bits_per_dim_value * num_dims * LN2

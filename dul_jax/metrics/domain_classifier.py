@@ -17,7 +17,7 @@ import optax
 
 from dul_jax import data
 from dul_jax.errors import UserError
-from dul_jax.losses.diffusion import levels_to_unit
+from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import categorical_nll
 from dul_jax.models.classifier import ConvClassifier
 

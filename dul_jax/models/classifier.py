@@ -3,8 +3,7 @@
 import flax.linen as nn
 import jax.numpy as jnp
 
-from dul_jax.models.transformer import dense_init
-from dul_jax.models.unet import conv
+from dul_jax.models.layers import conv, dense_init
 
 
 class ConvClassifier(nn.Module):

@@ -12,8 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dul_jax.models.embeddings import TimeClassEmbed
+from dul_jax.models.layers import layer_norm
 from dul_jax.models.patches import PatchEmbed, sincos_2d, unpatchify
-from dul_jax.models.transformer import Stack, layer_norm
+from dul_jax.models.transformer import Stack
 from dul_jax.ops import Kernels
 
 

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dul_jax.models.transformer import Stack, dense_init, layer_norm
+from dul_jax.models.layers import dense_init, layer_norm
+from dul_jax.models.transformer import Stack
 from dul_jax.ops import Kernels
 from dul_jax.ops.matmul import dense_dot_general
 from dul_jax.ops.positions import add_positions

@@ -14,8 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dul_jax.models.layers import dense_init, layer_norm
 from dul_jax.models.patches import PatchEmbed, sincos_2d
-from dul_jax.models.transformer import Stack, dense_init, layer_norm
+from dul_jax.models.transformer import Stack
 from dul_jax.ops import Kernels
 
 

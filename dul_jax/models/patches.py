@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dul_jax.models.transformer import dense_init
+from dul_jax.models.layers import dense_init
 
 
 def patchify(images: jax.Array, patch: int) -> jax.Array:

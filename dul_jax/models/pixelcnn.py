@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dul_jax.models.transformer import dense_init
+from dul_jax.models.layers import dense_init
 
 ACTIVATION = ('batch', 'height', 'width', 'channels')
 

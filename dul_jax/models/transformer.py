@@ -1,39 +1,25 @@
 """The one transformer block of dul_jax: attention, MLP, pre-LayerNorm block, and a scanned stack.
 
 The GPT, the MAE encoder and decoder, and the DiT all use these modules; none has a copy of its own.
-Every parameter and activation carries logical axis names (see dul_jax/sharding/rules.py):
+Every parameter and activation carries logical axis names (see dul_jax/sharding/mesh.py):
 `batch`, `length`, `embed`, `heads`, `kv`, `mlp`, plus `layers` for the scanned stack.
 Attention, the projections and GELU run through dul_jax/ops, each op's implementation chosen by
 the `kernels` attribute (default: `auto`, the measured-fastest on the backend).
 """
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dul_jax.models.layers import dense_init, layer_norm
 from dul_jax.ops import Kernels
 from dul_jax.ops.attention import attention
 from dul_jax.ops.gelu import gelu
 from dul_jax.ops.matmul import dense_dot_general, matmul
 
 Dtype = Any
-
-
-def dense_init(names: tuple[str | None, ...], scale: float = 1.0) -> Callable:
-    """Normal init with variance scale/fan_in, tagged with logical axis names."""
-    return nn.with_logical_partitioning(
-        nn.initializers.variance_scaling(scale, 'fan_in', 'normal'), names)
-
-
-def layer_norm(dtype: Dtype, name: str | None = None, affine: bool = True) -> nn.LayerNorm:
-    """LayerNorm; `affine=False` drops its scale and bias (adaLN supplies them from a condition)."""
-    return nn.LayerNorm(
-        dtype=dtype, name=name, use_scale=affine, use_bias=affine,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)))
 
 
 class Attention(nn.Module):

@@ -12,27 +12,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from dul_jax.models.embeddings import TimeClassEmbed
-from dul_jax.models.transformer import Attention, dense_init
+from dul_jax.models.layers import conv, dense_init, group_norm
+from dul_jax.models.transformer import Attention
 from dul_jax.ops import Kernels
 
 ACTIVATION = ('batch', 'height', 'width', 'channels')
-
-
-def conv(features: int, name: str, stride: int = 1, kernel: int = 3, dtype: Any = jnp.float32,
-         names: tuple = ('height', 'width', 'conv_in', 'conv_out'), zero: bool = False) -> nn.Conv:
-    init = nn.initializers.zeros if zero else nn.initializers.variance_scaling(
-        1.0, 'fan_in', 'normal')
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
-                   dtype=dtype, name=name, kernel_init=nn.with_logical_partitioning(init, names),
-                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
-
-
-def group_norm(groups: int, name: str, dtype: Any) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, dtype=dtype, name=name,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones,
-                                                                ('channels',)),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                               ('channels',)))
 
 
 class ResBlock(nn.Module):

@@ -21,6 +21,7 @@ import numpy as np
 from dul_jax import images
 from dul_jax.config import check
 from dul_jax.losses import diffusion as dl
+from dul_jax.losses import gaussian
 from dul_jax.models.dit import DiT
 from dul_jax.models.unet import UNet
 from dul_jax.sampling import diffusion as samplers
@@ -141,7 +142,7 @@ class DiffusionTask(Task):
 
     def to_model_space(self, levels):
         """uint8 levels (B, H, W, C) -> floats in [-1, 1], padded with -1 to (size, size)."""
-        x = dl.levels_to_unit(jnp.asarray(levels), self.spec.num_levels)
+        x = gaussian.levels_to_unit(jnp.asarray(levels), self.spec.num_levels)
         pad_h, pad_w = self.size - self.height, self.size - self.width
         if pad_h or pad_w:
             x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
@@ -223,7 +224,7 @@ class DiffusionTask(Task):
             labels = jnp.full_like(labels, self.null_class)
         per_example = lambda v: v.reshape(v.shape[0], -1).sum(axis=-1)
         ab_T = self._ab(self.num_steps)
-        prior = per_example(dl.gaussian_kl(jnp.sqrt(ab_T) * x0, 1.0 - ab_T, 0.0, 1.0))
+        prior = per_example(gaussian.gaussian_kl(jnp.sqrt(ab_T) * x0, 1.0 - ab_T, 0.0, 1.0))
         tab = {k: jnp.asarray(v, jnp.float32) for k, v in self.tables.items()}
         # As hojonathanho/diffusion diffusion_utils_2.py _vb_terms_bpd: the decoder's mean is the
         # posterior mean at x0_hat for t = 1, which is x0_hat (coef1 = 1, coef2 = 0).
@@ -238,8 +239,8 @@ class DiffusionTask(Task):
             c1, c2 = tab['posterior_mean_coef1'][t], tab['posterior_mean_coef2'][t]
             mean, mean_hat = c1 * x0 + c2 * x_t, c1 * x0_hat + c2 * x_t
             var = tab['posterior_variance_clipped'][t]  # > 0 at t = 1 too (the decoder's step)
-            kl = per_example(dl.gaussian_kl(mean, var, mean_hat, var))
-            nll = per_example(dl.discretized_gaussian_nll(x0, x0_hat, decoder_std,
+            kl = per_example(gaussian.gaussian_kl(mean, var, mean_hat, var))
+            nll = per_example(gaussian.discretized_gaussian_nll(x0, x0_hat, decoder_std,
                                                            self.spec.num_levels))
             return jnp.where(t == 1, nll, kl)
 

@@ -3,8 +3,9 @@
 Notation (Ho et al. 2020, "DDPM"): data x_0 in [-1, 1]; x_t = a_t x_0 + s_t eps with
 a_t = sqrt(alpha_bar_t), s_t = sqrt(1 - alpha_bar_t), eps ~ N(0, I); SNR_t = a_t^2 / s_t^2 and
 log-SNR = log(alpha_bar / (1 - alpha_bar)). Discrete schedules index t = 0..T with alpha_bar_0 = 1
-(clean data). Every loss here is in nats; the Gaussian KL and discretized decoder of the bound
-are in gaussian.py, and `bits_per_dim` in likelihood.py converts.
+(clean data). `diffusion_loss` is a weighted MSE (a training loss, not a likelihood); the bound's
+terms are in nats, from `posterior` here and the Gaussian KL and discretized decoder in
+gaussian.py, and `bits_per_dim` in likelihood.py converts.
 """
 
 import jax
@@ -54,6 +55,7 @@ def discrete_alpha_bars(schedule: str, num_steps: int) -> np.ndarray:
 
 
 def snr_from_alpha_bar(ab):
+    """SNR = alpha_bar / (1 - alpha_bar), elementwise (inf at alpha_bar = 1, i.e. t = 0)."""
     return ab / (1.0 - ab)
 
 
@@ -66,7 +68,10 @@ def q_sample(x0: jax.Array, ab: jax.Array, eps: jax.Array) -> jax.Array:
 
 
 def target(prediction: str, x0, eps, ab):
-    """What a network trained with `prediction` regresses: eps, x_0, or v = a eps - s x_0."""
+    """What a network trained with `prediction` regresses: eps, x_0, or v = a eps - s x_0.
+
+    x0, eps: (B, H, W, C); ab: alpha_bar broadcasting against them (e.g. (B, 1, 1, 1)).
+    """
     if prediction == 'eps':
         return eps
     if prediction == 'x0':
@@ -93,13 +98,17 @@ def to_x0_eps(prediction: str, output, x_t, ab):
 
 
 def eps_from_x0(x0, x_t, ab):
+    """The noise that x_0 implies at x_t: (x_t - sqrt(alpha_bar) x_0) / sqrt(1 - alpha_bar).
+
+    `ab` broadcasts against x_t as in `q_sample`; undefined at alpha_bar = 1 (t = 0).
+    """
     return (x_t - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
 
 
 # ---- training loss ------------------------------------------------------------------------------
 
 def x0_weight(weighting: str, snr, gamma: float = 5.0):
-    """The weight w(t) of the loss w(t) ||x_0 - x0_hat||^2 (nats-free; per element).
+    """The weight w(t) of the loss w(t) ||x_0 - x0_hat||^2, elementwise in `snr` (unitless).
 
     Since ||eps - eps_hat||^2 = SNR ||x_0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||...||^2:
       'eps': w = SNR           the unweighted eps-MSE, DDPM's L_simple (uniform in eps space)
@@ -135,7 +144,8 @@ def loss_weight(weighting: str, prediction: str, snr, gamma: float = 5.0):
 def diffusion_loss(output, x0, eps, ab, prediction: str, weighting: str, gamma: float = 5.0):
     """Per-example weighted MSE, shape (B,): loss_weight * mean over pixels (output - target)^2.
 
-    x0, eps, output: (B, H, W, C); ab: (B,) alpha_bar at each example's t.
+    x0, eps, output: (B, H, W, C), x0 in [-1, 1]; ab: (B,) alpha_bar at each example's t.
+    A weighted squared error in the network's output space (eps, x_0 or v units), not nats.
     """
     ab4 = ab.reshape((-1,) + (1,) * (x0.ndim - 1))
     err = (output.astype(jnp.float32) - target(prediction, x0, eps, ab4)) ** 2

@@ -11,6 +11,11 @@ class ConvClassifier(nn.Module):
 
     Three 3x3 convolutions (the last two with stride 2), global average pooling and a hidden
     layer: the features are that layer's GELU activations.
+
+    Attributes:
+      num_classes: number of output logits.
+      width: channels of the first convolution (2 * width after it).
+      feature_dim: width of the hidden layer, i.e. of the features.
     """
     num_classes: int
     width: int = 32
@@ -18,6 +23,11 @@ class ConvClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """x: (B, H, W, C) floats in [-1, 1].
+
+        Returns:
+          logits (B, num_classes) and features (B, feature_dim), both float32.
+        """
         h = nn.gelu(conv(self.width, 'conv_0', names=('height', 'width', 'channels',
                                                        'conv_out'))(x))
         h = nn.gelu(conv(2 * self.width, 'conv_1', stride=2)(h))

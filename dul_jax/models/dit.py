@@ -25,7 +25,19 @@ def _zero_dense(features: int, names: tuple, dtype: Any, name: str) -> nn.Dense:
 
 
 class DiT(nn.Module):
-    """(x_t (B, H, W, C), t (B,), labels (B,) or None) -> (B, H, W, C) float32 prediction."""
+    """(x_t (B, H, W, C), t (B,), labels (B,) or None) -> (B, H, W, C) float32 prediction.
+
+    Attributes:
+      patch: patch side P; H and W must be multiples of it.
+      embed_dim: token width; divisible by 4 (2-D sine-cosine positions) and by num_heads.
+      num_layers, num_heads, mlp_dim: the transformer Stack's depth, heads and MLP width.
+      num_classes: 0 for unconditional; else labels in [0, num_classes], num_classes the null
+        class.
+      dropout: dropout rate inside the blocks (active when deterministic=False).
+      dtype: computation dtype (the output is float32 regardless).
+      remat: a key of transformer.REMAT_POLICIES.
+      kernels: each op's implementation (dul_jax/ops).
+    """
     patch: int = 2
     embed_dim: int = 128
     num_layers: int = 4
@@ -39,6 +51,18 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, labels=None, deterministic=True):
+        """The network output at noisy images x_t.
+
+        Args:
+          x: (B, H, W, C) noisy images x_t.
+          t: (B,) diffusion steps (ints, or real-valued: they go through a sinusoid).
+          labels: (B,) ints in [0, num_classes] (num_classes = null class); None if
+            unconditional.
+          deterministic: False turns dropout on (needs a `dropout` rng).
+
+        Returns:
+          (B, H, W, C) float32, in the task's parameterisation (eps, v or x_0).
+        """
         chex.assert_rank(x, 4)
         chex.assert_shape(t, x.shape[:1])
         _, height, width, channels = x.shape

@@ -24,7 +24,14 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 
 
 class TimeClassEmbed(nn.Module):
-    """MLP(sinusoid(t)) + class embedding (if num_classes > 0): (B,) t, (B,) labels -> (B, dim)."""
+    """MLP(sinusoid(t)) + class embedding (if num_classes > 0): (B,) t, (B,) labels -> (B, dim).
+
+    Attributes:
+      dim: output width.
+      num_classes: 0 for no class embedding; else the table has num_classes + 1 rows.
+      freq_dim: width of the sinusoidal embedding of t (even).
+      dtype: computation dtype.
+    """
     dim: int
     num_classes: int = 0
     freq_dim: int = 128
@@ -32,10 +39,13 @@ class TimeClassEmbed(nn.Module):
 
     @property
     def null_class(self) -> int:
+        """The label of the dropped (null) class: `num_classes`."""
         return self.num_classes
 
     @nn.compact
     def __call__(self, t: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """t: (B,) steps (int or float); labels: (B,) ints in [0, num_classes], required iff
+        num_classes > 0 (ignored otherwise). Returns the (B, dim) conditioning vector."""
         h = timestep_embedding(t, self.freq_dim).astype(self.dtype)
         for i, names in enumerate(((None, 'mlp'), ('mlp', 'embed'))):
             h = nn.Dense(self.dim, dtype=self.dtype, name=f'time_mlp_{i}',

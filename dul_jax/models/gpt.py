@@ -24,9 +24,21 @@ class GPT(nn.Module):
     """p(x_t | x_<t [, class]) over `vocab_size` symbols, with an extra start symbol `vocab_size`.
 
     Inputs are (B, T) ids already shifted right (see `shift_right`); output logits
-    (B, T, vocab_size)
-    in float32, where logits[:, t] predicts target t. With `decode=True` each call takes one
-    position (B, 1) and the position counter and key/value caches live in the `cache` collection.
+    (B, T, vocab_size) in float32, where logits[:, t] predicts target t. With `decode=True` each
+    call takes one position (B, 1) and the position counter and key/value caches live in the
+    `cache` collection (`init` with a full-length (B, T) input sizes them).
+
+    Attributes:
+      vocab_size: number of data symbols; id vocab_size is the start symbol (`bos`).
+      max_len: longest sequence (rows of the learned position table).
+      num_layers, num_heads, embed_dim, mlp_dim: the transformer's size.
+      num_classes: 0 for unconditional; else a learned class embedding added to every position.
+      dropout: rate on the embeddings and inside the blocks (when deterministic=False).
+      dtype: computation dtype (the logits are float32 regardless).
+      remat: a key of transformer.REMAT_POLICIES.
+      scan_unroll: layers per scan step; 0 = all (see Stack).
+      decode: one position per call with key/value caches (sampling).
+      kernels: each op's implementation (dul_jax/ops).
     """
     vocab_size: int
     max_len: int
@@ -44,11 +56,23 @@ class GPT(nn.Module):
 
     @property
     def bos(self) -> int:
+        """The start-of-sequence id, `vocab_size` (one past the data symbols)."""
         return self.vocab_size
 
     @nn.compact
     def __call__(self, inputs: jax.Array, labels: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
+        """Next-token logits.
+
+        Args:
+          inputs: (B, T) int ids in [0, vocab_size] (bos included), T <= max_len; (B, 1) per
+            call in decode mode.
+          labels: (B,) ints in [0, num_classes), required iff num_classes > 0.
+          deterministic: False turns dropout on (needs a `dropout` rng).
+
+        Returns:
+          (B, T, vocab_size) float32 logits; logits[:, t] predicts the symbol after inputs[:, t].
+        """
         chex.assert_rank(inputs, 2)
         if labels is not None:
             chex.assert_shape(labels, inputs.shape[:1])

@@ -67,6 +67,17 @@ class MAE(nn.Module):
     `pred` is the decoder's output for every patch (in the patchify layout); `mask` is 1 on the
     masked patches, the only ones the loss looks at. The masking noise comes from the `masking`
     rng stream: `apply(..., rngs={'masking': key})`.
+
+    Attributes:
+      image_shape: (H, W, C); H and W multiples of `patch`.
+      patch: patch side P; N = (H / P) * (W / P) patches.
+      embed_dim, num_layers, num_heads, mlp_dim: the encoder (embed_dim divisible by 4).
+      decoder_embed_dim, decoder_layers, decoder_heads, decoder_mlp_dim: the decoder.
+      mask_ratio: fraction of patches masked (see `num_kept` for the rounding).
+      dtype: computation dtype (predictions are float32 regardless).
+      remat: a key of transformer.REMAT_POLICIES, for both stacks.
+      scan_unroll: layers per scan step in both stacks.
+      kernels: each op's implementation (dul_jax/ops).
     """
     image_shape: tuple[int, int, int]  # (H, W, C)
     patch: int
@@ -86,13 +97,16 @@ class MAE(nn.Module):
 
     @property
     def grid(self) -> tuple[int, int]:
+        """(H / P, W / P): patch rows and columns."""
         return self.image_shape[0] // self.patch, self.image_shape[1] // self.patch
 
     @property
     def num_patches(self) -> int:
+        """N, the number of patches per image."""
         return self.grid[0] * self.grid[1]
 
     def setup(self):
+        """The submodules, shared by `encode`, `decode` and `__call__`."""
         self.patch_embed = PatchEmbed(self.patch, self.embed_dim, self.dtype)
         self.cls_token = _token('cls_token', self, self.embed_dim)
         self.encoder = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=False,
@@ -122,7 +136,9 @@ class MAE(nn.Module):
                ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(latent (B, 1 + kept, D) with the cls token first, mask (B, N), ids_restore (B, N)).
 
-        mask_ratio 0 encodes every patch in order (features for probes): no rng is needed then.
+        images: (B, H, W, C) floats in [0, 1]; mask_ratio: None for the module's. mask_ratio 0
+        encodes every patch in order (features for the probe evaluator): no rng is needed then.
+        D is embed_dim; the latent is after the encoder's final LayerNorm.
         """
         ratio = self.mask_ratio if mask_ratio is None else mask_ratio
         x = self.patch_embed(images.astype(self.dtype))
@@ -139,7 +155,11 @@ class MAE(nn.Module):
         return self.encoder_norm(x), mask, ids_restore
 
     def decode(self, latent: jax.Array, ids_restore: jax.Array) -> jax.Array:
-        """Encoded visible tokens (+ cls) -> predicted pixels of all N patches, float32."""
+        """Encoded visible tokens (+ cls) -> predicted pixels of all N patches, float32.
+
+        latent: (B, 1 + kept, D) from `encode`; ids_restore: (B, N) from `encode`.
+        Returns (B, N, P*P*C) in the patchify layout and original patch order.
+        """
         x = self.decoder_embed(latent)
         b, n = ids_restore.shape
         cls, visible = x[:, :1], x[:, 1:]
@@ -154,6 +174,11 @@ class MAE(nn.Module):
         return nn.with_logical_constraint(pred, ('batch', 'length', None))
 
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """images: (B, H, W, C) floats in [0, 1], masked at `mask_ratio`.
+
+        Returns:
+          pred (B, N, P*P*C) float32 for every patch, and mask (B, N) float32, 1 = masked.
+        """
         chex.assert_shape(images, (None, *self.image_shape))
         latent, mask, ids_restore = self.encode(images)
         return self.decode(latent, ids_restore), mask

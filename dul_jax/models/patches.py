@@ -14,6 +14,8 @@ from dul_jax.models.layers import dense_init
 
 
 def patchify(images: jax.Array, patch: int) -> jax.Array:
+    """(B, H, W, C) -> (B, N, P*P*C) patches in raster order of the grid, each flattened as
+    (row, column, channel); H and W must be multiples of `patch`."""
     b, h, w, c = images.shape
     if h % patch or w % patch:
         raise ValueError(f'image size {h}x{w} is not a multiple of the patch size {patch}')
@@ -22,6 +24,7 @@ def patchify(images: jax.Array, patch: int) -> jax.Array:
 
 
 def unpatchify(patches: jax.Array, patch: int, height: int, width: int) -> jax.Array:
+    """(B, N, P*P*C) -> (B, height, width, C), the inverse of `patchify`."""
     b, n, d = patches.shape
     c = d // (patch * patch)
     gh, gw = height // patch, width // patch
@@ -53,13 +56,20 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
 
 class PatchEmbed(nn.Module):
     """Linear projection of flattened P x P patches to `embed_dim` (a strided conv, written as a
-    matmul on patchified pixels so the kernel has plain logical axes)."""
+    matmul on patchified pixels so the kernel has plain logical axes).
+
+    Attributes:
+      patch: patch side P.
+      embed_dim: output width.
+      dtype: computation dtype.
+    """
     patch: int
     embed_dim: int
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, N, embed_dim) tokens, in `patchify`'s order (no positions)."""
         x = patchify(images, self.patch)
         x = nn.Dense(self.embed_dim, dtype=self.dtype, name='proj',
                      kernel_init=dense_init((None, 'embed')),

@@ -62,6 +62,15 @@ class MaskedConv(nn.Module):
     `centre` is the kernel tap that lies over the output pixel (default: the middle); the input
     is padded so the output keeps the input's height and width. mask=None uses every tap (the
     vertical stack, whose kernel shape alone keeps it causal up to the shift).
+
+    Attributes:
+      features: output channels.
+      kernel_size: (kh, kw).
+      mask: 'A' (centre excludes own channel group), 'B' (includes it) or None (no mask).
+      centre: (row, column) of the output pixel's tap; None for (kh // 2, kw // 2).
+      data_channels: C of the image, for the channel groups (hidden channel k is group k % C).
+      in_axis, out_axis: logical axis names of the kernel's input and output channels.
+      dtype: computation dtype.
     """
     features: int
     kernel_size: tuple[int, int] = (1, 1)
@@ -74,6 +83,7 @@ class MaskedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, in) -> (B, H, W, features)."""
         kh, kw = self.kernel_size
         centre = self.centre or (kh // 2, kw // 2)
         in_features = x.shape[-1]
@@ -126,7 +136,11 @@ def _output_head(x: jax.Array, hidden: int, out_per_channel: int, data_channels:
 
 
 class ResidualBlock(nn.Module):
-    """x + 1x1(relu(k x k(relu(x)) + class bias)), both convolutions mask 'B'."""
+    """x + 1x1(relu(k x k(relu(x)) + class bias)), both convolutions mask 'B'.
+
+    Attributes: hidden (channels in and out), kernel_size (k), data_channels (C), num_classes
+    (0: no class bias), dtype.
+    """
     hidden: int
     kernel_size: int
     data_channels: int
@@ -135,6 +149,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, labels):
+        """x: (B, H, W, hidden); labels: (B,) ints or None -> (B, H, W, hidden)."""
         k = self.kernel_size
         h = MaskedConv(self.hidden, (k, k), data_channels=self.data_channels, dtype=self.dtype,
                        name='conv')(nn.relu(x))
@@ -146,7 +161,18 @@ class ResidualBlock(nn.Module):
 
 class PixelCNN(nn.Module):
     """A k0 x k0 mask-'A' convolution, `num_layers` residual blocks of k x k mask-'B'
-    convolutions, and a 1x1 output head: (B, H, W, C) in [-1, 1] -> (B, H, W, C, P)."""
+    convolutions, and a 1x1 output head: (B, H, W, C) in [-1, 1] -> (B, H, W, C, P).
+
+    Attributes:
+      out_per_channel: P, parameters per image channel (the number of levels for a
+        categorical output, 3K for a K-component logistic mixture).
+      data_channels: C of the images.
+      hidden: channels of every hidden layer.
+      num_layers: residual blocks after the first convolution.
+      kernel_size, first_kernel_size: k of the blocks and k0 of the first (mask 'A') layer.
+      num_classes: 0 for unconditional; else a learned per-class bias in every block.
+      dtype: computation dtype (the output is float32 regardless).
+    """
     out_per_channel: int
     data_channels: int = 1
     hidden: int = 64
@@ -158,6 +184,9 @@ class PixelCNN(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """images: (B, H, W, C) in [-1, 1]; labels: (B,) ints in [0, num_classes), required iff
+        num_classes > 0. Returns (B, H, W, C, P) float32; [b, i, j, c] depends only on the
+        positions before (i, j, c) in raster order."""
         chex.assert_shape(images, (None, None, None, self.data_channels))
         k0, c = self.first_kernel_size, self.data_channels
         x = MaskedConv(self.hidden, (k0, k0), mask='A', data_channels=c, in_axis='channels',
@@ -171,7 +200,11 @@ class PixelCNN(nn.Module):
 
 class GatedLayer(nn.Module):
     """One Gated PixelCNN layer on (vertical, horizontal, skip sum); the first layer (mask 'A',
-    no residual) reads the image in both stacks."""
+    no residual) reads the image in both stacks.
+
+    Attributes: hidden (n), kernel_size (k: vertical kernels (k//2 + 1) x k, horizontal
+    1 x (k//2 + 1)), data_channels (C), num_classes (0: no class biases), first, dtype.
+    """
     hidden: int
     kernel_size: int
     data_channels: int
@@ -181,6 +214,9 @@ class GatedLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, labels):
+        """carry: (v, h, skip), v and h (B, H, W, C) images for the first layer, else
+        (B, H, W, hidden), and skip (B, H, W, hidden); labels: (B,) ints or None.
+        Returns the next (v, h, skip), each (B, H, W, hidden)."""
         v, h, skip = carry
         k, n, c = self.kernel_size, self.hidden, self.data_channels
         p = k // 2
@@ -205,7 +241,10 @@ class GatedLayer(nn.Module):
 
 class GatedPixelCNN(nn.Module):
     """`num_layers` gated layers (the first k0-wide, the rest k-wide), skip connections summed
-    into a 1x1 output head: (B, H, W, C) in [-1, 1] -> (B, H, W, C, P)."""
+    into a 1x1 output head: (B, H, W, C) in [-1, 1] -> (B, H, W, C, P).
+
+    Attributes: as PixelCNN's, with `num_layers` gated layers (the first k0-wide included).
+    """
     out_per_channel: int
     data_channels: int = 1
     hidden: int = 64
@@ -217,6 +256,8 @@ class GatedPixelCNN(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+        """images: (B, H, W, C) in [-1, 1]; labels: (B,) ints in [0, num_classes), required iff
+        num_classes > 0. Returns (B, H, W, C, P) float32, causal in raster order as PixelCNN's."""
         chex.assert_shape(images, (None, None, None, self.data_channels))
         b, height, width, _ = images.shape
         skip = jnp.zeros((b, height, width, self.hidden), self.dtype)

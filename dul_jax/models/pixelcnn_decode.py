@@ -70,7 +70,7 @@ def _where(shape, position):
 
 def init_state(model, shape, num):
     """The empty cache for `num` images of `shape` (H, W, C); unwritten pixels hold 0, which
-    the masks keep from reaching any output."""
+    the masks keep from reaching any output. `model` is a PixelCNN or GatedPixelCNN."""
     height, width, c = shape
     o, n, dtype = _image_offset(model), model.hidden, model.dtype
     state = {'image': jnp.zeros((num, height + 2 * o, width + 2 * o, c), jnp.float32)}
@@ -88,7 +88,8 @@ def init_state(model, shape, num):
 
 
 def write(model, state, shape, position, values):
-    """The image with `values` (B,) (in [-1, 1] units) at flat raster `position`."""
+    """The state with `values` (B,) (in [-1, 1] units) written into its image at flat raster
+    `position` (row * W * C + column * C + channel)."""
     i, j, c = _where(shape, position)
     o = _image_offset(model)
     update = values.astype(jnp.float32)[:, None, None, None]
@@ -97,9 +98,13 @@ def write(model, state, shape, position, values):
 
 
 def step(model, params, state, shape, position, labels=None):
-    """(outputs (B, P) at flat raster `position`, the updated state): the full model's
+    """(outputs (B, P) float32 at flat raster `position`, the updated state): the full model's
     outputs there, given the values written at every earlier position. Call it once per
-    position, in raster order (a row's first call also advances the vertical stack)."""
+    position, in raster order (a row's first call also advances the vertical stack).
+
+    params: the model's params (boxed or not); shape: (H, W, C); position may be traced;
+    labels: (B,) ints, required iff the model is class-conditional.
+    """
     if model.num_classes and labels is None:
         raise ValueError('this model is class-conditional: pass labels')
     params = nn.meta.unbox(params)

@@ -25,8 +25,16 @@ Dtype = Any
 class Attention(nn.Module):
     """Multi-head self-attention; the kernel is `kernels.attention` (dul_jax/ops/attention.py).
 
-    With `decode=True` the module keeps a key/value cache (collection `cache`) of `max_len`
-    positions and takes one new position per call, so sampling costs O(T) per token, not O(T^2).
+    With `decode=True` the module keeps a key/value cache (collection `cache`), as long as the
+    input it was initialised with, and takes one new position per call, so sampling costs O(T)
+    per token, not O(T^2).
+
+    Attributes:
+      num_heads: heads; the input width must divide by it (head_dim = embed / num_heads).
+      causal: position t attends to positions <= t only (decode mode is causal by the cache).
+      dtype: computation dtype.
+      decode: one position per call against the key/value cache.
+      kernels: each op's implementation (dul_jax/ops).
     """
     num_heads: int
     causal: bool
@@ -36,11 +44,12 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, T, embed) -> (B, T, embed); T = 1 per call in decode mode (after init)."""
         # Explicit params and 2-D products rather than nn.DenseGeneral: DenseGeneral initialises a
         # flat 2-D kernel and applies the 4-D logical constraint to it, which fails inside a mesh.
         # Three projections rather than one fused (embed, 3, heads, kv) kernel: each matmul writes
         # its (batch, length, heads, kv) result in the layout attention reads, where slicing a
-        # fused output cost transposes and copies worth 20% of a GPT-125M step on an H100.
+        # fused output costs transposes and copies (measured in benchmarks/README.md).
         embed = x.shape[-1]
         head_dim = embed // self.num_heads
         q, k, v = (self._project(x, name, head_dim) for name in ('query', 'key', 'value'))
@@ -88,12 +97,17 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """Dense to `mlp_dim`, GELU, Dense back: (B, T, embed) -> (B, T, embed).
+
+    Attributes: mlp_dim (hidden width), dtype, kernels (each op's implementation, dul_jax/ops).
+    """
     mlp_dim: int
     dtype: Dtype = jnp.float32
     kernels: Kernels = Kernels()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """(..., embed) -> (..., embed)."""
         embed = x.shape[-1]
         dot_general = dense_dot_general(self.kernels.matmul)
         h = nn.Dense(self.mlp_dim, dtype=self.dtype, name='fc', dot_general=dot_general,
@@ -114,6 +128,9 @@ class Block(nn.Module):
     LayerNorms lose their own scale and bias, and a Dense of silu(cond), initialised to zero,
     gives each sub-layer a shift, a scale and a gate: x + gate * f(ln(x) * (1 + scale) + shift).
     At initialisation every gate is 0, so the block is the identity.
+
+    Attributes: num_heads, mlp_dim, causal, dropout (rate on each sub-layer's output), dtype,
+    decode (see Attention), kernels (each op's implementation, dul_jax/ops).
     """
     num_heads: int
     mlp_dim: int
@@ -126,6 +143,8 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True,
                  cond: jax.Array | None = None) -> jax.Array:
+        """x: (B, T, embed); cond: (B, C) or None -> (B, T, embed). deterministic=False turns
+        dropout on (needs a `dropout` rng)."""
         conditioned = cond is not None
         if conditioned:
             mod = nn.Dense(6 * x.shape[-1], dtype=self.dtype, name='adaln',
@@ -161,6 +180,7 @@ class _ScannedBlock(Block):
     """Block with the (carry, output) signature that nn.scan wants."""
 
     def __call__(self, x, deterministic, cond):
+        """Block.__call__ as (carry, None)."""
         return super().__call__(x, deterministic, cond), None
 
 
@@ -171,6 +191,9 @@ class Stack(nn.Module):
     block's activations in the backward pass instead of storing them (memory for compute).
     `cond` (B, C), if given, conditions every block (adaLN-Zero, see Block); it is broadcast, not
     scanned, so all layers see the same vector.
+
+    Attributes: num_layers, num_heads, mlp_dim, causal, dropout, dtype, decode (as Block's),
+    remat (a key of REMAT_POLICIES), unroll (layers per scan iteration), kernels.
     """
     num_layers: int
     num_heads: int
@@ -186,6 +209,7 @@ class Stack(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = True,
                  cond: jax.Array | None = None) -> jax.Array:
+        """x: (B, T, embed); cond: (B, C) or None -> (B, T, embed)."""
         block_cls = _ScannedBlock
         if self.remat != 'none':
             block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))

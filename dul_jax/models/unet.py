@@ -21,7 +21,11 @@ ACTIVATION = ('batch', 'height', 'width', 'channels')
 
 class ResBlock(nn.Module):
     """x + conv(drop(act(gn(conv(act(gn(x))) + dense(emb))))), a 1x1 conv on the skip when the
-    width changes; the last conv starts at zero, so a new block starts as the identity."""
+    width changes; the last conv starts at zero, so a new block starts as the identity.
+
+    Attributes: features (output channels), groups (GroupNorm groups; divides the input and
+    output widths), dropout, dtype.
+    """
     features: int
     groups: int
     dropout: float = 0.0
@@ -29,6 +33,8 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, emb, deterministic=True):
+        """x: (B, H, W, C_in); emb: (B, E) conditioning vector -> (B, H, W, features).
+        deterministic=False turns dropout on (needs a `dropout` rng)."""
         h = conv(self.features, 'conv_0', dtype=self.dtype)(
             nn.silu(group_norm(self.groups, 'norm_0', self.dtype)(x)))
         h = h + nn.Dense(self.features, dtype=self.dtype, name='emb_proj',
@@ -45,7 +51,10 @@ class ResBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """x + attention(gn(x)) over the H*W positions (non-causal, shared Attention module)."""
+    """x + attention(gn(x)) over the H*W positions (non-causal, shared Attention module).
+
+    Attributes: num_heads and groups (both divide the channels), dtype, kernels.
+    """
     num_heads: int
     groups: int
     dtype: Any = jnp.float32
@@ -53,6 +62,7 @@ class AttnBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, c = x.shape
         tokens = group_norm(self.groups, 'norm', self.dtype)(x).reshape(b, h * w, c)
         tokens = nn.with_logical_constraint(tokens, ('batch', 'length', 'embed'))
@@ -67,6 +77,18 @@ class UNet(nn.Module):
     `channel_mults[i]` * `channels` is the width at resolution H / 2^i; `attn_resolutions` are the
     feature-map heights that get self-attention. With num_classes > 0 the label `num_classes`
     is the null class (classifier-free guidance).
+
+    Attributes:
+      channels: base width; the conditioning vector is 4 * channels wide.
+      channel_mults: width multipliers per resolution, top first.
+      num_res_blocks: residual blocks per resolution on the way down (one more on the way up).
+      attn_resolutions: feature-map heights with self-attention after each residual block (the
+        middle always has it).
+      num_heads, groups: attention heads and GroupNorm groups (divide every width).
+      num_classes: 0 for unconditional; else labels in [0, num_classes].
+      dropout: rate inside the residual blocks (when deterministic=False).
+      dtype: computation dtype (the output is float32 regardless).
+      kernels: each op's implementation (dul_jax/ops).
     """
     channels: int = 64
     channel_mults: tuple[int, ...] = (1, 2, 2)
@@ -81,6 +103,18 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, labels=None, deterministic=True):
+        """The network output at noisy images x_t.
+
+        Args:
+          x: (B, H, W, C) noisy images x_t.
+          t: (B,) diffusion steps (ints, or real-valued: they go through a sinusoid).
+          labels: (B,) ints in [0, num_classes] (num_classes = null class); None if
+            unconditional.
+          deterministic: False turns dropout on (needs a `dropout` rng).
+
+        Returns:
+          (B, H, W, C) float32, in the task's parameterisation (eps, v or x_0).
+        """
         chex.assert_rank(x, 4)
         chex.assert_shape(t, x.shape[:1])
         out_channels = x.shape[-1]

@@ -1,9 +1,9 @@
 """Multi-process (multi-host) start-up: one process per host, or per GPU, all running one program.
 
-`initialize(cfg)` must run before anything touches a device. On TPU VMs, SLURM and other clusters
-that JAX recognises, `distributed.enabled=True` is enough: JAX reads the coordinator, process count
-and id from the environment. Elsewhere give them in the config (or in JAX's own environment
-variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+`initialize(cfg.distributed)` must run before anything touches a device. On TPU VMs, SLURM and
+other clusters that JAX recognises, `distributed.enabled=True` is enough: JAX reads the
+coordinator, process count and id from the environment. Elsewhere give them in the config (or
+in JAX's own environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
 import os
@@ -14,6 +14,11 @@ from dul_jax.errors import UserError
 
 
 def initialize(dist_cfg) -> None:
+    """jax.distributed.initialize from the config's `distributed` block; a no-op unless enabled.
+
+    Config values win over the JAX_* environment variables; what neither gives, JAX detects.
+    Raises UserError (one sentence on what to set) if the processes cannot connect.
+    """
     if not dist_cfg.enabled:
         return
     kwargs = {}

@@ -79,6 +79,7 @@ def bytes_per_device(tree) -> int:
 
 
 def total_bytes(tree) -> int:
+    """Bytes of a tree of arrays in all: global shapes, summed over every device's shards."""
     return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 

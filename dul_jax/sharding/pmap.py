@@ -15,6 +15,7 @@ AXIS = 'batch'
 
 
 def pmap_devices() -> list[jax.Device]:
+    """The devices pmap maps over, in its order: this process's local devices."""
     return jax.local_devices()
 
 

@@ -13,6 +13,9 @@ from dul_jax.errors import UserError
 
 
 class Checkpointer:
+    """An orbax CheckpointManager on `directory`: the train state, and the grain iterator's
+    position where one is given. Keeps the newest `keep` steps; `async_save` writes in the
+    background (`wait` or `close` finishes the writes)."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(directory)
@@ -21,9 +24,13 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
+        """The newest step saved in the directory, or None if there is none."""
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+        """Save `state` (global arrays) and the iterator's position as `step`; collective, so
+        every process calls it. Returns whether a save was started (orbax's save policy may
+        skip a step unless `force`)."""
         items = {'state': ocp.args.StandardSave(state)}
         if data_iterator is not None:
             import grain  # only runs that read data through grain need it
@@ -51,6 +58,7 @@ class Checkpointer:
         return restored['state']
 
     def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
         self.manager.wait_until_finished()
 
     def close(self) -> None:

@@ -37,6 +37,7 @@ def _is_main() -> bool:
 
 
 def log(message: str) -> None:
+    """Print `message` above the progress bar, on process 0 only."""
     if _is_main():
         tqdm.tqdm.write(message)
 
@@ -109,6 +110,8 @@ class _Run:
         return state, start
 
     def train(self) -> dict[str, float]:
+        """Step from the latest checkpoint (or a fresh state) to train.steps; returns the final
+        eval metrics, or {} after a SIGTERM or preemption (with a checkpoint saved)."""
         setup, tc = self.setup, self.cfg.train
         state, step = self._restore_or_init()
         self.flops_per_step, flops_source = mfu.model_flops_per_step(setup, state, tc.batch_size)
@@ -234,6 +237,12 @@ def evaluate(setup: Setup, state, max_examples: int = 0) -> dict[str, float]:
 
 def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None = None,
                   seed: int | None = None) -> list[str]:
+    """Sample `num` (default sample.num) outputs from the eval params and save them as
+    WORKDIR/samples/step_NNNNNN.*; returns the paths ([] on processes other than 0).
+
+    Every process must call it (samples are global arrays, gathered by `to_host`). The key is
+    `seed` (default the run's) folded with `step`, so the same call gives the same samples.
+    """
     num = num or setup.cfg.sample.num
     rng = jax.random.fold_in(jax.random.key(setup.cfg.seed if seed is None else seed), step)
     with setup.context():
@@ -264,6 +273,8 @@ def load_run(cfg, workdir: str):
 
 
 def eval_command(cfg, workdir: str) -> dict[str, float]:
+    """`dul-jax eval`: the whole eval split and the configured evaluators on the latest
+    checkpoint; writes WORKDIR/eval_step_NNNNNN.json and returns the metrics."""
     setup, state = load_run(cfg, workdir)
     with setup.context():
         metrics = evaluate(setup, state, 0)
@@ -278,6 +289,7 @@ def eval_command(cfg, workdir: str) -> dict[str, float]:
 
 
 def sample_command(cfg, workdir: str, num: int, seed: int) -> list[str]:
+    """`dul-jax sample`: `num` samples from the latest checkpoint with `seed`; returns the paths."""
     setup, state = load_run(cfg, workdir)
     paths = write_samples(setup, state, workdir, int(state.step), num, seed)
     log('wrote ' + ', '.join(paths))

@@ -59,8 +59,8 @@ def model_flops_per_step(setup, state, batch_size: int) -> tuple[float | None, s
     """(training FLOPs of one global step or None, where the figure comes from): the task's
     analytic count where it has one, else XLA's cost analysis of the lowered (uncompiled,
     unpartitioned) step on abstract inputs, which costs a trace but no compile. XLA counts a
-    scanned loop body once, so for scanned stacks (`model.scan_unroll` < layers) that figure is
-    low."""
+    scanned loop body once, so for scanned stacks (`model.scan_unroll` neither 0 nor >= the
+    depth) that figure is low."""
     analytic = setup.task.flops_per_example(state.params)
     if analytic is not None:
         return analytic * batch_size, 'analytic'

@@ -36,6 +36,8 @@ def decay_mask(params):
 
 def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation,
                                                           optax.Schedule]:
+    """(the optax chain, its learning-rate schedule) from `config.optim`: global-norm clipping
+    (if clip_norm > 0), then AdamW with `decay_mask`, over `total_steps` steps."""
     schedule = learning_rate_schedule(optim_cfg, total_steps)
     parts = []
     if optim_cfg.clip_norm > 0:

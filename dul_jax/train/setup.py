@@ -25,6 +25,8 @@ from dul_jax.train.state import TrainState, create_state, make_eval_step, make_t
 
 @dataclasses.dataclass(frozen=True)
 class Setup:
+    """A validated run: config, data spec, task, mesh and axis rules, optimizer and schedule, and
+    the shardings of the train state and batch; built by `prepare`, which compiles nothing."""
     cfg: Any
     spec: data.DataSpec
     task: Any
@@ -55,9 +57,11 @@ class Setup:
 
     @property
     def process_batch_size(self) -> int:
+        """This process's rows of each global train batch: train.batch_size / processes."""
         return self.cfg.train.batch_size // jax.process_count()
 
     def dummy_batch(self, size: int = 1) -> dict:
+        """Zeros shaped like `size` examples of the data set (host numpy arrays)."""
         return dummy_batch(self.spec, size)
 
     def abstract_state(self) -> TrainState:
@@ -71,6 +75,7 @@ class Setup:
 
     @property
     def pmap(self) -> bool:
+        """True on the pmap path: parallelism='pmap' and not eager (--debug)."""
         return self.cfg.parallelism == 'pmap' and not self.eager
 
     def init_state(self, seed: int) -> TrainState:
@@ -114,6 +119,8 @@ class Setup:
         return mesh_lib.put_batch(batch, self.batch_sharding)
 
     def put_train_batch(self, batch: dict) -> dict:
+        """This process's host batch as the train step takes it: split per device on the pmap
+        path, else global arrays on the mesh."""
         return pmap_lib.split_batch(batch) if self.pmap else self.put_batch(batch)
 
 

@@ -10,6 +10,7 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
+    """Everything a step updates and a checkpoint holds; a pytree (flax struct)."""
     step: jax.Array        # int32 scalar: optimizer steps taken
     params: Any            # float32
     opt_state: Any
@@ -24,6 +25,8 @@ def step_rng(state: TrainState) -> jax.Array:
 
 def create_state(params, tx: optax.GradientTransformation, rng_seed_key: jax.Array,
                  ema_decay: float) -> TrainState:
+    """The state at step 0: `params`, tx's initial optimizer state, an EMA copy of the params if
+    ema_decay > 0, and the raw data of `rng_seed_key` (a typed key) as the run's key."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       ema_params=params if ema_decay > 0 else None,
                       rng=jax.random.key_data(rng_seed_key))

@@ -11,6 +11,7 @@ import jax
 
 
 class MetricWriter:
+    """Appends to WORKDIR/metrics.jsonl and writes WORKDIR/tensorboard/ (process 0 only)."""
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
@@ -24,6 +25,8 @@ class MetricWriter:
             self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        """One record {'step': step, **metrics}, flushed; non-finite values are written to the
+        JSON as strings ("nan", "inf") and to TensorBoard as they are."""
         if not self.enabled:
             return
         clean = {k: float(v) for k, v in metrics.items()}
@@ -35,6 +38,7 @@ class MetricWriter:
             self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        """Close both files (the writer is unusable after)."""
         if self.enabled:
             self._jsonl.close()
             self._tb.close()

@@ -77,5 +77,5 @@ def test_inspect_refuses_the_pmap_path_in_one_sentence(tfds_dir, capsys):
     assert cli.main(['inspect', '--config', DEMO, f'--config.data.tfds_dir={tfds_dir}',
                      '--config.parallelism=pmap']) == 2
     assert _error_lines(capsys.readouterr().err) == [
-        'error: dul-jax inspect reports the shardings of the jit path; pmap replicates '
-        'everything: run it with --config.parallelism=jit.']
+        ('error: dul-jax inspect reports the shardings of the jit path; pmap replicates '
+        'everything: run it with --config.parallelism=jit.')]

@@ -11,6 +11,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from dul_jax.ops import choice
+
 IMPLS = ('auto', 'reference', 'blocked', 'cudnn')
 CAUSAL_BLOCK = 128
 
@@ -19,15 +21,12 @@ def resolve(impl: str, dtype, length: int, backend: str | None = None) -> str:
     """The implementation `impl` names for these inputs: `auto` -> cudnn on a GPU for 16-bit
     inputs whose length is a multiple of 64 (cuDNN refuses some others, e.g. MAE's 13 visible
     tokens), else blocked on CPU and GPU, reference on other backends (TPU)."""
-    if impl not in IMPLS:
-        raise ValueError(f'attention impl must be one of {", ".join(IMPLS)}, got {impl!r}')
-    if impl != 'auto':
-        return impl
     backend = backend or jax.default_backend()
-    if backend == 'gpu':
+    if backend == 'gpu' and impl == 'auto':
         sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
         return 'cudnn' if sixteen_bit and length % 64 == 0 else 'blocked'
-    return 'blocked' if backend == 'cpu' else 'reference'
+    return choice.resolve('attention', IMPLS, {'cpu': 'blocked', None: 'reference'}, impl,
+                          backend)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,

@@ -10,17 +10,16 @@ import jax
 import jax.numpy as jnp
 
 from dul_jax.losses import likelihood
+from dul_jax.ops import choice
 
 IMPLS = ('auto', 'reference', 'fused')
 
 
+AUTO = {'cpu': 'reference', None: 'fused'}  # autodiff's gradient ran faster on the CPU
+
+
 def resolve(impl: str, backend: str | None = None) -> str:
-    """`auto` -> fused, except on CPU (autodiff's gradient ran faster there)."""
-    if impl not in IMPLS:
-        raise ValueError(f'cross_entropy impl must be one of {", ".join(IMPLS)}, got {impl!r}')
-    if impl != 'auto':
-        return impl
-    return 'reference' if (backend or jax.default_backend()) == 'cpu' else 'fused'
+    return choice.resolve('cross_entropy', IMPLS, AUTO, impl, backend)
 
 
 def categorical_nll(logits: jax.Array, targets: jax.Array, impl: str = 'auto') -> jax.Array:

@@ -10,18 +10,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dul_jax.ops import choice
+
 IMPLS = ('auto', 'reference', 'recomputed')
 
 # nn.gelu's tanh approximation: 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
 _C = math.sqrt(2.0 / math.pi)
 
 
+AUTO = {None: 'recomputed'}
+
+
 def resolve(impl: str, backend: str | None = None) -> str:
-    """`auto` -> recomputed on every backend."""
-    del backend
-    if impl not in IMPLS:
-        raise ValueError(f'gelu impl must be one of {", ".join(IMPLS)}, got {impl!r}')
-    return 'recomputed' if impl == 'auto' else impl
+    return choice.resolve('gelu', IMPLS, AUTO, impl, backend)
 
 
 def gelu(x: jax.Array, impl: str = 'auto') -> jax.Array:

@@ -13,16 +13,16 @@ import math
 import jax
 import jax.numpy as jnp
 
+from dul_jax.ops import choice
+
 IMPLS = ('auto', 'reference', 'transposed_backward')
 
 
+AUTO = {'cpu': 'transposed_backward', None: 'reference'}
+
+
 def resolve(impl: str, backend: str | None = None) -> str:
-    """`auto` -> transposed_backward on CPU, reference elsewhere."""
-    if impl not in IMPLS:
-        raise ValueError(f'matmul impl must be one of {", ".join(IMPLS)}, got {impl!r}')
-    if impl != 'auto':
-        return impl
-    return 'transposed_backward' if (backend or jax.default_backend()) == 'cpu' else 'reference'
+    return choice.resolve('matmul', IMPLS, AUTO, impl, backend)
 
 
 def matmul(x: jax.Array, w: jax.Array, axes: int = 1, impl: str = 'auto',

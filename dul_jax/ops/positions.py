@@ -9,17 +9,17 @@ transposes; a matrix product has no such preference (and, unlike a scatter-add, 
 import jax
 import jax.numpy as jnp
 
+from dul_jax.ops import choice
+
 IMPLS = ('auto', 'reference', 'ones_matmul')
 
 
+# The CPU has no such layout problem, and the reduction ran faster there than the product.
+AUTO = {'cpu': 'reference', None: 'ones_matmul'}
+
+
 def resolve(impl: str, backend: str | None = None) -> str:
-    """`auto` -> ones_matmul, except on CPU (no such layout problem; the product ran slower there
-    than the reduction)."""
-    if impl not in IMPLS:
-        raise ValueError(f'positions impl must be one of {", ".join(IMPLS)}, got {impl!r}')
-    if impl != 'auto':
-        return impl
-    return 'reference' if (backend or jax.default_backend()) == 'cpu' else 'ones_matmul'
+    return choice.resolve('positions', IMPLS, AUTO, impl, backend)
 
 
 def add_positions(x: jax.Array, table: jax.Array, impl: str = 'auto') -> jax.Array:

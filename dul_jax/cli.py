@@ -20,7 +20,15 @@ from dul_jax.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='dul-jax', description=__doc__.split('\n\n')[0])
+    p = argparse.ArgumentParser(
+        prog='dul-jax', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='Config values are set after the command as --config.KEY=VALUE, e.g.\n'
+               '  dul-jax train --config experiments/configs/demo.py --workdir runs/demo \\\n'
+               '      --config.train.steps=2000 --config.model.dropout=0.1 '
+               '--config.mesh.fsdp=-1\n'
+               'VALUE is parsed as the type of the key\'s default; see `dul-jax COMMAND -h`.')
+    p.add_argument('--version', action='version', version=f'dul-jax {_version()}')
     sub = p.add_subparsers(dest='command', required=True)
     train = sub.add_parser('train', help='train a model (resumes if WORKDIR has checkpoints)')
     train.add_argument('--config', required=True, help='a config file with get_config()')
@@ -48,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument('--no-report', action='store_true',
                        help='skip the fits, plots and report.md when the sweep is complete')
     return p
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version('dul_jax')
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return 'unknown (not installed)'
 
 
 def _sweep(args) -> None:

@@ -139,8 +139,8 @@ def set_value(cfg: ml_collections.ConfigDict, key: str, value) -> None:
     elif isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
         value = type(current)(value)
     if current is not None and type(value) is not type(current):
-        raise UserError(f'config key "{key}" holds a {type(current).__name__} (e.g. '
-                        f'{current!r}), not {value!r}.')
+        raise UserError(f'config key "{key}" holds {type(current).__name__} values like '
+                        f'{current!r}, not {value!r}.')
     node[leaf] = value
 
 
@@ -222,3 +222,9 @@ def validate_common(cfg) -> None:
           f'optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}.')
     check(cfg.optim.lr > 0, f'optim.lr must be positive, got {cfg.optim.lr}.')
     check(cfg.eval.batch_size > 0, f'eval.batch_size must be positive, got {cfg.eval.batch_size}.')
+    check(cfg.eval.max_examples >= 0, 'eval.max_examples must be >= 0 (0: the whole split), got '
+                                      f'{cfg.eval.max_examples}.')
+    check(cfg.sample.num > 0, f'sample.num must be positive, got {cfg.sample.num}; the run '
+                              'writes samples at its end.')
+    check(t.keep_checkpoints >= 1, f'train.keep_checkpoints must be at least 1, got '
+                                   f'{t.keep_checkpoints}; it is how many checkpoints to keep.')

@@ -39,6 +39,12 @@ def test_bad_input_is_one_sentence_and_status_2(extra, fragment, tmp_path, tfds_
     assert not os.path.exists(tmp_path / 'w' / 'checkpoints')  # nothing ran
 
 
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(['--version'])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith('dul-jax 0.')
+
+
 def test_real_command_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO,
                            '--workdir', str(tmp_path), '--config.optim.lrr=1'],
@@ -58,6 +64,8 @@ def test_train_eval_sample_and_debug(tmp_path, tfds_dir, capsys):
     out = capsys.readouterr()
     assert 'no accelerator found: running on the CPU' in out.err
     assert 'samples:' in out.out
+    # stderr is no terminal here: plain progress lines, no carriage-return bar
+    assert '\r' not in out.err and 'step 3/3: loss ' in out.out
     assert cli.main(['eval', '--workdir', workdir]) == 0
     assert os.path.isfile(os.path.join(workdir, 'eval_step_000003.json'))
     assert cli.main(['sample', '--workdir', workdir, '--num', '10', '--seed', '3']) == 0

@@ -40,15 +40,31 @@ def test_missing_config_file():
 
 
 @pytest.mark.parametrize('key, value, fragment', [
-    ('steps', 0, 'train.steps must be positive'),
-    ('batch_size', -4, 'train.batch_size must be positive'),
-    ('eval_every', -1, 'train.eval_every must be >= 0'),
+    ('train.steps', 0, 'train.steps must be positive'),
+    ('train.batch_size', -4, 'train.batch_size must be positive'),
+    ('train.eval_every', -1, 'train.eval_every must be >= 0'),
+    # these crashed after the whole run, or deleted every checkpoint
+    ('sample.num', 0, 'sample.num must be positive'),
+    ('eval.max_examples', -1, 'eval.max_examples must be >= 0'),
+    ('train.keep_checkpoints', 0, 'train.keep_checkpoints must be at least 1'),
 ])
 def test_validate_common(key, value, fragment):
     cfg = config_lib.load_config(DEMO)
-    cfg.train[key] = value
+    config_lib.set_value(cfg, key, value)
     with pytest.raises(UserError, match=fragment):
         config_lib.validate_common(cfg)
+
+
+def test_set_value_takes_the_entrys_type_or_refuses():
+    cfg = config_lib.load_config(DEMO)
+    config_lib.set_value(cfg, 'optim.lr', 1)           # an int where a float is
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    config_lib.set_value(cfg, 'mesh.rules', [('embed', None)])
+    assert cfg.mesh.rules == (('embed', None),)
+    with pytest.raises(UserError, match='"train.steps" holds int values like'):
+        config_lib.set_value(cfg, 'train.steps', '7')
+    with pytest.raises(UserError, match='unknown config key "optim.lrr"'):
+        config_lib.set_value(cfg, 'optim.lrr', 1.0)
 
 
 def test_config_json_round_trip():

@@ -111,6 +111,22 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
         np.testing.assert_array_equal(x, y)
 
 
+def test_ctrl_c_saves_a_checkpoint_and_exits_0(tmp_path, tfds_dir):
+    workdir = str(tmp_path / 'interrupted')
+    proc = _cli(['train', '--config', DEMO, '--workdir', workdir, '--config.train.steps=100000',
+                 *('--config.' + o for o in tiny_overrides(tfds_dir))])
+    deadline = time.time() + 240
+    while time.time() < deadline and not (os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
+                                          and read_metrics(workdir)):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert 'SIGINT: saved a checkpoint' in out
+    _, stopped_at = final_params(workdir, tiny_overrides(tfds_dir))
+    assert 5 <= stopped_at < 100000
+
+
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, tfds_dir):
     workdir = str(tmp_path / 'nan')
     cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{

@@ -1,7 +1,8 @@
 """The training loop, evaluation and sampling of one run in one workdir.
 
 WORKDIR/ holds config.json, metrics.jsonl, tensorboard/, checkpoints/ (orbax) and samples/.
-Running `train` again on the same workdir resumes from the latest checkpoint. SIGTERM saves a
+Running `train` again on the same workdir resumes from the latest checkpoint. SIGTERM or SIGINT
+(Ctrl-C) saves a
 checkpoint and returns; a non-finite loss stops the run before any bad state is checkpointed.
 """
 
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -42,28 +44,31 @@ def log(message: str) -> None:
         tqdm.tqdm.write(message)
 
 
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop polls, so the current step finishes and is saved.
+class _StopSignals:
+    """Turns SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) into a flag the loop polls,
+    so the current step finishes and is saved; `name` is the signal's.
 
     Only in a single-process run: with several processes JAX's preemption sync manager owns
     SIGTERM, and orbax's `reached_preemption(step)` makes every process stop at the same step.
     """
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.raised = False
+        self.name = None
         self._active = jax.process_count() == 1
 
     def __enter__(self):
         if self._active:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.raised = True
+        self.name = signal.Signals(signum).name
 
     def __exit__(self, *exc):
         if self._active:
-            signal.signal(signal.SIGTERM, self._previous)
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
 
 
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
@@ -121,10 +126,12 @@ class _Run:
             + (f'{self.flops_per_step:.3g} FLOPs/step ({flops_source})' if self.flops_per_step
                else f'FLOPs/step {flops_source}, so no MFU'))
         step_fn = setup.train_step(jit=not self.debug)
-        progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not _is_main(), unit='step',
+        # a bar only on a terminal; elsewhere (logs of batch jobs) a plain line per log interval
+        self.bar = _is_main() and sys.stderr.isatty()
+        progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not self.bar, unit='step',
                              dynamic_ncols=True, mininterval=1.0)
         self.clock = (time.perf_counter(), 0)  # start of the current log interval, steps in it
-        with contextlib.closing(progress), setup.context(), _SigtermFlag() as sigterm:
+        with contextlib.closing(progress), setup.context(), _StopSignals() as signals:
             while step < tc.steps:
                 state, metrics = step_fn(state, setup.put_train_batch(next(self.data_iter)))
                 step += 1
@@ -133,7 +140,8 @@ class _Run:
                 progress.update(1)
                 if self.compile_s is None:
                     self._time_first_step(state)
-                stopping = sigterm.raised or self.ckpt.reached_preemption(step)
+                preempted = self.ckpt.reached_preemption(step)
+                stopping = signals.name is not None or preempted
                 if step % tc.log_every == 0 or step == tc.steps or stopping:
                     progress.set_postfix(self._log_interval(step))
                 if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
@@ -146,8 +154,8 @@ class _Run:
                     self._save(step, state)
                 if stopping:
                     self.ckpt.wait()
-                    log(f'SIGTERM: saved a checkpoint at step {step} in {self.ckpt.directory}; '
-                        'rerun the same command to resume.')
+                    log(f'{signals.name or "SIGTERM"}: saved a checkpoint at step {step} in '
+                        f'{self.ckpt.directory}; rerun the same command to resume.')
                     return {}
             state = setup.from_step_form(state)
             final = evaluate(setup, state, self.cfg.eval.max_examples)
@@ -204,6 +212,9 @@ class _Run:
         postfix = {'loss': f'{row["loss"]:.4f}', 'tok_s': f'{row.get("tokens_per_s", 0):,.0f}'}
         if 'mfu' in row:
             postfix['mfu'] = f'{row["mfu"]:.1%}'
+        if not self.bar:
+            log(f'step {step}/{self.cfg.train.steps}: ' +
+                ', '.join(f'{k} {v}' for k, v in postfix.items()))
         return postfix
 
     def _save(self, step: int, state) -> None:

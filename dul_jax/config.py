@@ -200,6 +200,26 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(text))
 
 
+def flatten(cfg) -> dict[str, object]:
+    """{'a.b.c': value} for every leaf of a ConfigDict (or nested dict)."""
+    items = cfg.items() if hasattr(cfg, 'items') else ()
+    flat = {}
+    for key, value in items:
+        if hasattr(value, 'items'):
+            flat.update({f'{key}.{k}': v for k, v in flatten(value).items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def differences(old, new) -> list[str]:
+    """'key old -> new' for every dotted key whose value differs between two configs (JSON
+    round-tripped, so tuples and lists compare equal)."""
+    a, b = (flatten(json.loads(to_json(c))) for c in (old, new))
+    return [f'{k} {a.get(k, "(absent)")!r} -> {b.get(k, "(absent)")!r}'
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
 def check(condition: bool, message: str) -> None:
     """Raise UserError(message) unless condition: the one-line validation helper."""
     if not condition:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dul_jax import config as config_lib
+from dul_jax.errors import UserError
 from dul_jax.train import loop
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
@@ -125,6 +126,36 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_0(tmp_path, tfds_dir):
     assert 'SIGINT: saved a checkpoint' in out
     _, stopped_at = final_params(workdir, tiny_overrides(tfds_dir))
     assert 5 <= stopped_at < 100000
+
+
+def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_rows(tmp_path,
+                                                                                  tfds_dir):
+    workdir = str(tmp_path / 'run')
+    first = tiny_overrides(tfds_dir, **{'train.steps': 10, 'train.log_every': 2})
+    loop.train(config_lib.load_config(DEMO, first), workdir)
+    with open(os.path.join(workdir, 'config.json')) as f:
+        saved = f.read()
+    # another width: refused in one sentence naming the key, and nothing in the workdir changes
+    wider = config_lib.load_config(DEMO, first + ['model.embed_dim=64', 'train.steps=12'])
+    with pytest.raises(UserError, match=r'differs from the one it was saved with '
+                                        r'\(model\.embed_dim 32 -> 64; train\.steps 10 -> 12\)'):
+        loop.train(wider, workdir)
+    with open(os.path.join(workdir, 'config.json')) as f:
+        assert f.read() == saved
+    # a crash after logging step 12 but before its checkpoint, then a resume with another lr
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps({'step': 12, 'loss': 9.0}) + '\n')
+    loop.train(config_lib.load_config(DEMO, first + ['train.steps=14', 'optim.lr=0.002']),
+               workdir)
+    steps = [r['step'] for r in read_metrics(workdir) if 'loss' in r and 'eval/loss' not in r]
+    assert steps == [2, 4, 6, 8, 10, 12, 14]
+    assert 9.0 not in [r.get('loss') for r in read_metrics(workdir)]
+    history = os.listdir(os.path.join(workdir, 'config_history'))
+    assert history == ['config_until_step_000010.json']
+    with open(os.path.join(workdir, 'config_history', history[0])) as f:
+        assert f.read() == saved
+    with open(os.path.join(workdir, 'config.json')) as f:
+        assert json.load(f)['optim']['lr'] == 0.002
 
 
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, tfds_dir):

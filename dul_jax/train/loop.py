@@ -80,10 +80,6 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     setup = prepare(cfg, eager=debug)
     if debug:
         log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
-    if _is_main():
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(config_lib.to_json(cfg))
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
     with contextlib.closing(MetricWriter(workdir)) as writer, \
             contextlib.closing(Checkpointer(os.path.join(workdir, 'checkpoints'),
@@ -108,11 +104,47 @@ class _Run:
     def _restore_or_init(self):
         start = self.ckpt.latest_step()
         if start is None:
-            return self.setup.init_state(self.cfg.seed), 0
-        state = self.ckpt.restore(self.setup.abstract_state(), self.data_iter, start)
-        self.last_good = start
-        log(f'resumed from {self.ckpt.directory}/{start}')
+            state, start = self.setup.init_state(self.cfg.seed), 0
+        else:
+            try:
+                state = self.ckpt.restore(self.setup.abstract_state(), self.data_iter, start)
+            except UserError:
+                changed = self._changed_settings()
+                if not changed:
+                    raise
+                raise UserError(f'checkpoint {self.ckpt.directory}/{start} could not be restored, '
+                                'and this config differs from the one it was saved with '
+                                f'({"; ".join(changed)}); resume with those values, or train in '
+                                'another --workdir.') from None
+            self.last_good = start
+            self.writer.drop_after(start)
+            log(f'resumed from {self.ckpt.directory}/{start}')
+        self._record_config(start)
         return state, start
+
+    def _changed_settings(self) -> list[str]:
+        """How this config differs from the workdir's config.json (none if there is none)."""
+        path = os.path.join(self.workdir, 'config.json')
+        if not os.path.isfile(path):
+            return []
+        with open(path) as f:
+            return config_lib.differences(config_lib.from_json(f.read()), self.cfg)
+
+    def _record_config(self, start: int) -> None:
+        """Write config.json only now that the state is restored (or fresh); a config that
+        differs from the one before is said, and the one before kept in config_history/."""
+        if not _is_main():
+            return
+        path = os.path.join(self.workdir, 'config.json')
+        changed = self._changed_settings()
+        if changed:
+            log(f'resuming at step {start} with changed settings: {"; ".join(changed)}')
+            history = os.path.join(self.workdir, 'config_history')
+            os.makedirs(history, exist_ok=True)
+            os.replace(path, os.path.join(history, f'config_until_step_{start:06d}.json'))
+        with open(path + '.tmp', 'w') as f:
+            f.write(config_lib.to_json(self.cfg))
+        os.replace(path + '.tmp', path)
 
     def train(self) -> dict[str, float]:
         """Step from the latest checkpoint (or a fresh state) to train.steps; returns the final

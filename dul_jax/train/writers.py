@@ -24,6 +24,20 @@ class MetricWriter:
             from tensorboardX import SummaryWriter  # imported late: only process 0 needs it
             self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
 
+    def drop_after(self, step: int) -> None:
+        """Forget the records past `step` (a resumed run repeats the steps after its checkpoint),
+        rewriting metrics.jsonl atomically."""
+        if not self.enabled:
+            return
+        path = self._jsonl.name
+        self._jsonl.close()
+        with open(path, encoding='utf-8') as f:
+            kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+        with open(path + '.tmp', 'w', encoding='utf-8') as f:
+            f.writelines(kept)
+        os.replace(path + '.tmp', path)
+        self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
+
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """One record {'step': step, **metrics}, flushed; non-finite values are written to the
         JSON as strings ("nan", "inf") and to TensorBoard as they are."""

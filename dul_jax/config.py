@@ -104,11 +104,19 @@ def call_file_function(path: str, function: str, kind: str, example: str, return
                         f'e.g. {example}.')
     spec = importlib.util.spec_from_file_location(f'_dul_jax_{kind}', path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UserError(f'{kind} file {path} has a syntax error at line {e.lineno}: '
+                        f'{e.msg}.') from None
     if not hasattr(module, function):
         raise UserError(f'{kind} file {path} defines no {function}(); add one returning '
                         f'{returns}.')
-    return getattr(module, function)()
+    value = getattr(module, function)()
+    if value is None:
+        raise UserError(f'{function}() in {kind} file {path} returned nothing; make it return '
+                        f'{returns}.')
+    return value
 
 
 def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:

@@ -91,3 +91,14 @@ def test_mesh_shape_fills_minus_one(sizes, devices, expected):
 def test_bad_mesh_shapes(sizes, fragment):
     with pytest.raises(UserError, match=fragment):
         mesh_shape(sizes, 8)
+
+
+@pytest.mark.parametrize('text, fragment', [
+    ('def get_config(:\n    pass\n', 'has a syntax error at line 1'),
+    ('def get_config():\n    c = 1\n', 'returned nothing'),
+])
+def test_broken_config_files_are_one_sentence(tmp_path, text, fragment):
+    path = tmp_path / 'broken.py'
+    path.write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        config_lib.load_config(str(path))

@@ -158,6 +158,29 @@ def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_row
         assert json.load(f)['optim']['lr'] == 0.002
 
 
+def test_one_trainer_per_workdir_and_a_killed_one_leaves_no_lock(tmp_path, tfds_dir):
+    workdir = str(tmp_path / 'run')
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time\n'
+        'from dul_jax.train.workdir_lock import exclusive\n'
+        'with exclusive(sys.argv[1]):\n'
+        '    print("locked", flush=True)\n'
+        '    time.sleep(600)\n'), workdir], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'locked'
+    cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.steps': 2}))
+    with pytest.raises(UserError, match=rf'another trainer \(pid {holder.pid} on .*\) is running'):
+        loop.train(cfg, workdir)
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
+    holder.kill()                  # SIGKILL: no clean-up ran, and the kernel dropped the lock
+    holder.wait()
+    loop.train(cfg, workdir)
+    assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
+    afile = tmp_path / 'a_file'
+    afile.write_text('')
+    with pytest.raises(UserError, match='is a file, not a folder'):
+        loop.train(cfg, str(afile))
+
+
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, tfds_dir):
     workdir = str(tmp_path / 'nan')
     cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{

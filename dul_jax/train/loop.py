@@ -23,7 +23,7 @@ from dul_jax import data, evaluators
 from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
 from dul_jax.sharding.mesh import to_host
-from dul_jax.train import mfu
+from dul_jax.train import mfu, workdir_lock
 from dul_jax.train.checkpoint import Checkpointer, restore_state
 from dul_jax.train.setup import Setup, prepare
 from dul_jax.train.state import eval_params
@@ -81,7 +81,8 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     if debug:
         log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
-    with contextlib.closing(MetricWriter(workdir)) as writer, \
+    with workdir_lock.exclusive(workdir, enabled=_is_main()), \
+            contextlib.closing(MetricWriter(workdir)) as writer, \
             contextlib.closing(Checkpointer(os.path.join(workdir, 'checkpoints'),
                                             keep=cfg.train.keep_checkpoints)) as ckpt:
         return _Run(setup, workdir, writer, ckpt, debug).train()

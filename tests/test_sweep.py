@@ -111,3 +111,11 @@ def test_edited_sweep_and_bad_shard_are_refused(sweep_file, tmp_path, train_call
         sweep.run_one(base, edited, workdir)
     with pytest.raises(UserError, match='unknown config key'):
         sweep.run_config(base, sweep.SweepRun('bad', {'model.width': 3}))
+    with pytest.raises(UserError, match='unknown config key "modle"'):
+        sweep.run_config(base, sweep.SweepRun('bad', {'modle.embed_dim': 3}))
+    # a typo in the last run stops the sweep before its first run, not after the others
+    broken = tmp_path / 'broken_sweep.py'
+    with open(sweep_file) as f:
+        broken.write_text(f.read().replace("'train.steps': 9", "'train.steps': '9'"))
+    with pytest.raises(UserError, match='holds int values'):
+        sweep.load_sweep(str(broken))

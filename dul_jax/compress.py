@@ -25,9 +25,11 @@ constriction's range coder turns into bits.
 
 File format (integers big-endian): magic b'DULZ', version u8, kind u8 (1 images, 2 bytes),
 levels u16, precision u8, ndim u8, shape (ndim x u64), sha256 of the model (config + params),
-sha256 of the original data, payload length in 32-bit words (u64), then the payload (little-endian
-uint32 words). Outputs are written to a temporary file and renamed only after success, and
-decompression checks the original's sha256 before writing anything.
+sha256 of the original data, the checkpoint step coded with (u64; decompression restores that
+step, so a file stays decodable after the run trains further), payload length in 32-bit words
+(u64), then the payload (little-endian uint32 words). Outputs are written to a temporary file
+and renamed only after success, and decompression checks the original's sha256 before writing
+anything.
 """
 
 import dataclasses
@@ -47,12 +49,12 @@ import numpy as np
 from dul_jax.errors import UserError
 
 MAGIC = b'DULZ'
-VERSION = 2                      # 2: PixelCNNs coded from cached activations
+VERSION = 3                      # 2: PixelCNNs from cached activations; 3: checkpoint step
 PRECISION = 24                   # frequency resolution: 2^24, constriction's default for queues
 KINDS = {'image': 1, 'text': 2}
 LAG = 16                         # positions the encoder lets the device run ahead of the coder
 _FIXED = struct.Struct('>4sBBHBB')   # magic, version, kind, levels, precision, ndim
-_TAIL = struct.Struct('>32s32sQ')    # model sha256, data sha256, payload words
+_TAIL = struct.Struct('>32s32sQQ')   # model sha256, data sha256, checkpoint step, payload words
 
 
 # ---- probabilities -> frequencies -----------------------------------------------------------
@@ -94,6 +96,7 @@ class Codec:
     spec: object           # the run's DataSpec
     fingerprint: bytes     # sha256 of the model config and parameters
     stepper: PositionDecoder
+    step: int = 0          # the checkpoint step of the parameters (0: not from a checkpoint)
 
     @property
     def levels(self) -> int:
@@ -113,20 +116,30 @@ def model_fingerprint(cfg, params) -> bytes:
     return h.digest()
 
 
-def load_codec(cfg, workdir: str, ema: bool = True) -> Codec:
-    """The coder of the run in `workdir`: its latest checkpoint on one device, with the EMA
-    params where the run keeps them (ema=False: the raw params, e.g. of a run too short for the
-    EMA to have warmed up)."""
-    from dul_jax.train.checkpoint import restore_state
+def load_codec(cfg, workdir: str, ema: bool = True, step: int | None = None) -> Codec:
+    """The coder of the run in `workdir`: its checkpoint at `step` (default: the latest) on one
+    device, with the EMA params where the run keeps them (ema=False: the raw params, e.g. of a
+    run too short for the EMA to have warmed up)."""
+    from dul_jax.train.checkpoint import Checkpointer, restore_state
     from dul_jax.train.setup import prepare
     from dul_jax.train.state import eval_params
     cfg = cfg.copy_and_resolve_references()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
     cfg.train.batch_size = cfg.eval.batch_size = 1   # any size divides one device
     setup = prepare(cfg, devices=jax.devices()[:1])
-    state = restore_state(os.path.join(workdir, 'checkpoints'), setup.abstract_state())
+    directory = os.path.join(workdir, 'checkpoints')
+    if step is not None:
+        ckpt = Checkpointer(directory, async_save=False)
+        kept = ckpt.all_steps()
+        ckpt.close()
+        if step not in kept:
+            raise UserError(f'the file was coded with checkpoint step {step} of {workdir}, which '
+                            f'is no longer kept (kept: {sorted(kept)}); decode it with a copy of '
+                            'that checkpoint.')
+    state = restore_state(directory, setup.abstract_state(), step=step)
     params = eval_params(state) if ema else state.params
-    return make_codec(cfg, setup.task, jax.device_get(params), workdir)
+    codec = make_codec(cfg, setup.task, jax.device_get(params), workdir)
+    return dataclasses.replace(codec, step=int(state.step))
 
 
 def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
@@ -261,11 +274,12 @@ def _write_atomically(path: str, payload: bytes) -> None:
 def _header(codec: Codec, shape: tuple[int, ...], digest: bytes, words: int) -> bytes:
     fixed = _FIXED.pack(MAGIC, VERSION, KINDS[codec.kind], codec.levels, PRECISION, len(shape))
     return (fixed + struct.pack(f'>{len(shape)}Q', *shape)
-            + _TAIL.pack(codec.fingerprint, digest, words))
+            + _TAIL.pack(codec.fingerprint, digest, codec.step, words))
 
 
-def _parse(blob: bytes, path: str, codec: Codec):
-    """(shape, data sha256, payload words) from a compressed file, or one UserError sentence."""
+def _header_fields(blob: bytes, path: str):
+    """(kind, levels, precision, shape, model sha256, data sha256, step, payload words, header
+    length) of a compressed file's header, or one UserError sentence."""
     if len(blob) < _FIXED.size or blob[:4] != MAGIC:
         raise UserError(f'{path} is not a file written by `dul-jax compress`; pass one that is.')
     _, version, kind, levels, precision, ndim = _FIXED.unpack_from(blob)
@@ -276,7 +290,22 @@ def _parse(blob: bytes, path: str, codec: Codec):
     if len(blob) < end:
         raise UserError(f'{path} is truncated (its header is incomplete); use the complete file.')
     shape = struct.unpack_from(f'>{ndim}Q', blob, _FIXED.size)
-    model, digest, num_words = _TAIL.unpack_from(blob, _FIXED.size + 8 * ndim)
+    return (kind, levels, precision, shape,
+            *_TAIL.unpack_from(blob, _FIXED.size + 8 * ndim), end)
+
+
+def checkpoint_step(path: str) -> int:
+    """The checkpoint step the compressed file at `path` was coded with."""
+    if not os.path.isfile(path):
+        raise UserError(f'--input {path} does not exist; pass an existing file.')
+    with open(path, 'rb') as f:
+        head = f.read(4096)   # the header is at most 8 + 8 * 255 + 80 bytes
+    return _header_fields(head, path)[6]
+
+
+def _parse(blob: bytes, path: str, codec: Codec):
+    """(shape, data sha256, payload words) from a compressed file, or one UserError sentence."""
+    kind, levels, precision, shape, model, digest, _, num_words, end = _header_fields(blob, path)
     if model != codec.fingerprint or kind != KINDS[codec.kind] or levels != codec.levels \
             or precision != PRECISION:
         raise UserError(f'{path} was compressed with a different model or checkpoint than the '
@@ -345,7 +374,8 @@ def command(name: str, cfg, workdir: str, input_path: str, output_path: str) -> 
     """`dul-jax compress` / `decompress`: code one file and print one line about it."""
     if os.path.abspath(input_path) == os.path.abspath(output_path):
         raise UserError('--input and --output are the same file; write the output elsewhere.')
-    codec = load_codec(cfg, workdir)
+    step = checkpoint_step(input_path) if name == 'decompress' else None
+    codec = load_codec(cfg, workdir, step=step)
     if name == 'compress':
         r = compress_file(codec, input_path, output_path)
         total = r['header_bytes'] + r['payload_bytes']

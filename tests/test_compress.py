@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from dul_jax import config as config_lib
 from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
 from dul_jax.tasks import make_task
-from dul_jax.train.checkpoint import Checkpointer
+from dul_jax.train.checkpoint import Checkpointer, restore_state
 from dul_jax.train.setup import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,3 +197,30 @@ def test_command_line(image_run, test_images, tmp_path, capsys):
     assert cli.main(['decompress', '--workdir', workdir, '--input', original,
                      '--output', str(tmp_path / 'z')]) == 2
     assert 'not a file written by' in capsys.readouterr().err
+
+
+def test_a_file_decodes_with_its_own_checkpoint_after_the_run_trains_on(image_run, test_images,
+                                                                        tmp_path, capsys):
+    source, cfg, _ = image_run
+    workdir = str(tmp_path / 'run')
+    shutil.copytree(source, workdir)
+    original = _save(tmp_path / 'x.npy', test_images[:3])
+    packed, restored = str(tmp_path / 'x.dulz'), str(tmp_path / 'y.npy')
+    assert cli.main(['compress', '--workdir', workdir, '--input', original,
+                     '--output', packed]) == 0
+    assert compress_lib.checkpoint_step(packed) == 20
+    # the run trains on: a newer checkpoint with other parameters
+    setup = prepare(cfg)
+    state = restore_state(os.path.join(workdir, 'checkpoints'), setup.abstract_state())
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+    ckpt.save(21, state.replace(params=jax.tree.map(lambda x: x * 1.01, state.params)),
+              force=True)
+    ckpt.close()
+    assert cli.main(['decompress', '--workdir', workdir, '--input', packed,
+                     '--output', restored]) == 0
+    np.testing.assert_array_equal(np.load(restored), test_images[:3])
+    shutil.rmtree(os.path.join(workdir, 'checkpoints', '20'))
+    capsys.readouterr()
+    assert cli.main(['decompress', '--workdir', workdir, '--input', packed,
+                     '--output', str(tmp_path / 'z.npy')]) == 2
+    assert 'checkpoint step 20' in capsys.readouterr().err

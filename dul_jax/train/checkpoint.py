@@ -27,6 +27,10 @@ class Checkpointer:
         """The newest step saved in the directory, or None if there is none."""
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Every step saved in the directory, oldest first."""
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
         """Save `state` (global arrays) and the iterator's position as `step`; collective, so
         every process calls it. Returns whether a save was started (orbax's save policy may

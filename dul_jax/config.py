@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000
     c.train.batch_size = 32                     # global, over all devices and processes
+    c.train.grad_accum = 1                      # microbatches per step (the same update)
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.ckpt_every = 500

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from dul_jax.errors import UserError
 from dul_jax.train import loop
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
+from dul_jax.train.state import accumulated_grads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
@@ -179,6 +181,28 @@ def test_one_trainer_per_workdir_and_a_killed_one_leaves_no_lock(tmp_path, tfds_
     afile.write_text('')
     with pytest.raises(UserError, match='is a file, not a folder'):
         loop.train(cfg, str(afile))
+
+
+def test_gradient_accumulation_is_the_large_batch_update(tfds_dir):
+    """A batch of 16 in 2 microbatches of 8 (per device: 2 rows, 1 per microbatch, on 8
+    devices) gives the whole batch's gradient, and the train step the same loss and norm."""
+    batch = {'image': np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), np.uint8),
+             'label': np.arange(16, dtype=np.int32) % 10}
+    out = {}
+    for accum in (1, 2):
+        cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.grad_accum': accum}))
+        setup = prepare(cfg)
+        with setup.context():
+            state = setup.init_state(0)
+            grads = jax.jit(lambda p, b, loss=setup.task.loss, a=accum: accumulated_grads(
+                loss, p, b, jax.random.key(1), a)[1])(state.params, batch)
+            _, metrics = setup.train_step()(state, setup.put_batch(batch))
+        out[accum] = jax.device_get((grads, metrics['loss'], metrics['grad_norm']))
+    chex.assert_trees_all_close(out[2][0], out[1][0], atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(out[2][1:], out[1][1:], rtol=1e-5)
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(out[1][0])) > 1e-3
+    with pytest.raises(UserError, match='train.grad_accum=3 must be >= 1 and divide'):
+        prepare(config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.grad_accum': 3})))
 
 
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, tfds_dir):

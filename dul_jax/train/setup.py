@@ -97,8 +97,9 @@ class Setup:
         if self.pmap:
             return pmap_lib.data_parallel_step(make_train_step(
                 self.task, self.tx, self.schedule, self.cfg.optim.ema_decay,
-                axis_name=pmap_lib.AXIS))
-        step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay)
+                axis_name=pmap_lib.AXIS, grad_accum=self.cfg.train.grad_accum))
+        step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay,
+                               grad_accum=self.cfg.train.grad_accum)
         if not jit:  # --debug: eager, so a debugger (or jax_debug_nans) stops inside the step
             def eager_step(state, batch):
                 with jax.disable_jit():
@@ -158,6 +159,11 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
               f'{key}.batch_size={size} cannot be split over the {ways} batch shards of mesh '
               f'{dict(mesh.shape)} and {jax.process_count()} process(es); set '
               f'--config.{key}.batch_size to a multiple of {np.lcm(ways, jax.process_count())}.')
+    accum = cfg.train.grad_accum
+    check(accum >= 1 and cfg.train.batch_size % (ways * accum) == 0,
+          f'train.grad_accum={accum} must be >= 1 and divide the {cfg.train.batch_size // ways} '
+          f'examples of each of the {ways} batch shards; set --config.train.batch_size to a '
+          f'multiple of {ways * max(accum, 1)} or change --config.train.grad_accum.')
     if not eager and cfg.parallelism == 'jit':
         mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
     tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)

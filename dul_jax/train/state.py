@@ -32,17 +32,44 @@ def create_state(params, tx: optax.GradientTransformation, rng_seed_key: jax.Arr
                       rng=jax.random.key_data(rng_seed_key))
 
 
+def microbatches(batch, count: int):
+    """(B, ...) leaves -> (count, B / count, ...): microbatch i holds rows i, i + count, ...,
+    so each device's contiguous block of the batch splits into its own share of every
+    microbatch and accumulation moves no data between devices."""
+    return jax.tree.map(lambda x: jnp.swapaxes(
+        x.reshape((x.shape[0] // count, count) + x.shape[1:]), 0, 1), batch)
+
+
+def accumulated_grads(loss_fn, params, batch, rng, count: int):
+    """((loss, metrics), grads) of `loss_fn(params, batch, rng)`, the mean over `count` equal
+    microbatches computed one after another (a scan): the gradient of the whole batch's mean
+    loss, with the activation memory of one microbatch."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if count == 1:
+        return grad_fn(params, batch, rng)
+
+    def one(carry, i_and_batch):
+        i, micro = i_and_batch
+        out = grad_fn(params, micro, jax.random.fold_in(rng, i))
+        return jax.tree.map(lambda total, x: total + x / count, carry, out), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        grad_fn, params, jax.tree.map(lambda x: x[0], microbatches(batch, count)), rng))
+    total, _ = jax.lax.scan(one, zeros, (jnp.arange(count), microbatches(batch, count)))
+    return total
+
+
 def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ema_decay: float, axis_name: str | None = None):
+                    ema_decay: float, axis_name: str | None = None, grad_accum: int = 1):
     """One optimizer step. With `axis_name` (the pmap path), gradients and metrics are averaged
-    over that axis; under jit with shardings XLA inserts the same reductions itself."""
+    over that axis; under jit with shardings XLA inserts the same reductions itself.
+    `grad_accum` > 1 computes the gradient in that many microbatches (the same update)."""
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = step_rng(state)
         if axis_name is not None:  # pmap: each device its own dropout noise for its sub-batch
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        grad_fn = jax.value_and_grad(task.loss, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, batch, rng)
+        (_, metrics), grads = accumulated_grads(task.loss, state.params, batch, rng, grad_accum)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)

@@ -15,7 +15,7 @@ import pytest
 
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
-from dul_jax.train import loop
+from dul_jax.train import loop, workdir_lock
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import accumulated_grads
@@ -114,20 +114,20 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
         np.testing.assert_array_equal(x, y)
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_0(tmp_path, tfds_dir):
+def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, tfds_dir, monkeypatch, capsys):
+    # Ctrl-C arrives right after the first step: that step finishes and is saved
+    first_step = loop._Run._time_first_step
+
+    def then_ctrl_c(self, state):
+        first_step(self, state)
+        signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(loop._Run, '_time_first_step', then_ctrl_c)
     workdir = str(tmp_path / 'interrupted')
-    proc = _cli(['train', '--config', DEMO, '--workdir', workdir, '--config.train.steps=100000',
-                 *('--config.' + o for o in tiny_overrides(tfds_dir))])
-    deadline = time.time() + 240
-    while time.time() < deadline and not (os.path.exists(os.path.join(workdir, 'metrics.jsonl'))
-                                          and read_metrics(workdir)):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert 'SIGINT: saved a checkpoint' in out
-    _, stopped_at = final_params(workdir, tiny_overrides(tfds_dir))
-    assert 5 <= stopped_at < 100000
+    cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.steps': 50}))
+    assert loop.train(cfg, workdir) == {}
+    assert 'SIGINT: saved a checkpoint at step 1' in capsys.readouterr().out
+    assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
 
 
 def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_rows(tmp_path,
@@ -175,8 +175,9 @@ def test_one_trainer_per_workdir_and_a_killed_one_leaves_no_lock(tmp_path, tfds_
     assert not os.path.exists(os.path.join(workdir, 'checkpoints'))
     holder.kill()                  # SIGKILL: no clean-up ran, and the kernel dropped the lock
     holder.wait()
-    loop.train(cfg, workdir)
-    assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2'))
+    holder.stdout.close()
+    with workdir_lock.exclusive(workdir):
+        pass
     afile = tmp_path / 'a_file'
     afile.write_text('')
     with pytest.raises(UserError, match='is a file, not a folder'):

@@ -67,9 +67,7 @@ def _version() -> str:
 
 
 def _sweep(args) -> None:
-    import os
-
-    from dul_jax import runtime
+    from dul_jax import runtime, storage
     from dul_jax.scaling import sweep
     shard = sweep.parse_shard(args.shard)
     base, runs = sweep.load_sweep(args.sweep)
@@ -77,7 +75,7 @@ def _sweep(args) -> None:
     results = sweep.run_sweep(args.sweep, args.workdir, shard)
     if len(results) == len(runs) and not args.no_report:
         from dul_jax.scaling import report
-        outdir = os.path.join(args.workdir, 'report')
+        outdir = storage.path(args.workdir) / 'report'
         report.write_report(results, outdir, title=f'Scaling laws: {args.sweep}')
         print(f'report: {outdir}/report.md and its plots')
 

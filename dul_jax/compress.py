@@ -46,6 +46,7 @@ import constriction
 import jax
 import numpy as np
 
+from dul_jax import storage
 from dul_jax.errors import UserError
 
 MAGIC = b'DULZ'
@@ -127,7 +128,7 @@ def load_codec(cfg, workdir: str, ema: bool = True, step: int | None = None) -> 
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
     cfg.train.batch_size = cfg.eval.batch_size = 1   # any size divides one device
     setup = prepare(cfg, devices=jax.devices()[:1])
-    directory = os.path.join(workdir, 'checkpoints')
+    directory = storage.path(workdir) / 'checkpoints'
     if step is not None:
         ckpt = Checkpointer(directory, async_save=False)
         kept = ckpt.all_steps()

@@ -1,9 +1,12 @@
-"""Writing image grids as PNG."""
+"""Writing image grids as PNG (to local paths or gs:// URLs)."""
 
+import io
 import math
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from dul_jax import storage
 
 
 def to_uint8(images: np.ndarray, num_levels: int) -> np.ndarray:
@@ -26,17 +29,27 @@ def save_grid(images: np.ndarray, path: str, num_levels: int = 256, cols: int | 
         grid[top:top + h, left:left + w] = img
     if scale > 1:
         grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+    return _save_png(Image.fromarray(grid[..., 0] if c == 1 else grid), path)
+
+
+def _save_png(image: Image.Image, path: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format='PNG')
+    storage.write_atomic(path, buffer.getvalue())
     return path
+
+
+def read_png(path: str) -> np.ndarray:
+    """The PNG at `path` (local or gs://) as a uint8 array."""
+    return np.asarray(Image.open(io.BytesIO(storage.path(path).read_bytes())))
 
 
 def label_rows(path: str, labels: list[str], margin: int = 48) -> str:
     """Add a white margin on the left of the PNG at `path` with one label per row of its grid."""
-    grid = Image.open(path).convert('L')
+    grid = Image.open(io.BytesIO(storage.path(path).read_bytes())).convert('L')
     labelled = Image.new('L', (grid.width + margin, grid.height), 255)
     labelled.paste(grid, (margin, 0))
     draw, row_height = ImageDraw.Draw(labelled), grid.height / len(labels)
     for i, text in enumerate(labels):
         draw.text((4, int((i + 0.5) * row_height) - 5), text, fill=0)
-    labelled.save(path)
-    return path
+    return _save_png(labelled, path)

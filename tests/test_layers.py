@@ -8,7 +8,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'dul_jax'
 
 # What each top-level module or package of dul_jax may import from the others.
 ALLOWED = {
-    'errors': set(), 'accounting': set(), 'images': set(), 'losses': set(),
+    'errors': set(), 'accounting': set(), 'losses': set(), 'storage': set(),
+    'images': {'storage'},
     'config': {'errors'},
     'data': {'errors'},
     'sharding': {'errors'},
@@ -17,13 +18,14 @@ ALLOWED = {
     'sampling': {'losses'},
     'metrics': {'data', 'errors', 'losses', 'models'},
     'tasks': {'accounting', 'config', 'data', 'errors', 'images', 'losses', 'models', 'ops',
-              'sampling', 'sharding'},
+              'sampling', 'sharding', 'storage'},
     'evaluators': {'config', 'data', 'errors', 'losses', 'metrics', 'sharding', 'tasks'},
-    'train': {'accounting', 'config', 'data', 'errors', 'evaluators', 'sharding', 'tasks'},
-    'scaling': {'accounting', 'config', 'errors', 'train'},
+    'train': {'accounting', 'config', 'data', 'errors', 'evaluators', 'images', 'sharding',
+              'storage', 'tasks'},
+    'scaling': {'accounting', 'config', 'errors', 'storage', 'train'},
     'runtime': {'sharding'},
-    'compress': {'errors', 'train'},
-    'cli': {'compress', 'config', 'errors', 'runtime', 'scaling', 'sharding', 'train'},
+    'compress': {'errors', 'storage', 'train'},
+    'cli': {'compress', 'config', 'errors', 'runtime', 'scaling', 'sharding', 'storage', 'train'},
 }
 
 

@@ -10,6 +10,7 @@ nominal compute budget of the run's IsoFLOP group, or null); wall_s is shown whe
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -22,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
+from dul_jax import storage
 from dul_jax.scaling import fit
 
 LOSS_LABEL = 'eval loss (nats/token)'
@@ -46,9 +48,15 @@ SELECTION_NOTE = (
 
 
 def load_results(path) -> list[dict]:
-    """One dict per non-blank line of a JSON-lines file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """One dict per non-blank line of a JSON-lines file (local or gs://)."""
+    return [json.loads(line) for line in storage.path(path).read_text().splitlines()
+            if line.strip()]
+
+
+def _save_figure(fig, path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=120)
+    storage.write_atomic(path, buffer.getvalue())
 
 
 def _arrays(results):
@@ -180,7 +188,7 @@ def plot_loss_vs_n(fits, path):
     _fit_lines(ax, fits['L(N)'], (N.min(), N.max()), 'N')
     _finish(ax, 'non-embedding parameters N', 'Loss against model size')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -219,7 +227,7 @@ def plot_isoflop(fits, path):
     ax2.set_ylabel('compute-optimal N_opt (parameters)')
     ax2.set_title('Compute-optimal model size')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -249,7 +257,7 @@ def plot_frontier(fits, path):
     _fit_lines(ax, fits['L(C)'], (C.min(), C.max()), 'C')
     _finish(ax, 'training compute C (FLOPs)', 'Compute-efficient frontier')
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -368,11 +376,11 @@ def write_report(results, outdir, title: str = 'Scaling laws', literature: bool 
         results = load_results(results)
     if not results:
         raise ValueError('no runs in the results')
-    os.makedirs(outdir, exist_ok=True)
+    outdir = storage.path(outdir)
     fits = run_fits(results, n_boot=n_boot, seed=seed, holdout=holdout)
-    plot_loss_vs_n(fits, os.path.join(outdir, 'loss_vs_N.png'))
-    plot_isoflop(fits, os.path.join(outdir, 'isoflop.png'))
-    plot_frontier(fits, os.path.join(outdir, 'frontier.png'))
+    plot_loss_vs_n(fits, outdir / 'loss_vs_N.png')
+    plot_isoflop(fits, outdir / 'isoflop.png')
+    plot_frontier(fits, outdir / 'frontier.png')
 
     rows, skipped = _fit_rows(fits, literature)
     level = 95
@@ -403,8 +411,7 @@ def write_report(results, outdir, title: str = 'Scaling laws', literature: bool 
     if fits['excluded']:
         lines += ['Left out of every fit (N, D, C or loss missing, non-finite or not positive): '
                   + ', '.join(f'`{name}`' for name in fits['excluded']), '']
-    with open(os.path.join(outdir, 'report.md'), 'w') as f:
-        f.write('\n'.join(lines))
+    storage.write_atomic(outdir / 'report.md', '\n'.join(lines))
     return fits
 
 

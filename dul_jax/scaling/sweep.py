@@ -24,6 +24,7 @@ import jax
 import ml_collections
 
 from dul_jax import config as config_lib
+from dul_jax import storage
 from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
 
@@ -99,45 +100,40 @@ def kaplan_learning_rate(non_embedding_params: int) -> float:
     return 0.003239 - 0.0001395 * math.log(non_embedding_params)
 
 
-def _write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        if lines:
-            f.writelines(json.dumps(row) + '\n' for row in obj)
-        else:
-            json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+def _write_json_atomic(path, obj, lines: bool = False) -> None:
+    storage.write_atomic(path, ''.join(json.dumps(row) + '\n' for row in obj) if lines
+                         else json.dumps(obj, indent=2))
+
+
+def _run_dir(workdir: str, run) -> str:
+    return os.fspath(storage.path(workdir) / 'runs' / run.name)
 
 
 def collect(workdir: str, runs: list[SweepRun]) -> list[dict]:
     """The result.json of every finished run, in sweep order; rewrites WORKDIR/results.jsonl."""
     results = []
     for run in runs:
-        path = os.path.join(workdir, 'runs', run.name, RESULT)
-        if os.path.isfile(path):
-            with open(path) as f:
-                results.append(json.load(f))
+        saved = storage.read_text(storage.path(_run_dir(workdir, run)) / RESULT)
+        if saved is not None:
+            results.append(json.loads(saved))
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(workdir, 'results.jsonl'), results, lines=True)
+        _write_json_atomic(storage.path(workdir) / 'results.jsonl', results, lines=True)
     return results
 
 
 def _check_same_config(rundir: str, cfg, name: str) -> None:
     """A run directory from an edited sweep would resume a checkpoint of another model."""
-    path = os.path.join(rundir, 'config.json')
-    if os.path.isfile(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved != json.loads(config_lib.to_json(cfg)):
-            raise UserError(f'run {name} in {rundir} was started with a different config; '
-                            'delete that directory or restore the sweep file.')
+    saved = storage.read_text(storage.path(rundir) / 'config.json')
+    if saved is not None and json.loads(saved) != json.loads(config_lib.to_json(cfg)):
+        raise UserError(f'run {name} in {rundir} was started with a different config; '
+                        'delete that directory or restore the sweep file.')
 
 
 def run_one(base, run: SweepRun, workdir: str) -> dict | None:
     """Train one run to completion and write its result.json; None if it stopped on SIGTERM."""
     from dul_jax.train import loop
     cfg = run_config(base, run)
-    rundir = os.path.join(workdir, 'runs', run.name)
+    rundir = _run_dir(workdir, run)
     _check_same_config(rundir, cfg, run.name)
     start = time.perf_counter()
     try:
@@ -153,7 +149,7 @@ def run_one(base, run: SweepRun, workdir: str) -> dict | None:
               'wall_s': time.perf_counter() - start, 'diverged': diverged,
               'final_metrics': final, 'overrides': run.overrides}
     if jax.process_index() == 0:
-        _write_json_atomic(os.path.join(rundir, RESULT), result)
+        _write_json_atomic(storage.path(rundir) / RESULT, result)
     return result
 
 
@@ -163,7 +159,7 @@ def run_sweep(path: str, workdir: str, shard: tuple[int, int] = (0, 1)) -> list[
     index, count = shard
     mine = runs[index::count]
     for k, run in enumerate(mine):
-        done = os.path.isfile(os.path.join(workdir, 'runs', run.name, RESULT))
+        done = (storage.path(_run_dir(workdir, run)) / RESULT).is_file()
         label = f'[{k + 1}/{len(mine)}] {run.name}'
         if done:
             print(f'{label}: finished earlier, skipped', flush=True)
@@ -175,5 +171,5 @@ def run_sweep(path: str, workdir: str, shard: tuple[int, int] = (0, 1)) -> list[
         collect(workdir, runs)
     results = collect(workdir, runs)
     print(f'{len(results)} of {len(runs)} runs finished; table in '
-          f'{os.path.join(workdir, "results.jsonl")}', flush=True)
+          f'{storage.path(workdir) / "results.jsonl"}', flush=True)
     return results

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dul_jax import storage
 from dul_jax.accounting import count_params, transformer_flops_per_token
 from dul_jax.config import check
 from dul_jax.data import decode_text
@@ -138,12 +139,9 @@ class AutoregressiveTask(Task):
     def save_samples(self, samples, path_stem):
         if self.spec.kind == 'image':
             return [self.save_image_grid(samples, path_stem + '.png')]
-        path = path_stem + '.txt'
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-        with open(path, 'w', encoding='utf-8') as f:
-            f.writelines(f'===== sample {i} =====\n{decode_text(tokens, self.spec)}\n'
-                         for i, tokens in enumerate(samples))
-        return [path]
+        text = ''.join(f'===== sample {i} =====\n{decode_text(tokens, self.spec)}\n'
+                       for i, tokens in enumerate(samples))
+        return [os.fspath(storage.write_atomic(path_stem + '.txt', text))]
 
 
 class CachedDecoder:

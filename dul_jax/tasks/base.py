@@ -176,7 +176,6 @@ class Task:
                         cols: int | None = None) -> str:
         """(N, H, W, C) images as one PNG, one column per class for a conditional model, scaled
         so small images show at >= 64 pixels."""
-        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
         if cols is None and self.conditional:
             cols = self.spec.num_classes
         return images.save_grid(levels, path, num_levels or self.spec.num_levels, cols=cols,

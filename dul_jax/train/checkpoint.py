@@ -5,10 +5,9 @@ processes; restore places every array straight into the shardings of the current
 checkpoint written on one mesh loads on any other.
 """
 
-import os
-
 import orbax.checkpoint as ocp
 
+from dul_jax import storage
 from dul_jax.errors import UserError
 
 
@@ -18,7 +17,7 @@ class Checkpointer:
     background (`wait` or `close` finishes the writes)."""
 
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.path(directory)   # local or gs://: orbax takes epath
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -19,7 +19,7 @@ import numpy as np
 import tqdm
 
 from dul_jax import config as config_lib
-from dul_jax import data, evaluators
+from dul_jax import data, evaluators, images, storage
 from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
 from dul_jax.sharding.mesh import to_host
@@ -83,7 +83,7 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
     with workdir_lock.exclusive(workdir, enabled=_is_main()), \
             contextlib.closing(MetricWriter(workdir)) as writer, \
-            contextlib.closing(Checkpointer(os.path.join(workdir, 'checkpoints'),
+            contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
                                             keep=cfg.train.keep_checkpoints)) as ckpt:
         return _Run(setup, workdir, writer, ckpt, debug).train()
 
@@ -125,27 +125,24 @@ class _Run:
 
     def _changed_settings(self) -> list[str]:
         """How this config differs from the workdir's config.json (none if there is none)."""
-        path = os.path.join(self.workdir, 'config.json')
-        if not os.path.isfile(path):
+        saved = storage.read_text(storage.path(self.workdir) / 'config.json')
+        if saved is None:
             return []
-        with open(path) as f:
-            return config_lib.differences(config_lib.from_json(f.read()), self.cfg)
+        return config_lib.differences(config_lib.from_json(saved), self.cfg)
 
     def _record_config(self, start: int) -> None:
         """Write config.json only now that the state is restored (or fresh); a config that
         differs from the one before is said, and the one before kept in config_history/."""
         if not _is_main():
             return
-        path = os.path.join(self.workdir, 'config.json')
+        root = storage.path(self.workdir)
         changed = self._changed_settings()
         if changed:
             log(f'resuming at step {start} with changed settings: {"; ".join(changed)}')
-            history = os.path.join(self.workdir, 'config_history')
-            os.makedirs(history, exist_ok=True)
-            os.replace(path, os.path.join(history, f'config_until_step_{start:06d}.json'))
-        with open(path + '.tmp', 'w') as f:
-            f.write(config_lib.to_json(self.cfg))
-        os.replace(path + '.tmp', path)
+            storage.write_atomic(root / 'config_history' / f'config_until_step_{start:06d}.json',
+                                 (root / 'config.json').read_text())
+        storage.write_atomic(root / 'config.json', config_lib.to_json(self.cfg))
+        self.writer.write_hparams(config_lib.flatten(self.cfg))
 
     def train(self) -> dict[str, float]:
         """Step from the latest checkpoint (or a fresh state) to train.steps; returns the final
@@ -182,7 +179,8 @@ class _Run:
                         setup, setup.from_step_form(state), self.cfg.eval.max_examples), 'eval/'))
                     self.clock = (time.perf_counter(), 0)
                 if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
-                    write_samples(setup, setup.from_step_form(state), self.workdir, step)
+                    write_samples(setup, setup.from_step_form(state), self.workdir, step,
+                                  writer=self.writer)
                 if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stopping:
                     self._save(step, state)
                 if stopping:
@@ -194,10 +192,10 @@ class _Run:
             final = evaluate(setup, state, self.cfg.eval.max_examples)
             final.update(evaluators.evaluate(setup.task, eval_params(state)))
             self.writer.write(step, _prefixed(final, 'eval/'))
-            paths = write_samples(setup, state, self.workdir, step)
+            paths = write_samples(setup, state, self.workdir, step, writer=self.writer)
         log(f'eval on {setup.spec.eval_split}: ' +
             ', '.join(f'{k} {v:.4f}' for k, v in final.items()))
-        log(f'workdir {os.path.abspath(self.workdir)}: config.json, metrics.jsonl, tensorboard/, '
+        log(f'workdir {storage.path(self.workdir)}: config.json, metrics.jsonl, tensorboard/, '
             f'checkpoints/{step}, samples: {", ".join(paths)}')
         return final
 
@@ -253,6 +251,7 @@ class _Run:
     def _save(self, step: int, state) -> None:
         self._fetch(step)  # never checkpoint a state whose losses were not all finite
         self.ckpt.save(step, self.setup.from_step_form(state), self.data_iter, force=True)
+        self.writer.sync(force=True)
         self.last_good = step
 
 
@@ -280,7 +279,7 @@ def evaluate(setup: Setup, state, max_examples: int = 0) -> dict[str, float]:
 
 
 def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None = None,
-                  seed: int | None = None) -> list[str]:
+                  seed: int | None = None, writer: MetricWriter | None = None) -> list[str]:
     """Sample `num` (default sample.num) outputs from the eval params and save them as
     WORKDIR/samples/step_NNNNNN.*; returns the paths ([] on processes other than 0).
 
@@ -293,17 +292,22 @@ def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None 
         samples = jax.tree.map(to_host, setup.task.sample(eval_params(state), rng, num))
     if not _is_main():
         return []
-    return setup.task.save_samples(samples, os.path.join(workdir, 'samples', f'step_{step:06d}'))
+    stem = storage.path(workdir) / 'samples' / f'step_{step:06d}'
+    paths = setup.task.save_samples(samples, os.fspath(stem))
+    for path in paths if writer is not None else ():
+        if path.endswith('.png'):  # every family's image samples, as TensorBoard images too
+            name = 'samples' + path[len(os.fspath(stem)):].removesuffix('.png')
+            writer.write_image(step, name, images.read_png(path))
+    return paths
 
 
 def load_config_of(workdir: str, overrides: list[str] = ()):
     """The config a run in `workdir` was trained with, with `key=value` overrides applied."""
-    path = os.path.join(workdir, 'config.json')
-    if not os.path.isfile(path):
+    saved = storage.read_text(storage.path(workdir) / 'config.json')
+    if saved is None:
         raise UserError(f'{workdir} has no config.json; pass the --workdir of a run '
                         'started with `dul-jax train`.')
-    with open(path) as f:
-        cfg = config_lib.from_json(f.read())
+    cfg = config_lib.from_json(saved)
     for item in overrides:
         config_lib.apply_override(cfg, item)
     return cfg
@@ -312,7 +316,7 @@ def load_config_of(workdir: str, overrides: list[str] = ()):
 def load_run(cfg, workdir: str):
     """The Setup and latest state of a finished or running workdir (for eval and sample)."""
     setup = prepare(cfg)
-    state = restore_state(os.path.join(workdir, 'checkpoints'), setup.abstract_state())
+    state = restore_state(storage.path(workdir) / 'checkpoints', setup.abstract_state())
     return setup, state
 
 
@@ -325,8 +329,8 @@ def eval_command(cfg, workdir: str) -> dict[str, float]:
         metrics.update(evaluators.evaluate(setup.task, eval_params(state)))
     step = int(state.step)
     if _is_main():
-        with open(os.path.join(workdir, f'eval_step_{step:06d}.json'), 'w') as f:
-            json.dump({'step': step, 'split': setup.spec.eval_split, **metrics}, f, indent=2)
+        storage.write_atomic(storage.path(workdir) / f'eval_step_{step:06d}.json', json.dumps(
+            {'step': step, 'split': setup.spec.eval_split, **metrics}, indent=2))
     log(f'step {step}, {setup.spec.name}/{setup.spec.eval_split} (all of it): ' +
         ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
     return metrics

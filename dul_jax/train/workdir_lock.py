@@ -1,27 +1,50 @@
-"""One trainer per workdir: an exclusive lock on WORKDIR/.lock, held while `train` runs.
+"""One trainer per workdir: WORKDIR/.lock, held while `train` runs. Only process 0 takes it (the
+others may be on other hosts).
 
-An advisory `flock`, which the kernel drops when its process ends, so a killed or preempted
-trainer never leaves it stuck. Only process 0 takes it (the others may be on other hosts).
+Local folders use an advisory `flock`, which the kernel drops when its process ends, so a killed
+trainer never leaves it stuck. Object stores have no locks: there .lock is a lease, created only
+if absent (an atomic precondition on GCS), renewed every LEASE_RENEW_S by a thread and deleted on
+exit; a lease not renewed for LEASE_TTL_S (its holder was killed) is taken over.
 """
 
 import contextlib
 import fcntl
 import os
+import threading
+import time
+import uuid
 
+from dul_jax import storage
 from dul_jax.errors import UserError
+
+LEASE_TTL_S = 300.0
+LEASE_RENEW_S = 60.0
 
 
 @contextlib.contextmanager
 def exclusive(workdir: str, enabled: bool = True):
-    """Hold WORKDIR/.lock for the block; UserError at once if another process holds it."""
+    """Hold WORKDIR/.lock for the block; UserError at once if another trainer holds it."""
     if not enabled:
         yield
         return
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
+    root = storage.path(workdir)
+    if root.exists() and not root.is_dir():
         raise UserError(f'--workdir {workdir} is a file, not a folder; pass a folder.')
     try:
-        os.makedirs(workdir, exist_ok=True)
-        handle = open(os.path.join(workdir, '.lock'), 'a+')  # noqa: SIM115 (held for the block)
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'--workdir {workdir} cannot be written ({e.strerror or e}); pass a '
+                        'folder you can write to.') from None
+    holder = f'pid {os.getpid()} on {os.uname().nodename}'
+    lock = _lease if storage.is_url(root) else _flock
+    with lock(root / '.lock', holder, workdir):
+        yield
+
+
+@contextlib.contextmanager
+def _flock(lock_path, holder, workdir):
+    try:
+        handle = open(lock_path, 'a+')  # noqa: SIM115 (held for the block)
     except OSError as e:
         raise UserError(f'--workdir {workdir} cannot be written ({e.strerror}); pass a folder '
                         'you can write to.') from None
@@ -30,16 +53,55 @@ def exclusive(workdir: str, enabled: bool = True):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            holder = handle.read().strip() or 'another process'
-            raise UserError(f'another trainer ({holder}) is running in {workdir}; wait for it, '
+            other = handle.read().strip() or 'another process'
+            raise UserError(f'another trainer ({other}) is running in {workdir}; wait for it, '
                             'stop it, or pass another --workdir.') from None
         except OSError as e:  # a file system without locks
             raise UserError(f'--workdir {workdir} cannot be locked ({e.strerror}); use a local '
                             'or lock-capable folder.') from None
         handle.truncate(0)
-        handle.write(f'pid {os.getpid()} on {os.uname().nodename}\n')
+        handle.write(holder + '\n')
         handle.flush()
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _lease(lock_path, holder, workdir):
+    import fsspec  # epath has no create-if-absent; fsspec's GCS backend does (ifGenerationMatch=0)
+    fs, key = fsspec.core.url_to_fs(os.fspath(lock_path))
+    token = f'{holder}, lease {uuid.uuid4().hex}\n'
+    if fs.exists(key):
+        age = time.time() - fs.modified(key).timestamp()
+        if age < LEASE_TTL_S:
+            other = fs.cat_file(key).decode(errors='replace').split(',')[0].strip()
+            raise UserError(f'another trainer ({other}) renewed its lease on {workdir} {age:.0f} s '
+                            f'ago; wait for it, stop it, or pass another --workdir (a lease of a '
+                            f'killed trainer expires after {LEASE_TTL_S:.0f} s).')
+        fs.rm_file(key)  # its holder stopped renewing it: killed, or its host lost
+    try:
+        fs.pipe_file(key, token.encode(), mode='create')
+    except (FileExistsError, OSError) as e:
+        raise UserError(f'another trainer took the lease on {workdir} at the same moment '
+                        f'({type(e).__name__}); pass another --workdir.') from None
+    if fs.cat_file(key).decode() != token:  # stores without preconditions: the last writer wins
+        raise UserError(f'another trainer took the lease on {workdir} at the same moment; pass '
+                        'another --workdir.')
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(LEASE_RENEW_S):
+            with contextlib.suppress(Exception):  # a missed renewal is retried; TTL is 5 renewals
+                fs.pipe_file(key, token.encode())
+
+    thread = threading.Thread(target=renew, name='workdir-lease', daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(key)

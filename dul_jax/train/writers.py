@@ -1,13 +1,23 @@
-"""Where metrics go: DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events.
+"""Where metrics go: WORKDIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events
+in WORKDIR/tensorboard/.
 
-Only process 0 writes; on other processes the writer is a no-op, so callers need no checks.
+Only process 0 writes; on other processes the writer is a no-op, so callers need no checks. A
+workdir on an object store (gs://) cannot be appended to, so both are written to a local staging
+folder and uploaded whole at most every SYNC_S seconds, at each `sync()` and on close.
 """
 
 import json
 import math
 import os
+import tempfile
+import time
 
 import jax
+import numpy as np
+
+from dul_jax import storage
+
+SYNC_S = 30.0
 
 
 class MetricWriter:
@@ -15,14 +25,26 @@ class MetricWriter:
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
-        self._jsonl = None
-        self._tb = None
-        if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            # open for the writer's lifetime; close() closes it
-            self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')  # noqa: SIM115
-            from tensorboardX import SummaryWriter  # imported late: only process 0 needs it
-            self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+        self._jsonl = self._tb = None
+        if not self.enabled:
+            return
+        self.remote = storage.path(workdir)
+        self._staging = None
+        if storage.is_url(self.remote):
+            self._staging = tempfile.TemporaryDirectory(prefix='dul_jax_metrics_')
+            local = self._staging.name
+            if (self.remote / 'metrics.jsonl').is_file():  # a resumed run appends to its rows
+                with open(os.path.join(local, 'metrics.jsonl'), 'wb') as f:
+                    f.write((self.remote / 'metrics.jsonl').read_bytes())
+        else:
+            local = os.fspath(self.remote)
+        os.makedirs(local, exist_ok=True)
+        self.local = local
+        self._uploaded = {}          # staged file -> size when last uploaded
+        self._last_sync = time.monotonic()
+        self._jsonl = open(os.path.join(local, 'metrics.jsonl'), 'a', encoding='utf-8')  # noqa: SIM115
+        from tensorboardX import SummaryWriter  # imported late: only process 0 needs it
+        self._tb = SummaryWriter(os.path.join(local, 'tensorboard'))
 
     def drop_after(self, step: int) -> None:
         """Forget the records past `step` (a resumed run repeats the steps after its checkpoint),
@@ -33,10 +55,9 @@ class MetricWriter:
         self._jsonl.close()
         with open(path, encoding='utf-8') as f:
             kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
-        with open(path + '.tmp', 'w', encoding='utf-8') as f:
-            f.writelines(kept)
-        os.replace(path + '.tmp', path)
+        storage.write_atomic(path, ''.join(kept))
         self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
+        self.sync(force=True)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """One record {'step': step, **metrics}, flushed; non-finite values are written to the
@@ -50,9 +71,50 @@ class MetricWriter:
         self._jsonl.flush()
         for k, v in clean.items():
             self._tb.add_scalar(k, v, step)
+        self.sync()
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+        """A uint8 (H, W) or (H, W, C) image (e.g. a grid of samples) to TensorBoard's images."""
+        if not self.enabled:
+            return
+        self._tb.add_image(name, image, step, dataformats='HW' if image.ndim == 2 else 'HWC')
+        self.sync()
+
+    def write_hparams(self, hparams: dict, metrics=('loss', 'eval/loss')) -> None:
+        """The run's config (flat keys) to TensorBoard's hparams tab, beside the named scalars."""
+        if not self.enabled:
+            return
+        from tensorboardX.summary import hparams as hparams_summaries
+        values = {k: v if isinstance(v, int | float | str | bool) else str(v)
+                  for k, v in hparams.items()}
+        # in this run's own event file (add_hparams would start a sub-run beside it)
+        for summary in hparams_summaries(values, dict.fromkeys(metrics, 0.0)):
+            self._tb.file_writer.add_summary(summary)
+        self.sync()
+
+    def sync(self, force: bool = False) -> None:
+        """Upload the staged files that changed (a no-op for a local workdir)."""
+        if self._staging is None or not self.enabled:
+            return
+        if not force and time.monotonic() - self._last_sync < SYNC_S:
+            return
+        self._tb.flush()
+        for folder, _, files in os.walk(self.local):
+            for name in files:
+                local = os.path.join(folder, name)
+                size = os.path.getsize(local)
+                if self._uploaded.get(local) != size:
+                    target = self.remote / os.path.relpath(local, self.local)
+                    with open(local, 'rb') as f:
+                        target.write_bytes(f.read())
+                    self._uploaded[local] = size
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        """Close both files (the writer is unusable after)."""
+        """Close both files and upload what is staged (the writer is unusable after)."""
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+            self.sync(force=True)
+            if self._staging is not None:
+                self._staging.cleanup()

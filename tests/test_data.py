@@ -212,12 +212,6 @@ def test_unknown_name_lists_the_local_data_sets(make_cfg):
         data.describe(make_cfg('no_such_data_set_anywhere'))
 
 
-def test_missing_source_folder_names_the_config_key(make_cfg, tmp_path):
-    cfg = make_cfg('mnist_test', dir=str(tmp_path / 'empty'), tfds_dir=str(tmp_path / 'tfds'))
-    with pytest.raises(UserError, match='--config.data.dir'):
-        data.describe(cfg)
-
-
 def test_bad_text_settings_are_user_errors(make_cfg):
     with pytest.raises(UserError, match='--config.data.text_vocab'):
         data.describe(make_cfg('python_source', text_vocab='words'))

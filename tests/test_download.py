@@ -110,7 +110,7 @@ def test_a_changed_byte_is_refused_and_nothing_is_kept(tmp_path, serve, shared_d
     message = str(e.value)
     assert f'{base}/{SHAKESPEARE.path}' in message and SHAKESPEARE.sha256[0] in message
     assert hashlib.sha256(bytes(text)).hexdigest() in message and '\n' not in message
-    assert files_under(tmp_path / 'data') == []
+    assert not (tmp_path / 'data').exists()  # no file, no folder left behind
 
 
 def test_an_unreachable_server_names_the_url_and_the_folder(tmp_path, serve, shared_data):
@@ -123,7 +123,7 @@ def test_an_unreachable_server_names_the_url_and_the_folder(tmp_path, serve, sha
     assert f'put the file into {folder}/' in message
     assert '--config.data.dir' in message and '--config.data.url' in message
     assert message.count('. ') == 0 and '\n' not in message  # one sentence
-    assert files_under(tmp_path / 'data') == []
+    assert not (tmp_path / 'data').exists()  # no file, no folder left behind
     # A server that is up but lacks the file: the HTTP status, same advice.
     with pytest.raises(UserError, match=r'could not download .*/tinyshakespeare/input.txt '
                                         r'\(HTTP Error 404: File not found\); put the file'):

@@ -106,6 +106,7 @@ def ensure_files(name, root, base=''):
 def fetch(raw, path, url):
     """Downloads `url` to `path` through a verified temporary file in the same folder."""
     folder = path.parent
+    created = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=folder, prefix=f'.{path.name}.', suffix='.part')
@@ -123,6 +124,12 @@ def fetch(raw, path, url):
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+        if not path.exists():  # a failed fetch leaves no trace, not even an empty data.dir
+            for directory in created:
+                try:
+                    directory.rmdir()
+                except OSError:  # another file or process uses it now
+                    break
 
 
 def _download(url, out, folder):

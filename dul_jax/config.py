@@ -27,9 +27,15 @@ def base_config() -> ml_collections.ConfigDict:
     # raw local corpora (binarized_mnist/, mnist/, ...); '' = $DUL_JAX_DATA_DIR, else
     # ~/.cache/dul_jax/data
     c.data.dir = ''
+    # base URL of a mirror laid out like data.dir, fetched from when a raw file is missing;
+    # '' = $DUL_JAX_DATA_URL, else each file's canonical public URL (dul_jax/data/download.py)
+    c.data.url = ''
     c.data.tfds_dir = '~/.cache/dul_jax/tfds'  # where TFDS builders write prepared files
     c.data.seq_len = 64                        # text window length
     c.data.text_vocab = 'bytes'                # 'bytes' (256) or 'chars' (the corpus's own)
+    # image levels per channel; 0 = from the data set (its dtype for a catalog set), e.g. 2 for
+    # tfds:binarized_mnist, whose uint8 pixels are 0 or 1
+    c.data.num_levels = 0
 
     c.model = ml_collections.ConfigDict()       # task-specific; see each task's defaults
 

@@ -1,9 +1,11 @@
 """Tests of dul_jax.data: the local TFDS builders, the catalog path and the grain pipelines."""
 
+import dataclasses
 import gzip
 import hashlib
 import io
 import pathlib
+import types
 
 import grain
 import ml_collections
@@ -195,6 +197,111 @@ def test_catalog_path_reads_a_prepared_tfds_data_set(make_cfg, tfds_dir, tmp_pat
     assert sorted(seen_labels) == sorted(labels[60:])
 
 
+class DulTestCatalogText(tfds.core.GeneratorBasedBuilder):
+    """A stand-in for a catalog text set (like TFDS's tiny_shakespeare or lm1b): Text features,
+    several examples per split, a character ('ü') that only the validation split has."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    TEXTS = types.MappingProxyType({
+        'train': ('To be, or not to be', 'that is the question', 'Whether tis nobler'),
+        'validation': ('in the mind to süffer',),
+        'test': ('The slings and arrows', 'of outrageous fortune')})
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            'text': tfds.features.Text(), 'title': tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(texts) for split, texts in self.TEXTS.items()}
+
+    def _generate_examples(self, texts):
+        for i, text in enumerate(texts):
+            yield i, {'text': text, 'title': f'line {i}'}
+
+
+def test_catalog_text_set_is_text_with_a_vocab_over_all_splits(make_cfg, tmp_path):
+    DulTestCatalogText(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+    cfg = make_cfg('tfds:dul_test_catalog_text', tfds_dir=str(tmp_path), seq_len=4,
+                   text_vocab='chars')
+    spec = data.describe(cfg)
+    texts = DulTestCatalogText.TEXTS
+    assert (spec.kind, spec.train_split, spec.eval_split) == ('text', 'train', 'test')
+    assert spec.vocab == ''.join(sorted(set('\n'.join('\n'.join(t) for t in texts.values()))))
+    # The 'text' feature (not 'title'), one newline between examples, each example once.
+    train = sources.split_text(spec.name, str(SHARED_DATA), str(tmp_path), 'train')
+    assert sorted(train.decode().split('\n')) == sorted(texts['train'])
+    assert spec.num_train == len(train) and spec.num_eval == len('\n'.join(texts['test']))
+    for window in next(data.train_iterator(cfg, 8, seed=0))['tokens']:
+        assert data.decode_text(window, spec) in train.decode()
+    byte_spec = data.describe(make_cfg('tfds:dul_test_catalog_text', tfds_dir=str(tmp_path),
+                                       seq_len=4, text_vocab='bytes'))
+    assert byte_spec.num_levels == 256 and byte_spec.vocab is None
+    with pytest.raises(UserError, match='data.num_levels=2 applies to image data sets'):
+        data.describe(make_cfg('tfds:dul_test_catalog_text', tfds_dir=str(tmp_path), num_levels=2))
+
+
+class DulTestCatalogDeep(tfds.core.GeneratorBasedBuilder):
+    """A stand-in for a 16-bit catalog image set with 3 classes; pixels use only 0..999."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    IMAGES = np.random.default_rng(1).integers(0, 1000, size=(40, 4, 4, 1)).astype(np.uint16)
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            'image': tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint16),
+            'label': tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+        return {'train': self._generate_examples(range(30)),
+                'test': self._generate_examples(range(30, 40))}
+
+    def _generate_examples(self, indices):
+        for i in indices:
+            yield i, {'image': self.IMAGES[i], 'label': i % 3}
+
+
+def test_catalog_levels_come_from_the_dtype_unless_overridden(make_cfg, tmp_path):
+    DulTestCatalogDeep(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+    def cfg(num_levels):
+        return make_cfg('tfds:dul_test_catalog_deep', tfds_dir=str(tmp_path),
+                        num_levels=num_levels)
+
+    spec = data.describe(cfg(0))
+    assert (spec.shape, spec.num_levels, spec.num_classes) == ((4, 4, 1), 65536, 3)
+    batches = list(data.eval_batches(cfg(0), 16))
+    seen = np.concatenate([b['image'][b['mask'] == 1] for b in batches])
+    assert seen.dtype == np.uint16  # 16-bit values are not cut to 8 bits
+    assert sorted(map(bytes, seen)) == sorted(map(bytes, DulTestCatalogDeep.IMAGES[30:]))
+    assert data.describe(cfg(1000)).num_levels == 1000
+    assert len(take(data.train_iterator(cfg(1000), 8, seed=0), 5)) == 5
+    # Fewer levels than the pixels use would make nonsense targets: the first batch stops the run.
+    assert data.describe(cfg(500)).num_levels == 500
+    with pytest.raises(UserError, match=r'has pixel value \d+, but data.num_levels=500'):
+        next(data.train_iterator(cfg(500), 8, seed=0))
+    with pytest.raises(UserError, match='more than the 65536 values of the uint16 images'):
+        data.describe(cfg(70000))
+    with pytest.raises(UserError, match='data.num_levels=1 is not 0'):
+        data.describe(cfg(1))
+
+
+def test_tfds_prefix_always_means_the_catalog(make_cfg, tfds_dir, tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / 'images.npz', images=rng.integers(0, 256, (75, 8, 8, 1), dtype=np.uint8),
+             labels=rng.integers(0, 10, size=75))
+    DulTestCatalogImages(data_dir=str(tmp_path / 'tfds'), npz_path=tmp_path / 'images.npz',
+                         file_format='array_record').download_and_prepare()
+    plain, prefixed = (data.describe(make_cfg(name, tfds_dir=str(tmp_path / 'tfds')))
+                       for name in ('dul_test_catalog_images', 'tfds:dul_test_catalog_images'))
+    assert prefixed == dataclasses.replace(plain, name='tfds:dul_test_catalog_images')
+    # The local name shadows the catalog's builder; the prefix reaches the catalog (which here
+    # cannot download), the plain name our builder.
+    monkeypatch.setattr(catalog, 'internet_reachable', lambda: False)
+    with pytest.raises(UserError, match="'binarized_mnist' is not prepared under .* could not be "):
+        data.describe(make_cfg('tfds:binarized_mnist', tfds_dir=str(tmp_path / 'tfds')))
+    with pytest.raises(UserError, match=r"data.name 'tfds:' names no data set"):
+        data.describe(make_cfg('tfds:'))
+
+
 def test_unprepared_catalog_name_offline_is_a_user_error(make_cfg, monkeypatch):
     monkeypatch.setattr(catalog, 'internet_reachable', lambda: False)
     with pytest.raises(UserError, match="'mnist' is not prepared under .* could not be downloaded"):
@@ -210,12 +317,6 @@ def test_failed_download_is_a_user_error(make_cfg, monkeypatch):
 def test_unknown_name_lists_the_local_data_sets(make_cfg):
     with pytest.raises(UserError, match='binarized_mnist, digits, mnist_test, python_source'):
         data.describe(make_cfg('no_such_data_set_anywhere'))
-
-
-def test_missing_source_folder_names_the_config_key(make_cfg, tmp_path):
-    cfg = make_cfg('mnist_test', dir=str(tmp_path / 'empty'), tfds_dir=str(tmp_path / 'tfds'))
-    with pytest.raises(UserError, match='--config.data.dir'):
-        data.describe(cfg)
 
 
 def test_bad_text_settings_are_user_errors(make_cfg):

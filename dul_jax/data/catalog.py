@@ -10,23 +10,36 @@ from dul_jax.data.text_builders import DulPythonSource, DulTinyShakespeare
 from dul_jax.errors import UserError
 
 # data.name -> builder class. Registered in TFDS under a `dul_` prefix, so that they never clash
-# with the catalog's own `binarized_mnist` or `tiny_shakespeare` (different features and splits).
+# with the catalog's own `binarized_mnist` or `tiny_shakespeare` (different features and splits);
+# `tfds:NAME` always names the catalog's builder.
+CATALOG_PREFIX = 'tfds:'
 LOCAL_BUILDERS = {cls.LOCAL_NAME: cls for cls in
                   (DulDigits, DulBinarizedMnist, DulMnistTest, DulTinyShakespeare, DulPythonSource)}
 TEXT_DATA_SETS = {DulTinyShakespeare.LOCAL_NAME, DulPythonSource.LOCAL_NAME}
 
 
 @functools.cache
-def prepared_builder(name, source_dir, tfds_dir):
-    """A builder whose files exist under `tfds_dir`; a local data set is prepared on first use."""
+def prepared_builder(name, source_dir, tfds_dir, data_url=''):
+    """A builder whose files exist under `tfds_dir`; a local data set is prepared on first use, its
+    missing raw files fetched from `data_url` (a mirror; '' = their canonical URLs)."""
     if name in LOCAL_BUILDERS:
-        builder = LOCAL_BUILDERS[name](
-            data_dir=tfds_dir, source_dir=source_dir, file_format='array_record')
+        builder = LOCAL_BUILDERS[name](data_dir=tfds_dir, source_dir=source_dir,
+                                       data_url=data_url, file_format='array_record')
         if not builder.is_prepared():
-            builder.source_paths()  # a missing file is reported before TFDS starts writing
+            builder.source_paths()  # fetched and verified before TFDS starts writing
             builder.download_and_prepare()
         return builder
-    return _prepared_catalog_builder(name, tfds_dir)
+    return _prepared_catalog_builder(catalog_name(name), tfds_dir)
+
+
+def catalog_name(name):
+    """The TFDS catalog name that data.name `name` stands for (`tfds:NAME` -> NAME)."""
+    if not name.startswith(CATALOG_PREFIX):
+        return name
+    if not name[len(CATALOG_PREFIX):]:
+        raise UserError(f"data.name {name!r} names no data set; write {CATALOG_PREFIX}NAME with a "
+                        f"TFDS catalog name, e.g. {CATALOG_PREFIX}mnist.")
+    return name[len(CATALOG_PREFIX):]
 
 
 def _prepared_catalog_builder(name, tfds_dir):
@@ -36,6 +49,10 @@ def _prepared_catalog_builder(name, tfds_dir):
         raise UserError(
             f"data set {name!r} is neither a local data set ({', '.join(sorted(LOCAL_BUILDERS))}) "
             f"nor in the TFDS catalog; set --config.data.name to one of those.") from None
+    except ValueError:  # TFDS's own message is a page on the name syntax
+        raise UserError(f'data set {name!r} is not a valid TFDS name (NAME[/CONFIG][:VERSION]); '
+                        f'set --config.data.name to a name like mnist or {CATALOG_PREFIX}mnist.'
+                        ) from None
     if not builder.is_prepared():
         _download_and_prepare(name, builder, tfds_dir)
     file_format = builder.info.file_format
@@ -70,12 +87,25 @@ def internet_reachable(host='storage.googleapis.com', port=443, timeout_s=3.0):
         return False
 
 
+def text_feature(builder):
+    """A catalog builder's text feature: 'text' if it is a tfds Text feature, else the only Text
+    feature, else None (not a text data set)."""
+    texts = [key for key, feature in builder.info.features.items()
+             if isinstance(feature, tfds.features.Text)]
+    return 'text' if 'text' in texts else (texts[0] if len(texts) == 1 else None)
+
+
+def is_text(name, builder):
+    """Our text corpora, or a catalog set with a Text feature and no image."""
+    if name in LOCAL_BUILDERS:
+        return name in TEXT_DATA_SETS
+    return 'image' not in builder.info.features and text_feature(builder) is not None
+
+
 def data_source(name, split, source_dir, tfds_dir):
     """Random-access source of one split's decoded examples (dicts of numpy arrays)."""
     builder = prepared_builder(name, source_dir, tfds_dir)
     if split not in builder.info.splits:
         raise UserError(f"data set {name!r} has no split {split!r}; use one of "
                         f"{', '.join(sorted(builder.info.splits))}.")
-    if name in LOCAL_BUILDERS:
-        return builder.as_data_source(split)
-    return tfds.data_source(name, split=split, data_dir=tfds_dir, download=False)
+    return builder.as_data_source(split)

@@ -1,4 +1,4 @@
-"""TFDS builders for the image corpora that need no download.
+"""TFDS builders for the local image corpora (raw files in data.dir, fetched when missing).
 
 Each example is {'id': position in the raw source, 'image': uint8 (H, W, 1), 'label': 0..9 (when
 labelled)}. Images are stored as raw uint8 tensors, not PNG, because encoding PNG inside TFDS needs
@@ -7,11 +7,13 @@ TensorFlow, which this project does not install.
 
 import gzip
 import hashlib
+import pathlib
 
 import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from dul_jax.data.download import required_files
 from dul_jax.data.local_builder import LocalBuilder
 from dul_jax.errors import UserError
 
@@ -78,21 +80,48 @@ class DulBinarizedMnist(_LocalImageBuilder):
     IMAGE_SHAPE = (28, 28, 1)
     LABELLED = False
     SPLITS = ('train', 'validation', 'test')
-    REQUIRED_FILES = ('binarized_mnist/binarized_mnist_train.amat',
-                      'binarized_mnist/binarized_mnist_valid.amat',
-                      'binarized_mnist/binarized_mnist_test.amat')
+    REQUIRED_FILES = required_files(LOCAL_NAME)   # train, valid, test: the order of SPLITS
 
     def _split_generators(self, dl_manager):
         generators = {}
         for split, path in zip(self.SPLITS, self.record_source_hashes(), strict=True):
-            # Despite the extension these are MATLAB v5 files holding uint8 (N, 784).
-            pixels = scipy.io.loadmat(path)['X']
-            images = pixels.reshape(-1, 28, 28, 1).astype(np.uint8)
+            images = read_amat(path).reshape(-1, 28, 28, 1)
             if images.max() > 1:
                 raise UserError(f'{path} holds values above 1, so it is not binarized MNIST; '
                                 f'set --config.data.dir to the folder with the original files.')
             generators[split] = self._generate_examples(images, None, np.arange(len(images)))
         return generators
+
+
+MATLAB_HEADER = b'MATLAB 5.0 MAT-file'
+
+
+def read_amat(path):
+    """uint8 (N, 784) from a binarized MNIST .amat: Larochelle's text (one image a line, 784 '0'/'1'
+    separated by spaces) or the MATLAB v5 copies of it that circulate under the same names."""
+    with open(path, 'rb') as f:
+        if f.read(len(MATLAB_HEADER)) == MATLAB_HEADER:
+            return scipy.io.loadmat(path)['X'].astype(np.uint8)
+    # Vectorized, since np.loadtxt takes many seconds for 50,000 lines: every byte must be a digit
+    # 0/1 or whitespace, no two digits adjacent (so each value is one digit), 784 per line.
+    raw = np.frombuffer(pathlib.Path(path).read_bytes(), dtype=np.uint8)
+    kind = _AMAT_BYTE_KIND[raw]
+    digit = kind == 1
+    # Only the digits and line ends: a line's count is the gap between its newlines, less one.
+    kept = raw[digit | (raw == ord('\n'))]
+    line_ends = np.flatnonzero(kept == ord('\n'))
+    counts = np.diff(np.concatenate([[-1], line_ends, [len(kept)]])) - 1
+    if (not kind.all() or (digit[1:] & digit[:-1]).any()
+            or not np.isin(counts, (0, 784)).all() or not counts.any()):
+        raise UserError(f'{path} is neither a MATLAB file nor text lines of 784 zeros and ones, so '
+                        f'it is not binarized MNIST; set --config.data.dir to the original files.')
+    return (kept[kept != ord('\n')] - ord('0')).reshape(-1, 784)
+
+
+# byte -> 0 (not allowed in a text .amat), 1 (a pixel digit), 2 (whitespace)
+_AMAT_BYTE_KIND = np.zeros(256, dtype=np.uint8)
+_AMAT_BYTE_KIND[[ord('0'), ord('1')]] = 1
+_AMAT_BYTE_KIND[[ord(c) for c in ' \t\r\n']] = 2
 
 
 def read_idx(path):
@@ -115,7 +144,7 @@ class DulMnistTest(_LocalImageBuilder):
     IMAGE_SHAPE = (28, 28, 1)
     LABELLED = True
     NUM_TRAIN = 8000
-    REQUIRED_FILES = ('mnist/t10k-images-idx3-ubyte.gz', 'mnist/t10k-labels-idx1-ubyte.gz')
+    REQUIRED_FILES = required_files(LOCAL_NAME)   # images, labels
 
     def _split_generators(self, dl_manager):
         image_path, label_path = self.record_source_hashes()

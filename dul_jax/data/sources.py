@@ -7,7 +7,14 @@ import pathlib
 
 import numpy as np
 
-from dul_jax.data.catalog import LOCAL_BUILDERS, TEXT_DATA_SETS, data_source, prepared_builder
+from dul_jax.data import download
+from dul_jax.data.catalog import (
+    LOCAL_BUILDERS,
+    data_source,
+    is_text,
+    prepared_builder,
+    text_feature,
+)
 from dul_jax.data.spec import DataSpec
 from dul_jax.errors import UserError
 
@@ -15,6 +22,7 @@ DATA_DIR_VARIABLE = 'DUL_JAX_DATA_DIR'   # where data.dir is empty: the raw corp
 DEFAULT_DATA_DIR = '~/.cache/dul_jax/data'
 DEFAULT_TFDS_DIR = '~/.cache/dul_jax/tfds'
 TEXT_VOCABS = ('bytes', 'chars')
+LEVELS_OF_DTYPE = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +33,8 @@ class Settings:
     tfds_dir: str
     seq_len: int | None
     text_vocab: str
+    data_url: str = ''    # base URL of a mirror of data.dir's layout; '' = the canonical URLs
+    num_levels: int = 0   # image levels; 0 = from the data set
 
 
 def settings(data_cfg):
@@ -40,30 +50,46 @@ def settings(data_cfg):
         raise UserError(f"data.text_vocab={text_vocab!r} is not known; "
                         f"set --config.data.text_vocab to 'bytes' or 'chars'.")
     seq_len = data_cfg.get('seq_len')
+    num_levels = data_cfg.get('num_levels') or 0
+    if not isinstance(num_levels, int) or num_levels < 0 or num_levels == 1:
+        raise UserError(f'data.num_levels={num_levels!r} is not 0 (from the data set) or a level '
+                        f'count of at least 2; set --config.data.num_levels to one of those.')
     return Settings(str(name), str(source_dir), str(tfds_dir),
-                    None if seq_len is None else int(seq_len), text_vocab)
+                    None if seq_len is None else int(seq_len), text_vocab,
+                    download.base_url(data_cfg.get('url')), num_levels)
 
 
 def describe(data_cfg):
     """The DataSpec of the configured data set; prepares a local data set on first use."""
     s = settings(data_cfg)
-    if s.name in TEXT_DATA_SETS:
-        return _describe_text(s)
-    return _describe_images(s)
+    # Prepared here, with the mirror URL only the config knows; later look-ups find it prepared.
+    builder = prepared_builder(s.name, s.source_dir, s.tfds_dir, s.data_url)
+    if is_text(s.name, builder):
+        return _describe_text(s, builder)
+    return _describe_images(s, builder)
 
 
-def _describe_images(s):
-    builder = prepared_builder(s.name, s.source_dir, s.tfds_dir)
+def _describe_images(s, builder):
     features = dict(builder.info.features.items())
     image, label = features.get('image'), features.get('label')
-    if image is None or None in image.shape or len(image.shape) != 3 or image.np_dtype != np.uint8:
-        raise UserError(f"data set {s.name!r} has no uint8 'image' feature of fixed shape "
-                        f"(H, W, C); set --config.data.name to an image data set such as mnist.")
+    if (image is None or None in image.shape or len(image.shape) != 3
+            or np.dtype(image.np_dtype) not in LEVELS_OF_DTYPE):
+        raise UserError(f"data set {s.name!r} has neither a uint8 or uint16 'image' feature of "
+                        f"fixed shape (H, W, C) nor a text feature; set --config.data.name to an "
+                        f"image or text data set such as mnist.")
+    dtype = np.dtype(image.np_dtype)
+    dtype_levels = LEVELS_OF_DTYPE[dtype]
+    if s.num_levels > dtype_levels:
+        raise UserError(f'data.num_levels={s.num_levels} is more than the {dtype_levels} values of '
+                        f'the {dtype} images of {s.name!r}; set --config.data.num_levels '
+                        f'to at most {dtype_levels}, or 0.')
+    # Our builders state their gray levels; a catalog set is taken to use its dtype's full range
+    # unless data.num_levels says fewer (e.g. 2 for tfds:binarized_mnist), checked on every batch.
+    own_levels = LOCAL_BUILDERS[s.name].NUM_LEVELS if s.name in LOCAL_BUILDERS else dtype_levels
     train_split, eval_split = _train_and_eval_splits(s.name, builder.info.splits)
     return DataSpec(
         name=s.name, kind='image', shape=tuple(image.shape),
-        # Catalog images are 8-bit; our builders state their own gray levels.
-        num_levels=LOCAL_BUILDERS[s.name].NUM_LEVELS if s.name in LOCAL_BUILDERS else 256,
+        num_levels=s.num_levels or own_levels,
         num_classes=getattr(label, 'num_classes', None) or 0, vocab=None,
         train_split=train_split, eval_split=eval_split,
         num_train=builder.info.splits[train_split].num_examples,
@@ -79,12 +105,17 @@ def _train_and_eval_splits(name, splits):
     return 'train', eval_split
 
 
-def _describe_text(s):
+def _describe_text(s, builder):
+    if s.num_levels:
+        raise UserError(f'data.num_levels={s.num_levels} applies to image data sets, but '
+                        f'{s.name!r} is text; set --config.data.num_levels=0 and choose tokens '
+                        f'with data.text_vocab.')
     if s.seq_len is None or s.seq_len < 1:
         raise UserError(f'text data set {s.name!r} needs a positive data.seq_len; '
                         f'set --config.data.seq_len.')
-    train = text_tokens(s.name, s.source_dir, s.tfds_dir, 'train', s.text_vocab)
-    valid = text_tokens(s.name, s.source_dir, s.tfds_dir, 'validation', s.text_vocab)
+    train_split, eval_split = _train_and_eval_splits(s.name, builder.info.splits)
+    train = text_tokens(s.name, s.source_dir, s.tfds_dir, train_split, s.text_vocab)
+    valid = text_tokens(s.name, s.source_dir, s.tfds_dir, eval_split, s.text_vocab)
     shortest = min(len(train), len(valid))
     if s.seq_len > shortest:
         raise UserError(f'data.seq_len={s.seq_len} is longer than a split of {s.name!r} '
@@ -93,24 +124,29 @@ def _describe_text(s):
     return DataSpec(
         name=s.name, kind='text', shape=(s.seq_len,),
         num_levels=256 if vocab is None else len(vocab), num_classes=0, vocab=vocab,
-        train_split='train', eval_split='validation', num_train=len(train), num_eval=len(valid))
+        train_split=train_split, eval_split=eval_split, num_train=len(train), num_eval=len(valid))
 
 
 # ---- text ----
 
 @functools.cache
 def split_text(name, source_dir, tfds_dir, split):
-    """A text split exactly as stored: its examples in key order, concatenated (UTF-8 bytes)."""
+    """A text split as one byte string, read into memory: a local corpus's examples in key order,
+    concatenated (exactly as stored); a catalog set's text feature in stored order, a newline
+    between examples (its sentences or documents)."""
     source = data_source(name, split, source_dir, tfds_dir)
-    examples = sorted(source.__getitems__(list(range(len(source)))), key=lambda e: e['key'])
-    return b''.join(e['text'] for e in examples)
+    examples = source.__getitems__(list(range(len(source))))
+    if name in LOCAL_BUILDERS:
+        return b''.join(e['text'] for e in sorted(examples, key=lambda e: e['key']))
+    feature = text_feature(prepared_builder(name, source_dir, tfds_dir))
+    return b'\n'.join(e[feature] for e in examples)
 
 
 @functools.cache
 def char_vocab(name, source_dir, tfds_dir):
-    """The sorted distinct characters of train + validation, so ids never depend on the split."""
-    text = (split_text(name, source_dir, tfds_dir, 'train')
-            + split_text(name, source_dir, tfds_dir, 'validation'))
+    """The sorted distinct characters of every split, so ids never depend on the split."""
+    splits = prepared_builder(name, source_dir, tfds_dir).info.splits
+    text = b''.join(split_text(name, source_dir, tfds_dir, split) for split in sorted(splits))
     try:
         return ''.join(sorted(set(text.decode('utf-8'))))
     except UnicodeDecodeError:
@@ -174,7 +210,7 @@ class ImageStream:
 
     def read(self, indices):
         examples = self.source.__getitems__([int(i) for i in indices])
-        return {'image': np.stack([e['image'] for e in examples]).astype(np.uint8),
+        return {'image': np.stack([e['image'] for e in examples]),  # uint8 or uint16
                 'label': np.array([e.get('label', 0) for e in examples], dtype=np.int32)}
 
 
@@ -189,11 +225,30 @@ def split_reader(data_cfg, spec, split, training):
     """The reader for one split: len() examples (or windows), read(indices) -> batch dict."""
     s = settings(data_cfg)
     if spec.kind == 'text':
-        if split not in ('train', 'validation'):
-            raise UserError(f'data set {s.name!r} has no split {split!r}; use train or validation.')
         tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
         # Training may start a window at any token; eval tiles the split without overlap.
         return TextWindows(tokens, spec.shape[0], stride=1 if training else spec.shape[0])
     if s.name in LOCAL_BUILDERS:
-        return _image_arrays(s.name, s.source_dir, s.tfds_dir, split)
-    return ImageStream(data_source(s.name, split, s.source_dir, tfds_dir=s.tfds_dir))
+        reader = _image_arrays(s.name, s.source_dir, s.tfds_dir, split)
+    else:
+        reader = ImageStream(data_source(s.name, split, s.source_dir, tfds_dir=s.tfds_dir))
+    return LevelChecked(reader, s.name, s.num_levels) if s.num_levels else reader
+
+
+class LevelChecked:
+    """Refuses a batch with a pixel at or above data.num_levels: a model would take such a target
+    as garbage, not fail, so a wrong override must stop the run."""
+
+    def __init__(self, reader, name, num_levels):
+        self.reader, self.name, self.num_levels = reader, name, num_levels
+
+    def __len__(self):
+        return len(self.reader)
+
+    def read(self, indices):
+        batch = self.reader.read(indices)
+        if batch['image'].size and int(batch['image'].max()) >= self.num_levels:
+            raise UserError(f'data set {self.name!r} has pixel value {int(batch["image"].max())}, '
+                            f'but data.num_levels={self.num_levels}; set --config.data.num_levels '
+                            f'above it, or to 0 for the data set\'s own levels.')
+        return batch

@@ -1,4 +1,4 @@
-"""TFDS builders for the text corpora that need no download.
+"""TFDS builders for the local text corpora (raw files in data.dir, fetched when missing).
 
 Each example is {'key': str, 'text': raw UTF-8 bytes}. A split's text is its examples sorted by
 'key' and concatenated; TFDS stores examples in a hashed order, so the key restores the order.
@@ -13,6 +13,7 @@ import sysconfig
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dul_jax.data.download import required_files
 from dul_jax.data.local_builder import LocalBuilder
 from dul_jax.errors import UserError
 
@@ -39,7 +40,7 @@ class DulTinyShakespeare(_LocalTextBuilder):
     validation (the split the reference numbers use)."""
 
     LOCAL_NAME = 'tiny_shakespeare'
-    REQUIRED_FILES = ('tinyshakespeare/input.txt',)
+    REQUIRED_FILES = required_files(LOCAL_NAME)
 
     def _split_generators(self, dl_manager):
         (path,) = self.record_source_hashes()

@@ -24,8 +24,11 @@ def _error_lines(stderr: str) -> list[str]:
     (['--config.train.steps=many'], 'not a valid int'),
     (['--config.train.batch_size=12'], 'cannot be split over the 8 batch shards'),
     (['--config.data.name=cifar10'], "data set 'cifar10' is not prepared"),
+    # a closed port as the mirror, so the fetch fails here even with internet
     (['--config.data.name=binarized_mnist', '--config.data.dir=/nonexistent',
-      '--config.data.tfds_dir=/tmp/dul_jax_test_not_prepared'], '--config.data.dir'),
+      '--config.data.url=http://127.0.0.1:9',
+      '--config.data.tfds_dir=/tmp/dul_jax_test_not_prepared'],
+     '--config.data.dir'),
     (['--config.model.embed_dim=30'], 'must be a multiple of model.num_heads'),
     (['--config.mesh.data=3'], 'mesh'),
     (['--steps=3'], 'unrecognised argument'),

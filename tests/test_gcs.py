@@ -1,0 +1,171 @@
+"""Workdirs on Google Cloud Storage, against a GCS emulator started on 127.0.0.1
+(gcp-storage-emulator, with the behaviours of GCS it lacks added in tests/gcs_emulator.py): train,
+Ctrl-C save, bit-identical resume, eval, sample, TensorBoard, the lease lock, a two-run sweep."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from etils import epath
+
+from dul_jax import config as config_lib
+from dul_jax.errors import UserError
+from dul_jax.scaling import sweep
+from dul_jax.train import loop, workdir_lock
+from dul_jax.train.checkpoint import restore_state
+from dul_jax.train.setup import prepare
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
+BUCKET = 'dul-jax-test'
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def bucket():
+    """gs://BUCKET on an emulator; gcsfs, orbax's tensorstore and google-auth are pointed at it."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, 'tests', 'gcs_emulator.py'), str(port), BUCKET],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(('127.0.0.1', port), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline and proc.poll() is None, 'the GCS emulator did not start'
+            time.sleep(0.1)
+    url = f'http://127.0.0.1:{port}'
+    env = {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+           'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield f'gs://{BUCKET}'
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def tiny(tfds_dir, **extra):
+    items = {'data.tfds_dir': tfds_dir, 'model.num_layers': 1, 'model.num_heads': 2,
+             'model.embed_dim': 32, 'model.mlp_dim': 64, 'model.dropout': 0.0,
+             'train.batch_size': 16, 'train.log_every': 2, 'train.eval_every': 0,
+             'train.ckpt_every': 0, 'eval.batch_size': 64, 'eval.max_examples': 128,
+             'sample.num': 4, 'optim.schedule': 'constant', 'optim.ema_decay': 0.9}
+    items.update(extra)
+    return config_lib.load_config(DEMO, [f'{k}={v}' for k, v in items.items()])
+
+
+def params_of(workdir, cfg):
+    setup = prepare(cfg)
+    state = restore_state(epath.Path(workdir) / 'checkpoints', setup.abstract_state())
+    return jax.device_get(state.params), int(state.step)
+
+
+def test_train_interrupt_resume_eval_sample_on_gcs(bucket, tfds_dir, tmp_path, monkeypatch,
+                                                   capsys):
+    run = f'{bucket}/runs/interrupted'
+    first_step = loop._Run._time_first_step
+
+    def then_ctrl_c(self, state):
+        first_step(self, state)
+        signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(loop._Run, '_time_first_step', then_ctrl_c)
+    assert loop.train(tiny(tfds_dir, **{'train.steps': 50}), run) == {}
+    monkeypatch.undo()
+    assert 'SIGINT: saved a checkpoint at step 1' in capsys.readouterr().out
+    root = epath.Path(run)
+    assert not (root / '.lock').exists()          # the lease is given back on exit
+    assert not os.path.exists('gs:')               # nothing written to a local folder "gs:"
+
+    cfg = tiny(tfds_dir, **{'train.steps': 6})
+    loop.train(cfg, run)
+    assert 'resumed from gs://' in capsys.readouterr().out
+    straight = str(tmp_path / 'straight')
+    loop.train(cfg, straight)
+    (a, step_a), (b, step_b) = params_of(run, cfg), params_of(straight, cfg)
+    assert step_a == step_b == 6
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    rows = [json.loads(line) for line in (root / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in rows if 'loss' in r] == [1, 2, 4, 6]   # step 1 logged at Ctrl-C
+    history = list((root / 'config_history').iterdir())
+    assert [p.name for p in history] == ['config_until_step_000001.json']  # train.steps changed
+    events = list((root / 'tensorboard').iterdir())
+    assert events and all(p.stat().length > 0 for p in events)
+    assert (root / 'samples' / 'step_000006.png').is_file()
+
+    saved = loop.load_config_of(run)
+    metrics = loop.eval_command(saved, run)
+    on_gcs = json.loads((root / 'eval_step_000006.json').read_text())
+    assert on_gcs['loss'] == pytest.approx(metrics['loss'])
+    paths = loop.sample_command(saved, run, num=3, seed=1)
+    assert paths == [f'{run}/samples/step_000006.png'] and epath.Path(paths[0]).stat().length > 0
+
+
+def test_lease_refuses_a_second_trainer_and_expires(bucket, monkeypatch):
+    run = f'{bucket}/runs/locked'
+    with workdir_lock.exclusive(run):
+        holder = (epath.Path(run) / '.lock').read_text()
+        assert f'pid {os.getpid()}' in holder
+        with pytest.raises(UserError, match='another trainer .* renewed its lease'), \
+                workdir_lock.exclusive(run):
+            pass
+    assert not (epath.Path(run) / '.lock').exists()
+    # a lease its killed holder no longer renews is taken over
+    (epath.Path(run) / '.lock').write_text('pid 1 on elsewhere, lease 0\n')
+    monkeypatch.setattr(workdir_lock, 'LEASE_TTL_S', 0.0)
+    with workdir_lock.exclusive(run):
+        assert f'pid {os.getpid()}' in (epath.Path(run) / '.lock').read_text()
+
+
+SWEEP = '''
+from dul_jax import config as config_lib
+from dul_jax.scaling.sweep import SweepRun
+
+
+def get_sweep():
+    base = config_lib.load_config({demo!r})
+    base.data.tfds_dir = {tfds_dir!r}
+    # the shapes of the run above, and runs differing by seed: compiled programs are reused
+    base.model.update(num_layers=1, num_heads=2, embed_dim=32, mlp_dim=64, dropout=0.0)
+    base.train.update(steps=2, batch_size=16, log_every=2, eval_every=0, ckpt_every=0)
+    base.optim.update(schedule='constant', ema_decay=0.9)
+    base.eval.update(batch_size=64, max_examples=128)
+    base.sample.num = 4
+    return base, [SweepRun('seed0', {{'seed': 0}}), SweepRun('seed1', {{'seed': 1}})]
+'''
+
+
+def test_two_run_sweep_on_gcs(bucket, tfds_dir, tmp_path):
+    path = tmp_path / 'sweep.py'
+    path.write_text(SWEEP.format(demo=DEMO, tfds_dir=tfds_dir))
+    workdir = f'{bucket}/sweep'
+    results = sweep.run_sweep(str(path), workdir)
+    assert [r['name'] for r in results] == ['seed0', 'seed1']
+    table = (epath.Path(workdir) / 'results.jsonl').read_text().splitlines()
+    assert [json.loads(line)['name'] for line in table] == ['seed0', 'seed1']
+    assert (epath.Path(workdir) / 'runs' / 'seed1' / 'checkpoints' / '2').is_dir()
+    # finished runs are skipped when the sweep is run again
+    again = sweep.run_sweep(str(path), workdir)
+    assert [r['wall_s'] for r in again] == [r['wall_s'] for r in results]

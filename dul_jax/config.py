@@ -9,6 +9,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 
 import ml_collections
 
@@ -21,6 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.task = 'autoregressive'
     c.parallelism = 'jit'  # or 'pmap': pure data parallelism with jax.pmap
+    c.init_from = ''       # warm start: a run's workdir or WORKDIR/checkpoints/STEP to take params
+    c.init_params = ''     # with init_from: a regex on param names to take ('': all of them)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'digits'
@@ -59,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ckpt_every = 500
     c.train.sample_every = 0                    # 0: sample only at the end
     c.train.keep_checkpoints = 3
+    c.train.profile_steps = 0                   # steps traced by jax.profiler into tensorboard/
+    c.train.profile_start = 10                  # the first traced step (after compilation)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 64
@@ -261,5 +266,16 @@ def validate_common(cfg) -> None:
                                       f'{cfg.eval.max_examples}.')
     check(cfg.sample.num > 0, f'sample.num must be positive, got {cfg.sample.num}; the run '
                               'writes samples at its end.')
+    check(t.profile_steps >= 0 and t.profile_start >= 1,
+          f'train.profile_steps must be >= 0 (0: off) and train.profile_start >= 1, got '
+          f'{t.profile_steps} and {t.profile_start}.')
+    check(not cfg.init_params or cfg.init_from, 'init_params is set but init_from is empty; set '
+          '--config.init_from to the run whose params to take.')
+    if cfg.init_params:
+        try:
+            re.compile(cfg.init_params)
+        except re.error as e:
+            raise UserError(f'init_params={cfg.init_params!r} is not a regular expression '
+                            f'({e}).') from None
     check(t.keep_checkpoints >= 1, f'train.keep_checkpoints must be at least 1, got '
                                    f'{t.keep_checkpoints}; it is how many checkpoints to keep.')

@@ -27,6 +27,7 @@ from dul_jax.train import mfu, workdir_lock
 from dul_jax.train.checkpoint import Checkpointer, restore_state
 from dul_jax.train.setup import Setup, prepare
 from dul_jax.train.state import eval_params
+from dul_jax.train.warm_start import warm_start
 from dul_jax.train.writers import MetricWriter
 
 
@@ -71,6 +72,37 @@ class _StopSignals:
                 signal.signal(s, handler)
 
 
+class _Profile:
+    """A jax.profiler trace of steps [start, start + count) on process 0, written where the
+    TensorBoard events go (WORKDIR/tensorboard/plugins/profile/, TensorBoard's profile tab)."""
+
+    def __init__(self, writer: MetricWriter, start: int, count: int):
+        self.start, self.count, self.tracing = start, count if writer.enabled else 0, False
+        self.directory = os.path.join(writer.local, 'tensorboard') if writer.enabled else None
+
+    def before(self, step: int) -> None:
+        if self.count and step == self.start:
+            jax.profiler.start_trace(self.directory)
+            self.tracing = True
+
+    def after(self, step: int, state) -> None:
+        if self.tracing and step == self.start + self.count - 1:
+            jax.block_until_ready(state)   # the traced steps' work, not just their dispatch
+            self._stop()
+            log(f'profiled steps {self.start}-{step} into {self.directory}/plugins/profile')
+
+    def _stop(self) -> None:
+        jax.profiler.stop_trace()
+        self.tracing = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.tracing:  # the run ended inside the traced steps
+            self._stop()
+
+
 def _mean_metrics(history: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
@@ -106,6 +138,9 @@ class _Run:
         start = self.ckpt.latest_step()
         if start is None:
             state, start = self.setup.init_state(self.cfg.seed), 0
+            if self.cfg.init_from:
+                state, count = warm_start(state, self.cfg.init_from, self.cfg.init_params)
+                log(f'warm start: {count} param arrays from {self.cfg.init_from}')
         else:
             try:
                 state = self.ckpt.restore(self.setup.abstract_state(), self.data_iter, start)
@@ -161,10 +196,13 @@ class _Run:
         progress = tqdm.tqdm(total=tc.steps, initial=step, disable=not self.bar, unit='step',
                              dynamic_ncols=True, mininterval=1.0)
         self.clock = (time.perf_counter(), 0)  # start of the current log interval, steps in it
-        with contextlib.closing(progress), setup.context(), _StopSignals() as signals:
+        profile = _Profile(self.writer, tc.profile_start, tc.profile_steps)
+        with contextlib.closing(progress), setup.context(), _StopSignals() as signals, profile:
             while step < tc.steps:
+                profile.before(step + 1)
                 state, metrics = step_fn(state, setup.put_train_batch(next(self.data_iter)))
                 step += 1
+                profile.after(step, state)
                 self.pending.append(metrics)
                 self.clock = (self.clock[0], self.clock[1] + 1)
                 progress.update(1)

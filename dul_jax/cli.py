@@ -100,11 +100,13 @@ def run(argv: list[str]) -> int:
         _sweep(args)
         return 0
     from dul_jax import config as config_lib
+    if args.command in ('train', 'inspect'):
+        # before the trainer's imports (jax, flax, orbax: seconds), so a wrong path or key is
+        # said at once
+        cfg = config_lib.load_config(args.config, overrides)
     from dul_jax import runtime
     from dul_jax.train import loop
-    if args.command in ('train', 'inspect'):
-        cfg = config_lib.load_config(args.config, overrides)
-    else:
+    if args.command not in ('train', 'inspect'):
         cfg = loop.load_config_of(args.workdir, overrides)
     runtime.start(cfg, getattr(args, 'debug', False))
     if args.command == 'train':

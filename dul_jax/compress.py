@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import tempfile
@@ -221,15 +222,18 @@ def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> 
 def _read_images(path: str, spec) -> np.ndarray:
     try:
         images = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f'{path} is not a readable .npy file ({e}); pass a uint8 array saved '
+    except (OSError, ValueError, EOFError) as e:   # EOFError: an empty or cut-short file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'{path} is not a readable .npy file ({reason}); pass a uint8 array saved '
                         'with numpy.save.') from None
     want = (spec.num_levels, tuple(spec.shape))
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want[1]:
         raise UserError(f'{path} holds a {images.dtype} array of shape {images.shape}, but this '
                         f'model codes uint8 images (N, {", ".join(map(str, want[1]))}); convert '
                         'the input to that shape and dtype.')
-    if images.size and int(images.max()) >= spec.num_levels:
+    if not len(images):
+        raise UserError(f'{path} holds no images (shape {images.shape}); pass at least one.')
+    if int(images.max()) >= spec.num_levels:
         raise UserError(f'{path} has pixel value {int(images.max())}, but this model codes '
                         f'levels 0..{spec.num_levels - 1}; quantize the images to '
                         f'{spec.num_levels} levels first.')
@@ -314,8 +318,26 @@ def _parse(blob: bytes, path: str, codec: Codec):
     if len(blob) != end + 4 * num_words:
         raise UserError(f'{path} has {len(blob) - end} payload bytes where its header says '
                         f'{4 * num_words}: it is truncated or damaged; use the complete file.')
+    _check_shape(shape, codec, num_words, path)
     words = np.frombuffer(blob, dtype='<u4', offset=end).astype(np.uint32)
     return shape, digest, words
+
+
+def _check_shape(shape, codec: Codec, num_words: int, path: str) -> None:
+    """One UserError sentence unless the header's shape is the model's and its symbols fit the
+    payload: a damaged shape must not make the decoder allocate for 2^60 images."""
+    image = codec.kind == 'image'
+    if (len(shape) != 4 or tuple(shape[1:]) != tuple(codec.spec.shape)) if image \
+            else len(shape) != 1:
+        raise UserError(f'{path} has a damaged header (shape {tuple(shape)} for a model of '
+                        f'{codec.kind}s); use an intact file.')
+    # Every symbol costs at least -log2 of the largest frequency a quantized row can give one
+    # symbol, so the payload bounds the symbol count (plus the coder's final words).
+    least_bits = -math.log2(1.0 - (codec.levels - 1) / 2.0 ** PRECISION)
+    symbols = math.prod(shape)
+    if symbols * least_bits > 32 * (num_words + 2):
+        raise UserError(f'{path} has a damaged header: it claims {symbols:,} symbols, more than '
+                        f'its {4 * num_words:,} payload bytes can hold; use an intact file.')
 
 
 def compress_file(codec: Codec, input_path: str, output_path: str) -> dict:

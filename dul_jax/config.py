@@ -106,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.num_processes = 0             # 0: from the environment
     c.distributed.process_id = -1               # -1: from the environment
     c.distributed.local_device_ids = ()         # e.g. (0,) for one GPU per process
+    c.distributed.initialization_timeout_s = 300  # how long to wait for every process to join
     return c
 
 

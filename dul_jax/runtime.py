@@ -17,6 +17,7 @@ def start(cfg, debug: bool = False) -> None:
     distributed.initialize(cfg.distributed)
     # Read when jax's CPU backend starts: the first device query below.
     jax.config.update('jax_cpu_enable_async_dispatch', bool(cfg.runtime.cpu_async_dispatch))
+    distributed.check_same_config(cfg)   # the first device use: after the setting above
     if debug:
         jax.config.update('jax_debug_nans', True)
         chex.enable_asserts()

@@ -59,6 +59,19 @@ def test_real_command_exits_2_without_traceback(tmp_path):
         'clip_norm, ema_decay, lr, min_lr_ratio, schedule, warmup_steps, weight_decay).')]
 
 
+def test_a_missing_config_file_is_said_before_jax_is_imported(tmp_path):
+    # the trainer's imports take seconds; a typo in the path should not wait for them
+    argv = ['train', '--config', 'nope.py', '--workdir', str(tmp_path)]
+    code = (f'import sys\nfrom dul_jax import cli\nassert cli.main({argv!r}) == 2\n'
+            'assert "jax" not in sys.modules, "jax was imported"\n')
+    proc = subprocess.run([sys.executable, '-c', code], check=False, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert _error_lines(proc.stderr) == [(
+        'error: config file nope.py does not exist; pass an existing --config file, e.g. '
+        'experiments/configs/demo.py.')]
+
+
 def test_train_eval_sample_and_debug(tmp_path, tfds_dir, capsys):
     workdir = str(tmp_path / 'run')
     common = [f'--config.data.tfds_dir={tfds_dir}', *TINY]

@@ -224,3 +224,44 @@ def test_a_file_decodes_with_its_own_checkpoint_after_the_run_trains_on(image_ru
     assert cli.main(['decompress', '--workdir', workdir, '--input', packed,
                      '--output', str(tmp_path / 'z.npy')]) == 2
     assert 'checkpoint step 20' in capsys.readouterr().err
+
+
+def _one_sentence(message, path):
+    assert str(path) in message and '\n' not in message and message.endswith('.'), message
+
+
+def test_damaged_headers_and_unusable_inputs_are_one_sentence_naming_the_file(
+        image_run, test_images, tmp_path):
+    _, _, codec = image_run
+    packed = str(tmp_path / 'packed.dulz')
+    compress_lib.compress_file(codec, _save(tmp_path / 'x.npy', test_images[:3]), packed)
+    with open(packed, 'rb') as f:
+        blob = f.read()
+    count = compress_lib._FIXED.size           # the image count: the first u64 of the shape
+    restored = tmp_path / 'restored.npy'
+    for name, damaged, fragment in [
+            # the count's high byte flipped: (2^56 + 3) x 64 symbols, exabytes to decode into
+            ('count', blob[:count] + b'\x01' + blob[count + 1:],
+             'claims 4,611,686,018,427,388,096 symbols, more than its 88 payload'),
+            ('height', blob[:count + 8] + (9).to_bytes(8, 'big') + blob[count + 16:],
+             r'damaged header \(shape \(3, 9, 8, 1\) for a model of images\)'),
+            ('empty', b'', 'not a file written by')]:
+        path = tmp_path / f'{name}.dulz'
+        path.write_bytes(damaged)
+        with pytest.raises(UserError, match=fragment) as e:
+            compress_lib.decompress_file(codec, str(path), str(restored))
+        _one_sentence(str(e.value), path)
+        assert not restored.exists(), name
+    original = tmp_path / 'x.npy'
+    cut = tmp_path / 'cut.npy'
+    cut.write_bytes(original.read_bytes()[:-10])
+    empty = tmp_path / 'empty.npy'
+    empty.write_bytes(b'')
+    none = _save(tmp_path / 'none.npy', test_images[:0])
+    for path, fragment in [(cut, 'is not a readable .npy file'),
+                           (empty, r'is not a readable .npy file \(No data left in file\)'),
+                           (none, r'holds no images \(shape \(0, 8, 8, 1\)\)')]:
+        with pytest.raises(UserError, match=fragment) as e:
+            compress_lib.compress_file(codec, str(path), str(tmp_path / 'out.dulz'))
+        _one_sentence(str(e.value), path)
+    assert not (tmp_path / 'out.dulz').exists()

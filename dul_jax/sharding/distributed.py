@@ -6,9 +6,13 @@ coordinator, process count and id from the environment. Elsewhere give them in t
 in JAX's own environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 
+import hashlib
+import json
 import os
+import sys
 
 import jax
+import numpy as np
 
 from dul_jax.errors import UserError
 
@@ -34,9 +38,46 @@ def initialize(dist_cfg) -> None:
         kwargs['process_id'] = pid
     if dist_cfg.local_device_ids:
         kwargs['local_device_ids'] = list(dist_cfg.local_device_ids)
+    timeout = dist_cfg.initialization_timeout_s
+    if not (isinstance(timeout, int) and timeout > 0):
+        raise UserError(f'distributed.initialization_timeout_s must be a positive number of '
+                        f'seconds, got {timeout!r}.')
+    where = (f'coordinator {coordinator or "(found by JAX)"}, process {pid if pid >= 0 else "?"} '
+             f'of {num or "?"}')
+    # JAX 0.10 does not raise when a process never arrives: after the timeout its C++ client
+    # aborts the process (SIGABRT, "DEADLINE_EXCEEDED ... RegisterTask"). Said first, so the
+    # line above that abort names what was awaited and the key that waits longer.
+    print(f'joining the other processes ({where}); waiting up to {timeout} s '
+          '(--config.distributed.initialization_timeout_s) for all of them to start.',
+          file=sys.stderr, flush=True)
     try:
-        jax.distributed.initialize(**kwargs)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
     except (RuntimeError, ValueError) as e:
-        raise UserError(f'jax.distributed.initialize({kwargs}) failed ({e}); set '
-                        '--config.distributed.coordinator=HOST:PORT, .num_processes and '
-                        '.process_id, or run where JAX detects the cluster.') from e
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise UserError(f'the processes could not join ({where}: {reason}); check that every '
+                        'process was started with the same coordinator and process count, raise '
+                        '--config.distributed.initialization_timeout_s if some start late, or run '
+                        'where JAX detects the cluster.') from e
+
+
+def check_same_config(cfg) -> None:
+    """UserError on every process unless all were started with the same config (apart from
+    what is per process: `distributed.*` and the local data paths). Collective: every process
+    calls it after `initialize`; a no-op in a single process."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    from dul_jax import config as config_lib
+    shared = json.loads(config_lib.to_json(cfg))
+    shared.pop('distributed', None)
+    for key in ('dir', 'tfds_dir'):   # local paths may differ between hosts
+        shared.get('data', {}).pop(key, None)
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).digest()
+    # uint32 words: without jax_enable_x64 an int64 would be cut to 32 bits on the way
+    words = multihost_utils.process_allgather(np.frombuffer(digest[:16], np.uint32))
+    differ = [i for i in range(len(words)) if not np.array_equal(words[i], words[0])]
+    if differ:
+        raise UserError(f'the {len(words)} processes were started with different configs '
+                        f'(process(es) {", ".join(map(str, differ))} differ from process 0); start '
+                        'every process with the same --config file and --config.KEY values.')

@@ -5,7 +5,12 @@ processes; restore places every array straight into the shardings of the current
 checkpoint written on one mesh loads on any other.
 """
 
+import sys
+
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from dul_jax import storage
 from dul_jax.errors import UserError
@@ -40,25 +45,101 @@ class Checkpointer:
             items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+    def restore(self, abstract_state, data_iterator=None, step: int | None = None,
+                fall_back: bool = True):
         """The state at `step` (default: latest), in abstract_state's shardings; the iterator, if
-        given, is moved to where it was when the checkpoint was saved."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        given, is moved to where it was when the checkpoint was saved. `restored_step` says which.
+
+        With no `step` and `fall_back`, a checkpoint whose files are damaged (unreadable, though
+        not recorded with other shapes than abstract_state's) is moved to DIRECTORY_corrupt/ with
+        a warning and the next newest is tried, so an automatic restart does not crash on it
+        again. A checkpoint recorded with other shapes is never moved: that is a config mismatch.
+        """
+        steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+        if not steps:
             raise UserError(f'no checkpoint in {self.directory}; train first or pass the workdir '
                             'of a run that saved one.')
-        items = {'state': ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
-            import grain
-            items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+        for candidate in steps:
+            state, damage = self._restore_step(candidate, abstract_state, data_iterator)
+            if damage is None:
+                self.restored_step = candidate
+                return state
+            if step is not None or not fall_back:
+                raise UserError(f'checkpoint {self.directory}/{candidate} could not be restored '
+                                f'({damage}); it is damaged or was saved with another config, so '
+                                'restore it with the config it was saved with or use another '
+                                '--workdir.')
+            self._set_aside(candidate, damage)
+        raise UserError(f'none of the checkpoints {steps} in {self.directory} could be restored '
+                        f'(each is kept in {self.directory}_corrupt/, its cause logged); copy an '
+                        'intact checkpoint back into the directory to resume from it, or train '
+                        'again to start from step 0.')
+
+    def _restore_step(self, step: int, abstract_state, data_iterator):
+        """(state, None), or (None, why the files are damaged); UserError if the checkpoint
+        records other shapes. Every process gets the same answer (one that fails fails all), so
+        all resume from the same step."""
+        # Shapes first, from the checkpoint's own record: a mismatch is named without orbax
+        # failing midway through its concurrent reads (which leaves tasks failing unobserved).
+        mismatch, damage = self._compare_shapes(step, abstract_state)
+        if mismatch is None and damage is None:
+            items = {'state': ocp.args.StandardRestore(abstract_state)}
+            if data_iterator is not None:
+                import grain
+                items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+            try:
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            except Exception as e:  # noqa: BLE001 (orbax raises many types for unreadable files)
+                damage = _cause(e)
+        if jax.process_count() > 1:
+            flags = multihost_utils.process_allgather(
+                np.array([mismatch is not None, damage is not None], np.int32))
+            if mismatch is None and flags[:, 0].any():
+                mismatch = 'another process found other shapes in it'
+            if mismatch is None and damage is None and flags[:, 1].any():
+                damage = 'another process could not read its part of it'
+        if mismatch is not None:
+            raise UserError(f'checkpoint {self.directory}/{step} was {mismatch}; restore it with '
+                            'the model config it was saved with, or use another --workdir.')
+        return (None, damage) if damage is not None else (restored['state'], None)
+
+    def _compare_shapes(self, step: int, abstract_state) -> tuple[str | None, str | None]:
+        """(mismatch, damage): 'saved with KEY SHAPE DTYPE, where ...' if the checkpoint records
+        other arrays than abstract_state's; why its record is unreadable if it is (damage)."""
+        def flat(tree):  # {'params.head.kernel': 'float32[32, 17]'}; '' where none is recorded
+            return {'.'.join(str(getattr(k, 'name', getattr(k, 'key', getattr(k, 'idx', k))))
+                             for k in path): (f'{leaf.dtype}{list(leaf.shape)}' if hasattr(
+                                 leaf, 'shape') and hasattr(leaf, 'dtype') else '')
+                    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as e:  # orbax raises many types for unreadable or mismatched files
-            raise UserError(f'checkpoint {self.directory}/{step} could not be restored '
-                            f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is corrupt '
-                            'or from a different model config, so delete it or use another '
-                            '--workdir.') from e
-        return restored['state']
+            recorded = ocp.StandardCheckpointHandler().metadata(
+                self.directory / str(step) / 'state').tree
+        except Exception as e:  # noqa: BLE001 (orbax raises many types for unreadable records)
+            return None, _cause(e)
+        saved, wanted = flat(recorded), flat(abstract_state)
+        for key in sorted(set(saved) | set(wanted)):
+            if saved.get(key) != wanted.get(key) and '' not in (saved.get(key), wanted.get(key)):
+                return (f'saved with {key} {saved.get(key, "absent")}, where this config has '
+                        f'{wanted.get(key, "absent")}'), None
+        return None, None
+
+    def _set_aside(self, step: int, cause: str) -> None:
+        """Move a damaged step out of the orbax directory (process 0; never deleted), so a later
+        save of the same step number does not collide with it."""
+        folder = self.directory.parent / f'{self.directory.name}_corrupt'
+        aside = folder / str(step)
+        if jax.process_index() == 0:
+            n = 0
+            while aside.exists():   # a step damaged twice: keep both
+                n += 1
+                aside = folder / f'{step}.{n}'
+            folder.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(aside)
+            print(f'warning: checkpoint {self.directory}/{step} could not be restored ({cause}); '
+                  f'moved it to {aside} and trying the next newest.', file=sys.stderr)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f'dul_jax set aside checkpoint {step}')
+        self.manager.reload()
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
@@ -72,6 +153,15 @@ class Checkpointer:
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any process received SIGTERM (multi-process sync point)."""
         return self.manager.reached_preemption(step)
+
+
+def _cause(error: Exception) -> str:
+    """The first line of the innermost exception: orbax wraps TensorStore's precise message
+    ("OUT_OF_RANGE: Error reading ...") in a generic one with a long spec."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip()
+    return f'{type(error).__name__}: {text.splitlines()[0][:200]}' if text else type(error).__name__
 
 
 def restore_state(directory: str, abstract_state, step: int | None = None):

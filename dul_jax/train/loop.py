@@ -142,16 +142,22 @@ class _Run:
                 state, count = warm_start(state, self.cfg.init_from, self.cfg.init_params)
                 log(f'warm start: {count} param arrays from {self.cfg.init_from}')
         else:
+            # Damaged checkpoints are set aside only if the data pipeline is the one they were
+            # saved with (the state's shapes the checkpointer checks itself): under another one
+            # every checkpoint's iterator position could fail to restore, intact or not.
+            changed = self._changed_settings()
+            pipeline = [c for c in changed if c.startswith(('data.', 'seed ', 'train.batch_size '))]
             try:
-                state = self.ckpt.restore(self.setup.abstract_state(), self.data_iter, start)
+                state = self.ckpt.restore(self.setup.abstract_state(), self.data_iter,
+                                          fall_back=not pipeline)
             except UserError:
-                changed = self._changed_settings()
                 if not changed:
                     raise
                 raise UserError(f'checkpoint {self.ckpt.directory}/{start} could not be restored, '
                                 'and this config differs from the one it was saved with '
                                 f'({"; ".join(changed)}); resume with those values, or train in '
                                 'another --workdir.') from None
+            start = self.ckpt.restored_step
             self.last_good = start
             self.writer.drop_after(start)
             log(f'resumed from {self.ckpt.directory}/{start}')

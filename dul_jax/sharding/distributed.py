@@ -68,8 +68,7 @@ def check_same_config(cfg) -> None:
         return
     from jax.experimental import multihost_utils
 
-    from dul_jax import config as config_lib
-    shared = json.loads(config_lib.to_json(cfg))
+    shared = json.loads(json.dumps(cfg.to_dict(), default=list))  # tuples as lists, as in files
     shared.pop('distributed', None)
     for key in ('dir', 'tfds_dir'):   # local paths may differ between hosts
         shared.get('data', {}).pop(key, None)

@@ -6,6 +6,7 @@
   dul-jax sample --workdir DIR [--num N] [--seed S]
   dul-jax compress   --workdir DIR --input FILE --output FILE   # lossless, with the run's model
   dul-jax decompress --workdir DIR --input FILE --output FILE
+  dul-jax export --workdir DIR --output FILE.msgpack [--step N]   # eval params + config + spec
   dul-jax inspect --config experiments/configs/NAME.py [--config.KEY=VALUE ...]
   dul-jax sweep  --sweep experiments/scaling/NAME.py --workdir DIR [--shard I/N] [--no-report]
 
@@ -49,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         coder.add_argument('--workdir', required=True)
         coder.add_argument('--input', required=True)
         coder.add_argument('--output', required=True)
+    export = sub.add_parser(
+        'export', help='write the eval params of a checkpoint to one portable .msgpack file',
+        description='Write the eval params (the EMA where the run keeps one) of checkpoint N '
+                    '(default: the latest) to one msgpack file: {"params": nested dicts of numpy '
+                    'arrays, "config": config.json text, "data_spec": data_spec.json text, '
+                    '"step": int}. Read it with flax.serialization.msgpack_restore(open(FILE, '
+                    '"rb").read()); no checkpoint code is needed.')
+    export.add_argument('--workdir', required=True)
+    export.add_argument('--output', required=True, help='FILE.msgpack (local or gs://)')
+    export.add_argument('--step', type=int, default=None, help='a kept checkpoint step')
     sweep = sub.add_parser('sweep', help='run (or resume) a sweep of runs; fit and report it')
     sweep.add_argument('--sweep', required=True, help='a sweep file with get_sweep()')
     sweep.add_argument('--workdir', required=True)
@@ -124,6 +135,11 @@ def run(argv: list[str]) -> int:
     elif args.command in ('compress', 'decompress'):
         from dul_jax import compress
         compress.command(args.command, cfg, args.workdir, args.input, args.output)
+    elif args.command == 'export':
+        from dul_jax.train import run as run_lib
+        r = run_lib.export(cfg, args.workdir, args.output, args.step)
+        print(f'step {r["step"]}: {r["num_params"]:,} {"EMA " if r["ema"] else ""}params, '
+              f'{r["bytes"]:,} bytes -> {r["path"]}')
     return 0
 
 

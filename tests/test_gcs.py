@@ -10,15 +10,19 @@ import subprocess
 import sys
 import time
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
 from etils import epath
 
+import dul_jax
 from dul_jax import config as config_lib
+from dul_jax import data
 from dul_jax.errors import UserError
 from dul_jax.scaling import sweep
 from dul_jax.train import loop, workdir_lock
+from dul_jax.train import run as run_lib
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
 
@@ -121,6 +125,16 @@ def test_train_interrupt_resume_eval_sample_on_gcs(bucket, tfds_dir, tmp_path, m
     assert on_gcs['loss'] == pytest.approx(metrics['loss'])
     paths = loop.sample_command(saved, run, num=3, seed=1)
     assert paths == [f'{run}/samples/step_000006.png'] and epath.Path(paths[0]).stat().length > 0
+    # the run opens from the bucket: its kept data spec, its EMA params, an export written there
+    kept = data.DataSpec.from_json((root / 'data_spec.json').read_text())
+    assert kept == data.describe(saved.data)
+    opened = dul_jax.load_run(run)
+    assert opened.step == 6 and opened.spec == kept
+    run_lib.export(saved, run, f'{run}/params.msgpack')
+    exported = flax.serialization.msgpack_restore((root / 'params.msgpack').read_bytes())
+    for x, y in zip(jax.tree.leaves(exported['params']), jax.tree.leaves(opened.params),
+                    strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_lease_refuses_a_second_trainer_and_expires(bucket, monkeypatch):

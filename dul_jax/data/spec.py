@@ -2,6 +2,7 @@
 them without importing TFDS or grain."""
 
 import dataclasses
+import json
 
 import numpy as np
 
@@ -19,6 +20,18 @@ class DataSpec:
     num_train: int            # examples (images) or tokens (text) in train_split
     num_eval: int
 
+    def to_json(self) -> str:
+        """The spec as a JSON object of its fields (what a workdir keeps as data_spec.json)."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + '\n'
+
+    @classmethod
+    def from_json(cls, text: str) -> 'DataSpec':
+        """The inverse of to_json; ValueError (or TypeError) for text that is not such a spec."""
+        fields = json.loads(text)
+        if not isinstance(fields, dict):
+            raise TypeError('not a JSON object')
+        # JSON has no tuples: the shape comes back as a list
+        return cls(**{**fields, 'shape': tuple(int(n) for n in fields['shape'])})
 
 
 def encode_text(text, spec):

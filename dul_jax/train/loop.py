@@ -1,6 +1,7 @@
 """The training loop, evaluation and sampling of one run in one workdir.
 
-WORKDIR/ holds config.json, metrics.jsonl, tensorboard/, checkpoints/ (orbax) and samples/.
+WORKDIR/ holds config.json, data_spec.json, metrics.jsonl, tensorboard/, checkpoints/ (orbax)
+and samples/.
 Running `train` again on the same workdir resumes from the latest checkpoint. SIGTERM or SIGINT
 (Ctrl-C) saves a
 checkpoint and returns; a non-finite loss stops the run before any bad state is checkpointed.
@@ -26,8 +27,9 @@ from dul_jax.sharding.mesh import to_host
 from dul_jax.train import mfu, workdir_lock
 from dul_jax.train.checkpoint import Checkpointer, restore_state
 from dul_jax.train.setup import Setup, prepare
-from dul_jax.train.state import eval_params
+from dul_jax.train.state import eval_key, eval_params
 from dul_jax.train.warm_start import warm_start
+from dul_jax.train.workdir import kept_spec, load_config_of, write_spec  # noqa: F401 (cli's)
 from dul_jax.train.writers import MetricWriter
 
 
@@ -183,6 +185,7 @@ class _Run:
             storage.write_atomic(root / 'config_history' / f'config_until_step_{start:06d}.json',
                                  (root / 'config.json').read_text())
         storage.write_atomic(root / 'config.json', config_lib.to_json(self.cfg))
+        write_spec(self.workdir, self.setup.spec)   # eval, sample, export need no data set then
         self.writer.write_hparams(config_lib.flatten(self.cfg))
 
     def train(self) -> dict[str, float]:
@@ -307,15 +310,13 @@ def evaluate(setup: Setup, state, max_examples: int = 0) -> dict[str, float]:
     """Mean per-example metrics over the eval split (the first max_examples; 0 = all of it)."""
     eval_step = setup.eval_step
     params = eval_params(state)
-    # the same keys at every eval (per batch index), so evals at different steps compare
-    eval_rng = jax.random.fold_in(jax.random.key(setup.cfg.seed), 0x5EED)
     totals = None
     with setup.context():
         for i, batch in enumerate(data.eval_batches(
                 setup.cfg.data, setup.cfg.eval.batch_size // jax.process_count(),
                 max_examples or None, process_index=jax.process_index(),
                 process_count=jax.process_count())):
-            sums = eval_step(params, setup.put_batch(batch), jax.random.fold_in(eval_rng, i))
+            sums = eval_step(params, setup.put_batch(batch), eval_key(setup.cfg.seed, i))
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     totals = jax.device_get(totals)
     count = float(totals.pop('count'))
@@ -345,21 +346,10 @@ def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None 
     return paths
 
 
-def load_config_of(workdir: str, overrides: list[str] = ()):
-    """The config a run in `workdir` was trained with, with `key=value` overrides applied."""
-    saved = storage.read_text(storage.path(workdir) / 'config.json')
-    if saved is None:
-        raise UserError(f'{workdir} has no config.json; pass the --workdir of a run '
-                        'started with `dul-jax train`.')
-    cfg = config_lib.from_json(saved)
-    for item in overrides:
-        config_lib.apply_override(cfg, item)
-    return cfg
-
-
-def load_run(cfg, workdir: str):
-    """The Setup and latest state of a finished or running workdir (for eval and sample)."""
-    setup = prepare(cfg)
+def restore_latest(cfg, workdir: str):
+    """The Setup (on the kept data spec) and latest state of a workdir, for eval and sample;
+    `dul_jax.load_run` is the notebook's one-device view of a run."""
+    setup = prepare(cfg, spec=kept_spec(cfg, workdir))
     state = restore_state(storage.path(workdir) / 'checkpoints', setup.abstract_state())
     return setup, state
 
@@ -367,7 +357,7 @@ def load_run(cfg, workdir: str):
 def eval_command(cfg, workdir: str) -> dict[str, float]:
     """`dul-jax eval`: the whole eval split and the configured evaluators on the latest
     checkpoint; writes WORKDIR/eval_step_NNNNNN.json and returns the metrics."""
-    setup, state = load_run(cfg, workdir)
+    setup, state = restore_latest(cfg, workdir)
     with setup.context():
         metrics = evaluate(setup, state, 0)
         metrics.update(evaluators.evaluate(setup.task, eval_params(state)))
@@ -382,7 +372,7 @@ def eval_command(cfg, workdir: str) -> dict[str, float]:
 
 def sample_command(cfg, workdir: str, num: int, seed: int) -> list[str]:
     """`dul-jax sample`: `num` samples from the latest checkpoint with `seed`; returns the paths."""
-    setup, state = load_run(cfg, workdir)
+    setup, state = restore_latest(cfg, workdir)
     paths = write_samples(setup, state, workdir, int(state.step), num, seed)
     log('wrote ' + ', '.join(paths))
     return paths

@@ -91,6 +91,12 @@ def eval_params(state: TrainState):
     return state.ema_params if state.ema_params is not None else state.params
 
 
+def eval_key(seed: int, batch_index: int) -> jax.Array:
+    """The key of eval batch `batch_index`: the same at every eval, so evals at different steps
+    (and `Run.evaluate` on the first batch) compare."""
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), batch_index)
+
+
 def make_eval_step(task):
     """Mask-weighted sums of the task's per-example metrics, plus the example count."""
 

@@ -37,9 +37,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import struct
-import tempfile
 import time
 from typing import Protocol
 
@@ -222,7 +220,7 @@ def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> 
 
 def _read_images(path: str, spec) -> np.ndarray:
     try:
-        images = np.load(path, allow_pickle=False)
+        images = np.load(io.BytesIO(_read(path)), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:   # EOFError: an empty or cut-short file
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f'{path} is not a readable .npy file ({reason}); pass a uint8 array saved '
@@ -261,20 +259,21 @@ def _digest(codec: Codec, data) -> bytes:
 
 # ---- files --------------------------------------------------------------------------------------
 
+def _read(path: str) -> bytes:
+    """The bytes of --input (a local path or a gs:// URL)."""
+    target = storage.path(path)
+    if not target.is_file():
+        raise UserError(f'--input {path} does not exist; pass an existing file.')
+    return target.read_bytes()
+
+
 def _write_atomically(path: str, payload: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    target = storage.path(path)
+    if target.is_dir():
         raise UserError(f'--output {path} is a folder; pass a file name.')
-    if not os.path.isdir(folder):
+    if not storage.is_url(target) and not target.parent.is_dir():
         raise UserError(f'the folder of --output {path} does not exist; create it first.')
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    storage.write_atomic(target, payload)   # a temp file renamed; one upload on gs://
 
 
 def _header(codec: Codec, shape: tuple[int, ...], digest: bytes, words: int) -> bytes:
@@ -302,11 +301,7 @@ def _header_fields(blob: bytes, path: str):
 
 def checkpoint_step(path: str) -> int:
     """The checkpoint step the compressed file at `path` was coded with."""
-    if not os.path.isfile(path):
-        raise UserError(f'--input {path} does not exist; pass an existing file.')
-    with open(path, 'rb') as f:
-        head = f.read(4096)   # the header is at most 8 + 8 * 255 + 80 bytes
-    return _header_fields(head, path)[6]
+    return _header_fields(_read(path)[:4096], path)[6]  # a header is under 2,200 bytes
 
 
 def _parse(blob: bytes, path: str, codec: Codec):
@@ -343,32 +338,26 @@ def _check_shape(shape, codec: Codec, num_words: int, path: str) -> None:
 
 def compress_file(codec: Codec, input_path: str, output_path: str) -> dict:
     """Compress `input_path` to `output_path`; returns sizes, ideal bits and seconds."""
-    if not os.path.isfile(input_path):
-        raise UserError(f'--input {input_path} does not exist; pass an existing file.')
     start = time.perf_counter()
     if codec.kind == 'image':
         data = _read_images(input_path, codec.spec)
         shape = data.shape
     else:
-        with open(input_path, 'rb') as f:
-            data = f.read()
+        data = _read(input_path)
         shape = (len(data),)
     rows, lengths = _to_rows(codec, data)
     words, ideal_bits = encode_rows(codec.stepper, rows, lengths)
     header = _header(codec, shape, _digest(codec, data), len(words))
     _write_atomically(output_path, header + words.astype('<u4').tobytes())
-    return {'symbols': int(lengths.sum()), 'input_bytes': os.path.getsize(input_path),
+    return {'symbols': int(lengths.sum()), 'input_bytes': storage.path(input_path).stat().length,
             'header_bytes': len(header), 'payload_bytes': 4 * len(words),
             'ideal_bits': ideal_bits, 'seconds': time.perf_counter() - start}
 
 
 def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
     """Decompress `input_path` to `output_path` (written only if the checksum matches)."""
-    if not os.path.isfile(input_path):
-        raise UserError(f'--input {input_path} does not exist; pass an existing file.')
     start = time.perf_counter()
-    with open(input_path, 'rb') as f:
-        blob = f.read()
+    blob = _read(input_path)
     shape, digest, words = _parse(blob, input_path, codec)
     if codec.kind == 'image':
         lengths = np.full(shape[0], codec.stepper.length, np.int64)
@@ -396,7 +385,7 @@ def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
 
 def command(name: str, cfg, workdir: str, input_path: str, output_path: str) -> dict:
     """`dul-jax compress` / `decompress`: code one file and print one line about it."""
-    if os.path.abspath(input_path) == os.path.abspath(output_path):
+    if storage.path(input_path) == storage.path(output_path):
         raise UserError('--input and --output are the same file; write the output elsewhere.')
     step = checkpoint_step(input_path) if name == 'decompress' else None
     codec = load_codec(cfg, workdir, step=step)

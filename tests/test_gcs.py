@@ -183,3 +183,12 @@ def test_two_run_sweep_on_gcs(bucket, tfds_dir, tmp_path):
     # finished runs are skipped when the sweep is run again
     again = sweep.run_sweep(str(path), workdir)
     assert [r['wall_s'] for r in again] == [r['wall_s'] for r in results]
+
+
+def test_compress_reads_and_writes_gcs_files(bucket):
+    from dul_jax import compress
+    path = f'{bucket}/coded/out.dulz'
+    compress._write_atomically(path, b'DULZ' + bytes(range(256)))
+    assert compress._read(path) == b'DULZ' + bytes(range(256))
+    with pytest.raises(UserError, match='does not exist'):
+        compress._read(f'{bucket}/coded/missing.npy')

@@ -140,7 +140,7 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     configured data set's (benchmarks on synthetic batches of a given shape).
     """
     validate_common(cfg)
-    spec = spec or data.describe(cfg.data)
+    spec = spec or describe_data(cfg)
     task = make_task(cfg, spec)   # validates the model config against the data
     evaluators.validate(task)
     if eager:
@@ -174,6 +174,18 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
                              state_shardings.params)
     return Setup(cfg, spec, task, mesh, rules, tx, schedule, state_shardings, logical_specs,
                  mesh_lib.batch_sharding(mesh, rules), eager)
+
+
+def describe_data(cfg) -> data.DataSpec:
+    """data.describe, which prepares a local data set on first use, by process 0 first: the
+    others then find it prepared (a shared file system) or prepare their own copy, so no two
+    processes ever write one data folder at once."""
+    if jax.process_count() == 1:
+        return data.describe(cfg.data)
+    from jax.experimental import multihost_utils
+    spec = data.describe(cfg.data) if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices('dul_jax: data set prepared by process 0')
+    return spec or data.describe(cfg.data)
 
 
 def _init_boxed(task, tx, cfg, rng) -> TrainState:

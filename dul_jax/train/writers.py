@@ -25,11 +25,10 @@ class MetricWriter:
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
-        self._jsonl = self._tb = None
+        self._jsonl = self._tb = self._staging = None
         if not self.enabled:
             return
         self.remote = storage.path(workdir)
-        self._staging = None
         if storage.is_url(self.remote):
             self._staging = tempfile.TemporaryDirectory(prefix='dul_jax_metrics_')
             local = self._staging.name
@@ -94,7 +93,7 @@ class MetricWriter:
 
     def sync(self, force: bool = False) -> None:
         """Upload the staged files that changed (a no-op for a local workdir)."""
-        if self._staging is None or not self.enabled:
+        if not self.enabled or self._staging is None:
             return
         if not force and time.monotonic() - self._last_sync < SYNC_S:
             return

@@ -40,7 +40,8 @@ def source_params(source: str) -> dict[str, np.ndarray]:
     """The eval params of the checkpoint at `source`, by path name, as host arrays."""
     folder = _checkpoint_folder(source)
     try:
-        saved = ocp.StandardCheckpointer().restore(folder / 'state')
+        with ocp.StandardCheckpointer() as checkpointer:   # closed: no pending tasks left behind
+            saved = checkpointer.restore(folder / 'state')
     except Exception as e:  # orbax raises many types for unreadable files
         raise UserError(f'init_from checkpoint {folder} could not be read ({type(e).__name__}); '
                         'set --config.init_from to an intact run.') from e

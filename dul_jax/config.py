@@ -69,11 +69,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 64
     c.eval.max_examples = 2048                  # per periodic eval; 0 = the whole split
     # Shared evaluators (dul_jax/evaluators/) run at the end of training and by `dul-jax eval`:
-    # 'bound' (variational bound, bits/dim), 'probe' (linear probe and k-NN), 'fid' (domain FID).
+    # 'bound' (variational bound, bits/dim), 'probe' (linear probe and k-NN), 'fid' (domain FID),
     c.eval.evaluators = ()
     c.eval.bound = ml_collections.ConfigDict({'examples': 256})        # 0: the whole eval split
     c.eval.probe = ml_collections.ConfigDict({'knn_k': 20})
     c.eval.fid = ml_collections.ConfigDict({'classifier': '', 'num': 0})  # num 0: eval split size
+    # 'iwae': the importance-weighted bound with k draws, `batch_size` images x `chunk` draws at
+    # a time; 'posterior': active units and KL per latent dimension over the eval split.
+    c.eval.iwae = ml_collections.ConfigDict({'k': 5000, 'chunk': 500, 'batch_size': 10,
+                                             'examples': 0})             # 0: the whole eval split
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 16

@@ -143,6 +143,17 @@ class Task:
         """Per-example terms (B,) in nats whose sum bounds -log p(x) (evaluators/bound.py)."""
         raise NotImplementedError
 
+    def log_importance_weights(self, params, batch: Batch, rng: jax.Array,
+                               num: int) -> jax.Array:
+        """(B, num) log p(x, z_i) - log q(z_i | x) for `num` latent draws z_i ~ q(z | x) per
+        example, in nats (evaluators/iwae.py)."""
+        raise NotImplementedError
+
+    def posterior(self, params, levels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """A diagonal Gaussian q(z | x) of (B, H, W, C) images: mean and log-variance, each
+        (B, D) (evaluators/posterior.py)."""
+        raise NotImplementedError
+
     def position_decoder(self, params):
         """An exact one-position-at-a-time model for `dul-jax compress` (see compress.py's
         PositionDecoder), or None where the family has no exact discrete likelihood."""

@@ -1,0 +1,36 @@
+"""Posterior-collapse diagnostics of a latent-variable model over the whole eval split: active
+units (Burda et al. 2016: a dimension u is active when Cov_x(E_q[z_u | x]) > 0.01) and the KL to
+the standard normal prior per latent dimension, in nats per image (dimensions whose KL is ~0
+carry no information about x). The task provides `posterior(params, levels) -> (mean, log_var)`.
+"""
+
+import jax
+import numpy as np
+
+from dul_jax import data
+from dul_jax.config import check
+from dul_jax.losses.latent import kl_to_standard_normal
+from dul_jax.tasks.base import implements
+
+ACTIVE_THRESHOLD = 0.01
+
+
+def validate(task) -> None:
+    check(implements(task, 'posterior'), f'eval.evaluators has "posterior", but task '
+          f'"{task.name}" has no Gaussian posterior (Task.posterior); remove "posterior".')
+
+
+def evaluate(task, params) -> dict[str, float]:
+    posterior = jax.jit(task.posterior)
+    means, kls = [], []
+    for batch in data.eval_batches(task.cfg.data, task.cfg.eval.batch_size):
+        keep = batch['mask'] > 0
+        mean, log_var = jax.device_get(posterior(params, batch['image']))
+        means.append(np.asarray(mean, np.float64)[keep])
+        kls.append(np.asarray(kl_to_standard_normal(mean, log_var), np.float64)[keep])
+    means, kl = np.concatenate(means), np.concatenate(kls).mean(0)
+    variance = means.var(0)
+    metrics = {'active_units': float(np.sum(variance > ACTIVE_THRESHOLD)),
+               'kl_nats_per_image': float(kl.sum())}
+    metrics.update({f'kl_dim_{u:02d}': float(v) for u, v in enumerate(kl)})
+    return metrics

@@ -1,0 +1,243 @@
+"""Variational autoencoder (Kingma & Welling 2014) with the importance-weighted bound (Burda et al.
+2016): a diagonal Gaussian posterior q(z|x) through the reparameterisation trick, a standard
+normal prior, and a decoder p(x|z) over the data's discrete levels: Bernoulli (2 levels),
+categorical, or a discretized logistic mixture.
+
+Training minimises the negative ELBO, E_q[-log p(x|z)] + beta KL(q(z|x) || p(z)) with the KL in
+closed form (optionally with free bits), or with `model.objective = 'iwae'` the negative IWAE
+bound on `model.train_samples` samples. The loss is in nats per dimension; eval reports the
+negative ELBO in nats per image and bits/dim. Evaluators: `iwae` (the bound at large k),
+`posterior` (active units, KL per latent dimension), `bound` (reconstruction + KL), `probe` (on
+the posterior means), `fid` (decoded samples). Pictures: samples (the decoder's mean), test
+images beside their reconstructions, and latent interpolations between test images.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dul_jax import data
+from dul_jax.config import check
+from dul_jax.losses import latent
+from dul_jax.losses.gaussian import levels_to_unit
+from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
+from dul_jax.losses.logistic_mixture import (
+    discretized_logistic_mixture_log_probs,
+    discretized_logistic_mixture_nll,
+)
+from dul_jax.models.vae import VAE
+from dul_jax.tasks.base import Task, jit_method
+
+LIKELIHOODS = ('bernoulli', 'categorical', 'logistic_mixture')
+OBJECTIVES = ('elbo', 'iwae')
+INTERPOLATION_STEPS = 10
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.channels = (32, 64)          # conv stages, each halving the image; () = fully connected
+    m.hidden = (256,)              # dense layers after the conv stages (mirrored in the decoder)
+    m.latent_dim = 32
+    m.likelihood = 'bernoulli'     # 'bernoulli' (2 levels), 'categorical', 'logistic_mixture'
+    m.mixtures = 5                 # logistic components per pixel value
+    m.objective = 'elbo'           # 'elbo' or 'iwae' (Burda et al. 2016)
+    m.train_samples = 1            # posterior samples per example in training (k of the IWAE)
+    m.beta = 1.0                   # weight of the KL (beta-VAE); 1 is the ELBO
+    m.free_bits = 0.0              # nats per latent dimension below which the KL is not pushed
+    m.dtype = 'float32'            # compute dtype; params stay float32
+    return m
+
+
+class VAETask(Task):
+
+    def validate(self):
+        super().validate()
+        self.require_images()
+        m, spec = self.cfg.model, self.spec
+        check(m.likelihood in LIKELIHOODS, f'model.likelihood must be one of '
+              f'{", ".join(LIKELIHOODS)}, got "{m.likelihood}".')
+        check(m.likelihood != 'bernoulli' or spec.num_levels == 2,
+              f'model.likelihood="bernoulli" needs 2-level images, but "{spec.name}" has '
+              f'{spec.num_levels} levels; set --config.model.likelihood=categorical or '
+              'logistic_mixture.')
+        check(m.objective in OBJECTIVES,
+              f'model.objective must be "elbo" or "iwae", got "{m.objective}".')
+        check(m.latent_dim > 0 and m.train_samples >= 1 and m.mixtures >= 1,
+              'model.latent_dim, model.train_samples and model.mixtures must be positive.')
+        check(m.beta >= 0 and m.free_bits >= 0, 'model.beta and model.free_bits must be >= 0.')
+        check(m.objective == 'elbo' or (m.beta == 1 and m.free_bits == 0),
+              'model.beta and model.free_bits change the ELBO only; with model.objective="iwae" '
+              'leave them at 1 and 0.')
+        h, w, _ = spec.shape
+        scale = 2 ** len(m.channels)
+        check(h % scale == 0 and w % scale == 0,
+              f'model.channels has {len(m.channels)} stages, each halving the image, but the '
+              f'{h}x{w} images of "{spec.name}" are not divisible by {scale}; use fewer stages.')
+
+    def build_model(self):
+        m = self.cfg.model
+        out = {'bernoulli': 1, 'categorical': self.spec.num_levels,
+               'logistic_mixture': 3 * m.mixtures}[m.likelihood]
+        return VAE(image_shape=tuple(self.spec.shape), channels=tuple(m.channels),
+                   hidden=tuple(m.hidden), latent_dim=m.latent_dim, out_per_value=out,
+                   dtype=self.dtype)
+
+    def example_size(self):
+        return int(np.prod(self.spec.shape))
+
+    def init(self, rng, batch):
+        z = jnp.zeros((batch['image'].shape[0], self.cfg.model.latent_dim))
+        return self.model.init(rng, self._unit(batch['image']), z)['params']
+
+    # ---- the model's pieces (also the capabilities of evaluators and bits-back coding) --------
+
+    def _unit(self, levels):
+        return levels_to_unit(levels, self.spec.num_levels)
+
+    def posterior(self, params, levels):
+        """q(z|x) of (B, H, W, C) levels: mean and log-variance, each (B, latent_dim)."""
+        return self.model.apply({'params': params}, self._unit(levels), method=VAE.encode)
+
+    def pixel_log_probs(self, params, z):
+        """log p(x|z) of every level of every pixel value: (B, H, W, C, levels), normalised."""
+        out = self.model.apply({'params': params}, z, method=VAE.decode)
+        return self._log_probs(out)
+
+    def _log_probs(self, out):
+        kind = self.cfg.model.likelihood
+        if kind == 'bernoulli':
+            return jnp.stack([jax.nn.log_sigmoid(-out[..., 0]), jax.nn.log_sigmoid(out[..., 0])],
+                             axis=-1)
+        if kind == 'categorical':
+            return jax.nn.log_softmax(out, axis=-1)
+        return discretized_logistic_mixture_log_probs(out, self.spec.num_levels)
+
+    def _reconstruction_nll(self, params, z, levels):
+        """-log p(x|z) in nats per image: z (B, k, D), levels (B, H, W, C) -> (B, k)."""
+        b, k, d = z.shape
+        out = self.model.apply({'params': params}, z.reshape(b * k, d), method=VAE.decode)
+        out = out.reshape((b, k) + out.shape[1:])
+        x = jnp.broadcast_to(levels[:, None], (b, k) + levels.shape[1:]).astype(jnp.int32)
+        kind = self.cfg.model.likelihood
+        if kind == 'bernoulli':
+            nll = latent.bernoulli_nll(out[..., 0], x.astype(jnp.float32))
+        elif kind == 'categorical':
+            nll = categorical_nll(out, x)
+        else:
+            nll = discretized_logistic_mixture_nll(out, x, self.spec.num_levels)
+        return nll.reshape(b, k, -1).sum(-1)
+
+    def _draw(self, mean, log_var, rng, k):
+        """k reparameterised posterior samples per example: (B, k, D)."""
+        eps = jax.random.normal(rng, (mean.shape[0], k, mean.shape[1]))
+        return mean[:, None] + jnp.exp(0.5 * log_var)[:, None] * eps
+
+    def log_importance_weights(self, params, batch, rng, num: int):
+        """log p(x, z_i) - log q(z_i | x) for `num` posterior samples per example: (B, num)."""
+        levels = batch['image']
+        mean, log_var = self.posterior(params, levels)
+        z = self._draw(mean, log_var, rng, num)
+        log_prior = latent.standard_normal_log_prob(z).sum(-1)
+        log_q = latent.gaussian_log_prob(z, mean[:, None], log_var[:, None]).sum(-1)
+        return -self._reconstruction_nll(params, z, levels) + log_prior - log_q
+
+    def bound_terms(self, params, batch, rng):
+        """The negative ELBO's two terms in nats per image: -log p(x|z) at one posterior sample,
+        and the analytic KL."""
+        mean, log_var = self.posterior(params, batch['image'])
+        z = self._draw(mean, log_var, rng, 1)
+        return {'reconstruction': self._reconstruction_nll(params, z, batch['image'])[:, 0],
+                'kl': latent.kl_to_standard_normal(mean, log_var).sum(-1)}
+
+    def features(self, params, levels):
+        return self.posterior(params, levels)[0]
+
+    # ---- training and eval -------------------------------------------------------------------
+
+    def loss(self, params, batch, rng):
+        m, dims = self.cfg.model, self.example_size()
+        mean, log_var = self.posterior(params, batch['image'])
+        kl = latent.kl_to_standard_normal(mean, log_var)
+        z = self._draw(mean, log_var, rng, m.train_samples)
+        rec = self._reconstruction_nll(params, z, batch['image'])          # (B, k)
+        if m.objective == 'iwae':
+            log_q = latent.gaussian_log_prob(z, mean[:, None], log_var[:, None]).sum(-1)
+            log_w = -rec + latent.standard_normal_log_prob(z).sum(-1) - log_q
+            objective = -latent.iwae_bound(log_w)
+        else:
+            objective = rec.mean(-1) + m.beta * latent.free_bits_kl(kl, m.free_bits)
+        nelbo = rec.mean(-1) + kl.sum(-1)
+        loss = objective.mean() / dims
+        return loss, {'loss': loss, 'nats_per_image': nelbo.mean(), 'kl': kl.sum(-1).mean(),
+                      'reconstruction': rec.mean()}
+
+    def eval_metrics(self, params, batch, rng):
+        terms = self.bound_terms(params, batch, rng)
+        nelbo = terms['reconstruction'] + terms['kl']
+        dims = self.example_size()
+        return {'loss': nelbo / dims, 'nats_per_image': nelbo,
+                'bits_per_dim': bits_per_dim(nelbo, dims), **terms}
+
+    # ---- samples and pictures ----------------------------------------------------------------
+
+    def _mean_image(self, log_probs):
+        """The decoder's mean in [0, 1]: sum_l p(l) l / (L - 1)."""
+        levels = jnp.arange(self.spec.num_levels, dtype=jnp.float32)
+        return (jnp.exp(log_probs) * levels).sum(-1) / (self.spec.num_levels - 1)
+
+    def _prior_draw(self, rng, num):
+        return self.cfg.sample.temperature * jax.random.normal(
+            rng, (num, self.cfg.model.latent_dim))
+
+    @jit_method('num')
+    def sample_images(self, params, rng, num):
+        """(num, H, W, C) levels drawn from p(x|z), z from the prior."""
+        z_rng, x_rng = jax.random.split(rng)
+        log_probs = self.pixel_log_probs(params, self._prior_draw(z_rng, num))
+        return jax.random.categorical(x_rng, log_probs).astype(jnp.uint8)
+
+    @jit_method()
+    def _pictures(self, params, rng, levels):
+        num = levels.shape[0]
+        samples = self._mean_image(self.pixel_log_probs(params, self._prior_draw(rng, num)))
+        mean, _ = self.posterior(params, levels)
+        reconstructions = self._mean_image(self.pixel_log_probs(params, mean))
+        # each test image to the next one, in INTERPOLATION_STEPS even steps of the posterior mean
+        weights = jnp.linspace(0.0, 1.0, INTERPOLATION_STEPS)[None, :, None]
+        path = (1 - weights) * mean[:, None] + weights * jnp.roll(mean, -1, axis=0)[:, None]
+        between = self._mean_image(self.pixel_log_probs(
+            params, path.reshape(-1, mean.shape[-1])))
+        originals = levels.astype(jnp.float32) / (self.spec.num_levels - 1)
+        return {'samples': samples, 'originals': originals, 'reconstructions': reconstructions,
+                'interpolations': between.reshape((num, INTERPOLATION_STEPS) + levels.shape[1:])}
+
+    def sample(self, params, rng, num):
+        """Pictures in [0, 1]: `num` samples (the decoder's mean at prior draws), the first `num`
+        eval images and their reconstructions (at the posterior mean), and interpolations."""
+        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
+        return self._pictures(params, rng, batch['image'])
+
+    def save_samples(self, samples, path_stem):
+        num, h, w, c = samples['samples'].shape
+        cols = min(num, 10)
+        rows = -(-num // cols)
+        pad = rows * cols - num
+        pairs = []   # per block of `cols`: a row of originals above their reconstructions
+        for start in range(0, rows * cols, cols):
+            for key in ('originals', 'reconstructions'):
+                block = samples[key][start:start + cols]
+                pairs.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
+                                                             block.dtype)]))
+        grid = np.concatenate([samples['samples'], np.zeros((pad, h, w, c), np.float32)])
+        interpolations = samples['interpolations'][:min(num, 8)]
+        return [
+            self.save_image_grid(grid, path_stem + '.png', num_levels=2, cols=cols),
+            self.save_image_grid(np.concatenate(pairs), path_stem + '_reconstructions.png',
+                                 num_levels=2, cols=cols),
+            self.save_image_grid(interpolations.reshape((-1, h, w, c)),
+                                 path_stem + '_interpolations.png', num_levels=2,
+                                 cols=INTERPOLATION_STEPS)]
+
+
+TASK = VAETask

@@ -1,6 +1,7 @@
 """VAE family: the latent-variable math against closed forms, the IWAE bound's properties, the
 iwae and posterior evaluators, sharding over meshes, bad configs, and a tiny run end to end."""
 
+import json
 import math
 import pathlib
 import re
@@ -149,6 +150,21 @@ def test_chunked_bound_equals_the_bound_over_all_draws_at_once(vae):
     np.testing.assert_allclose(chunked, latent.iwae_bound(draws), rtol=1e-6)
 
 
+def test_kl_warm_up_weighs_the_kl_by_the_step(vae):
+    task, params, batch = vae
+    task.cfg.model.kl_warmup_steps = 10
+    try:
+        rng = jax.random.key(2)
+        _, m = task.loss(params, batch, rng)
+        dims = task.example_size()
+        for step, weight in ((0, 0.0), (5, 0.5), (10, 1.0), (50, 1.0)):
+            loss, _ = task.loss(params, batch, rng, step=jnp.int32(step))
+            np.testing.assert_allclose(loss * dims, m['reconstruction'] + weight * m['kl'],
+                                       rtol=1e-5)
+    finally:
+        task.cfg.model.kl_warmup_steps = 0
+
+
 def test_pixel_log_probs_are_normalised_for_every_likelihood(tfds_dir):
     for likelihood in ('categorical', 'logistic_mixture'):
         task = prepare(tiny_config(tfds_dir, **{'model.likelihood': likelihood}),
@@ -167,6 +183,7 @@ def test_pixel_log_probs_are_normalised_for_every_likelihood(tfds_dir):
     ({'model.likelihood': 'bernoulli'}, 'needs 2-level images'),
     ({'model.channels': (8, 8, 8, 8)}, 'not divisible by 16'),
     ({'model.objective': 'iwae', 'model.beta': 0.5}, 'change the ELBO only'),
+    ({'model.kl_warmup_steps': -1}, 'must be >= 0'),
     ({'eval.evaluators': ('iwae',), 'eval.iwae.chunk': 7}, 'must divide eval.iwae.k'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
@@ -208,8 +225,8 @@ def test_tiny_run_learns_and_reports_bounds_diagnostics_and_pictures(tmp_path, t
     cfg = tiny_config(tfds_dir, **{'eval.evaluators': ('iwae', 'posterior', 'bound'),
                                    'train.steps': 150, 'train.sample_every': 150})
     final = loop.train(cfg, str(tmp_path))
-    import json
-    rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    rows = [json.loads(line) for line in
+            (tmp_path / 'metrics.jsonl').read_text().splitlines()]
     losses = [r['loss'] for r in rows if 'loss' in r and 'eval/loss' not in r]
     assert losses[-1] < 0.8 * losses[0]
     # the IWAE bound with k = 40 is tighter than the single-draw ELBO, both in nats per image

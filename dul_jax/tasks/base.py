@@ -68,6 +68,9 @@ class Task:
     # Parameter collections that are lookup tables, not matmul weights: left out of N (the
     # non-embedding parameters of scaling laws) by `dul-jax sweep`.
     embedding_names: tuple[str, ...] = ()
+    # True: the trainer calls loss(params, batch, rng, step=...) with the optimizer step (an int32
+    # scalar array), for schedules inside the loss such as a KL warm-up.
+    loss_takes_step: bool = False
 
     def __init__(self, cfg, spec: DataSpec):
         self.cfg, self.spec, self.name = cfg, spec, cfg.task

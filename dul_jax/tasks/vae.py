@@ -4,12 +4,13 @@ normal prior, and a decoder p(x|z) over the data's discrete levels: Bernoulli (2
 categorical, or a discretized logistic mixture.
 
 Training minimises the negative ELBO, E_q[-log p(x|z)] + beta KL(q(z|x) || p(z)) with the KL in
-closed form (optionally with free bits), or with `model.objective = 'iwae'` the negative IWAE
-bound on `model.train_samples` samples. The loss is in nats per dimension; eval reports the
-negative ELBO in nats per image and bits/dim. Evaluators: `iwae` (the bound at large k),
-`posterior` (active units, KL per latent dimension), `bound` (reconstruction + KL), `probe` (on
-the posterior means), `fid` (decoded samples). Pictures: samples (the decoder's mean), test
-images beside their reconstructions, and latent interpolations between test images.
+closed form (optionally with free bits and a linear KL warm-up), or with
+`model.objective = 'iwae'` the negative IWAE bound on `model.train_samples` samples. The loss is
+in nats per dimension; eval reports the negative ELBO in nats per image and bits/dim.
+Evaluators: `iwae` (the bound at large k), `posterior` (active units, KL per latent dimension),
+`bound` (reconstruction + KL), `probe` (on the posterior means), `fid` (decoded samples).
+Pictures: samples (the decoder's mean), test images beside their reconstructions, and latent
+interpolations between test images.
 """
 
 import jax
@@ -45,11 +46,13 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.train_samples = 1            # posterior samples per example in training (k of the IWAE)
     m.beta = 1.0                   # weight of the KL (beta-VAE); 1 is the ELBO
     m.free_bits = 0.0              # nats per latent dimension below which the KL is not pushed
+    m.kl_warmup_steps = 0          # the KL's weight rises linearly from 0 to beta over these steps
     m.dtype = 'float32'            # compute dtype; params stay float32
     return m
 
 
 class VAETask(Task):
+    loss_takes_step = True         # the KL warm-up
 
     def validate(self):
         super().validate()
@@ -65,10 +68,12 @@ class VAETask(Task):
               f'model.objective must be "elbo" or "iwae", got "{m.objective}".')
         check(m.latent_dim > 0 and m.train_samples >= 1 and m.mixtures >= 1,
               'model.latent_dim, model.train_samples and model.mixtures must be positive.')
-        check(m.beta >= 0 and m.free_bits >= 0, 'model.beta and model.free_bits must be >= 0.')
-        check(m.objective == 'elbo' or (m.beta == 1 and m.free_bits == 0),
-              'model.beta and model.free_bits change the ELBO only; with model.objective="iwae" '
-              'leave them at 1 and 0.')
+        check(m.beta >= 0 and m.free_bits >= 0 and m.kl_warmup_steps >= 0,
+              'model.beta, model.free_bits and model.kl_warmup_steps must be >= 0.')
+        check(m.objective == 'elbo' or (m.beta == 1 and m.free_bits == 0
+                                        and m.kl_warmup_steps == 0),
+              'model.beta, model.free_bits and model.kl_warmup_steps change the ELBO only; with '
+              'model.objective="iwae" leave them at 1, 0 and 0.')
         h, w, _ = spec.shape
         scale = 2 ** len(m.channels)
         check(h % scale == 0 and w % scale == 0,
@@ -155,7 +160,7 @@ class VAETask(Task):
 
     # ---- training and eval -------------------------------------------------------------------
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step=None):
         m, dims = self.cfg.model, self.example_size()
         mean, log_var = self.posterior(params, batch['image'])
         kl = latent.kl_to_standard_normal(mean, log_var)
@@ -166,7 +171,10 @@ class VAETask(Task):
             log_w = -rec + latent.standard_normal_log_prob(z).sum(-1) - log_q
             objective = -latent.iwae_bound(log_w)
         else:
-            objective = rec.mean(-1) + m.beta * latent.free_bits_kl(kl, m.free_bits)
+            beta = m.beta
+            if m.kl_warmup_steps and step is not None:
+                beta = beta * jnp.minimum(step / m.kl_warmup_steps, 1.0)
+            objective = rec.mean(-1) + beta * latent.free_bits_kl(kl, m.free_bits)
         nelbo = rec.mean(-1) + kl.sum(-1)
         loss = objective.mean() / dims
         return loss, {'loss': loss, 'nats_per_image': nelbo.mean(), 'kl': kl.sum(-1).mean(),

@@ -1,5 +1,6 @@
 """The train state pytree and the pure, jit-able train and eval steps."""
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -69,7 +70,10 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
         rng = step_rng(state)
         if axis_name is not None:  # pmap: each device its own dropout noise for its sub-batch
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        (_, metrics), grads = accumulated_grads(task.loss, state.params, batch, rng, grad_accum)
+        loss_fn = task.loss
+        if task.loss_takes_step:   # schedules inside the loss (KL warm-up), from the state's step
+            loss_fn = functools.partial(task.loss, step=state.step)
+        (_, metrics), grads = accumulated_grads(loss_fn, state.params, batch, rng, grad_accum)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             metrics = jax.lax.pmean(metrics, axis_name)

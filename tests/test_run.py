@@ -172,3 +172,19 @@ def test_char_run_samples_decode_with_the_kept_vocabulary(tmp_path, tfds_dir, sh
     assert all(len(t) == 16 and set(t) <= set(vocab) for t in texts)
     with open(path) as f:
         assert f.read() == ''.join(f'===== sample {i} =====\n{t}\n' for i, t in enumerate(texts))
+
+
+def test_a_run_from_before_newer_config_keys_loads_with_their_defaults(image_run, tmp_path):
+    """A config.json without keys that a later dul_jax added (here one model key and one
+    evaluator block) gets their defaults; its own values stay."""
+    import json
+    import shutil
+    workdir, _ = image_run
+    old = tmp_path / 'old_run'
+    shutil.copytree(workdir, old)
+    saved = json.loads((old / 'config.json').read_text())
+    del saved['model']['dropout'], saved['eval']['fid']
+    saved['model']['num_layers'] = 7
+    (old / 'config.json').write_text(json.dumps(saved))
+    cfg = loop.load_config_of(str(old))
+    assert cfg.model.dropout == 0.0 and cfg.eval.fid.num == 0 and cfg.model.num_layers == 7

@@ -6,9 +6,12 @@ without the training data: a char-level run's vocabulary, a data set's shape and
 in the spec. Workdirs from before data_spec.json fall back on `data.describe`.
 """
 
+import sys
+
 from dul_jax import config as config_lib
 from dul_jax import data, storage
 from dul_jax.errors import UserError
+from dul_jax.tasks import base as tasks_base
 
 CONFIG_FILE = 'config.json'
 SPEC_FILE = 'data_spec.json'
@@ -22,7 +25,7 @@ def load_config_of(workdir: str, overrides: list[str] = ()):
     if saved is None:
         raise UserError(f'{workdir} has no config.json; pass the --workdir of a run '
                         'started with `dul-jax train`.')
-    cfg = config_lib.from_json(saved)
+    cfg = with_defaults(config_lib.from_json(saved))
     for item in overrides:
         config_lib.apply_override(cfg, item)
     return cfg
@@ -50,3 +53,21 @@ def kept_spec(cfg, workdir: str) -> data.DataSpec:
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f'{root / SPEC_FILE} is not a data spec ({type(e).__name__}: {e}); delete '
                         'it to describe the data set again from its files.') from None
+
+
+def with_defaults(saved):
+    """`saved` with the keys a newer dul_jax added since the run was trained set to their
+    defaults (base_config and the family's default_model_config); saved values win."""
+    defaults = config_lib.base_config().to_dict()
+    family = sys.modules[tasks_base.task_class(saved.task).__module__]
+    if hasattr(family, 'default_model_config'):
+        defaults['model'] = family.default_model_config().to_dict()
+    return type(saved)(_merged(defaults, saved.to_dict()))
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+    out = dict(defaults)
+    for key, value in saved.items():
+        both = isinstance(value, dict) and isinstance(defaults.get(key), dict)
+        out[key] = _merged(defaults[key], value) if both else value
+    return out

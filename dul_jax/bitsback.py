@@ -18,8 +18,8 @@ costs exactly LATENT_BITS bits per dimension), the decoder is fed the buckets' c
 prior's quantiles at the buckets' mid-masses), and the posterior's bucket probabilities are
 differences of its CDF at the bucket edges. Departures: 12 latent bits (the reference: 8) and one
 frequency precision of 24 bits (compress.PRECISION) for posterior and likelihood (the reference:
-14), both finer; frequencies are floor(p * 2^24), at least 1, the remainder to the most probable
-bucket, as compress.quantize.
+14), both finer; the likelihood's frequencies are compress.quantize's (floor(p * 2^24), at least
+1, the remainder to the most probable level).
 
 Initial bits: the first image's pop of z needs bits on the stack before anything has been pushed.
 The stack is seeded with `seed_words(latent_dim)` = ceil(latent_dim * LATENT_BITS / 32) + 2
@@ -58,20 +58,18 @@ def bucket_centres(bits: int = LATENT_BITS) -> np.ndarray:
     return special.ndtri((np.arange(2 ** bits, dtype=np.float64) + 0.5) / 2 ** bits)
 
 
-def quantize_probs(probs: np.ndarray, precision: int = PRECISION) -> np.ndarray:
-    """(rows, K) probabilities -> integer frequencies (as float64) summing to 2^precision, every
-    bucket at least 1: compress.quantize on their logarithms."""
-    with np.errstate(divide='ignore'):
-        return quantize(np.log(np.maximum(probs, 0.0)), precision)
-
-
 def posterior_freqs(mean: np.ndarray, log_var: np.ndarray, bits: int = LATENT_BITS) -> np.ndarray:
-    """(D, 2^bits) frequencies of q(z|x) = N(mean, exp(log_var)) over the prior's buckets: CDF
-    differences at the bucket edges, in float64."""
+    """(D, 2^bits) integer frequencies (as float64) of q(z|x) = N(mean, exp(log_var)) over the
+    prior's buckets, summing to 2^PRECISION: differences of the CDF at the bucket edges, computed
+    in float64 and rounded as round(cdf * (2^PRECISION - 2^bits)) + edge index, so every bucket
+    keeps at least 1 and the posterior equal to the prior gets exactly 2^(PRECISION - bits)."""
+    buckets = 2 ** bits
     mean = np.asarray(mean, np.float64)[:, None]
     std = np.exp(0.5 * np.asarray(log_var, np.float64))[:, None]
     cdf = special.ndtr((bucket_edges(bits)[None] - mean) / std)
-    return quantize_probs(np.diff(cdf, axis=-1))
+    cdf[:, 0], cdf[:, -1] = 0.0, 1.0
+    ints = np.rint(cdf * (2.0 ** PRECISION - buckets)) + np.arange(buckets + 1)
+    return np.diff(ints, axis=-1)
 
 
 def seed_words(latent_dim: int) -> np.ndarray:

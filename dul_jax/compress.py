@@ -341,11 +341,11 @@ def _check_shape(shape, codec: Codec, num_words: int, path: str) -> None:
     # Bits-back: an image can cost less than its pixels (its latent's bits come back), but
     # bitsback.encode writes no file of more images than payload bits.
     least_bits = -math.log2(1.0 - (codec.levels - 1) / 2.0 ** PRECISION)
-    symbols = math.prod(shape)
+    symbols, unit = math.prod(shape), 'symbols'
     if codec.kind == 'bitsback':
-        least_bits, symbols = 1.0, shape[0]
+        least_bits, symbols, unit = 1.0, shape[0], 'images'
     if symbols * least_bits > 32 * (num_words + 2):
-        raise UserError(f'{path} has a damaged header: it claims {symbols:,} symbols, more than '
+        raise UserError(f'{path} has a damaged header: it claims {symbols:,} {unit}, more than '
                         f'its {4 * num_words:,} payload bytes can hold; use an intact file.')
 
 

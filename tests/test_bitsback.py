@@ -30,12 +30,15 @@ def _train(workdir, overrides):
     cfg = config_lib.load_config(os.path.join(REPO, 'experiments', 'configs',
                                               'vae_binarized_mnist.py'), overrides)
     setup = prepare(cfg, devices=jax.devices()[:1])
-    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
+    # the first 3,000 training images in order, 10 epochs (the shuffling iterator takes 10 s to
+    # start on a busy CPU)
+    batches = [{k: v for k, v in b.items() if k != 'mask'} for b in data.eval_batches(
+        cfg.data, cfg.train.batch_size, max_examples=3000, split='train')]
     with setup.context():
         state = setup.init_state(0)
         step = setup.train_step()
-        for _ in range(STEPS):
-            state, _ = step(state, setup.put_batch(next(batches)))
+        for i in range(STEPS):
+            state, _ = step(state, setup.put_batch(batches[i % len(batches)]))
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
         f.write(config_lib.to_json(cfg))
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)

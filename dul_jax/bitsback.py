@@ -85,16 +85,17 @@ def seed_words(latent_dim: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class LatentCoder:
-    """A task's q(z|x) and p(x|z) with its params, one image per call."""
+    """A task's q(z|x) and p(x|z) with its params (host arrays), one image per call."""
     task: object
     params: object
-    latent_dim: int
-    levels: int
 
     def __post_init__(self):
         self._posterior = jax.jit(self.task.posterior)
         self._likelihood = jax.jit(self.task.pixel_log_probs)
         self._centres = bucket_centres().astype(np.float32)
+        self.levels = self.task.spec.num_levels
+        image = jax.ShapeDtypeStruct((1, *self.task.spec.shape), jnp.uint8)
+        self.latent_dim = jax.eval_shape(self._posterior, self.params, image)[0].shape[-1]
 
     def posterior(self, image: np.ndarray) -> np.ndarray:
         """(D, 2^LATENT_BITS) frequencies of q(z|x) for one (H, W, C) image."""

@@ -156,7 +156,7 @@ def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
         raise UserError(f'cannot code with the run in {workdir}: {e}') from None
     if stepper is None and implements(task, 'posterior') and implements(task, 'pixel_log_probs'):
         from dul_jax import bitsback
-        coder = bitsback.LatentCoder(task, params, int(cfg.model.latent_dim), task.spec.num_levels)
+        coder = bitsback.LatentCoder(task, params)
         return Codec('bitsback', task.spec, model_fingerprint(cfg, params), coder)
     if stepper is None:
         raise UserError(f'task "{task.name}" of the run in {workdir} gives no exact likelihood '
@@ -425,7 +425,8 @@ def command(name: str, cfg, workdir: str, input_path: str, output_path: str) -> 
         unit = 'byte' if codec.kind == 'text' else 'dim'
         per = max(r['symbols'], 1)
         initial = f' (incl. {r["initial_bits"]} initial bits)' if r['initial_bits'] else ''
-        model = 'negative ELBO' if codec.kind == 'bitsback' else 'under the model'
+        model = 'under the model' if codec.kind != 'bitsback' else \
+            'negative ELBO at the coded latents'
         print(f'{input_path} ({r["input_bytes"]:,} bytes, {r["symbols"]:,} symbols) -> '
               f'{output_path}: {total:,} bytes ({r["header_bytes"]} header), '
               f'{8 * r["payload_bytes"] / per:.4f} bits/{unit} coded{initial} vs '

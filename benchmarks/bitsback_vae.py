@@ -20,7 +20,8 @@ import time
 import jax
 import numpy as np
 
-from dul_jax import bitsback, compress, data
+from dul_jax import compress, data
+from dul_jax.compress import bitsback
 from dul_jax.train import loop
 
 

@@ -12,9 +12,10 @@ import pytest
 from conftest import SHARED_DATA
 from scipy import special
 
-from dul_jax import bitsback, cli, data
+from dul_jax import cli, data
 from dul_jax import compress as compress_lib
 from dul_jax import config as config_lib
+from dul_jax.compress import bitsback
 from dul_jax.errors import UserError
 from dul_jax.train.checkpoint import Checkpointer
 from dul_jax.train.setup import prepare

@@ -2,8 +2,9 @@
 2019, "Practical lossless compression with latent variables using bits back coding").
 
 `dul-jax compress` uses it for a run whose task has a diagonal Gaussian posterior q(z|x)
-(`posterior`) and a per-pixel likelihood p(x|z) (`pixel_log_probs`), e.g. task 'vae'; compress.py
-keeps the file format, checksums and atomic writes. On constriction's ANS stack, per image:
+(`posterior`) and a per-pixel likelihood p(x|z) (`pixel_log_probs`), e.g. task 'vae'; the package
+(dul_jax/compress) keeps the file format, checksums and atomic writes. On constriction's ANS
+stack, per image:
 
   encode: pop z with q(z|x), push x with p(x|z), push z with the prior p(z);
   decode (images in reverse order): pop z with p(z), pop x with p(x|z), push z with q(z|x).

@@ -11,7 +11,7 @@ What X is depends on the run in RUN:
   raw bytes in windows of data.seq_len (the model's context), each window from the start symbol.
 - a latent-variable run (a task with `posterior` and `pixel_log_probs` and no exact
   one-position-at-a-time model, e.g. 'vae'): X is images as above, coded with bits-back ANS
-  (bitsback.py); the rest of this docstring is about the autoregressive coder.
+  (compress/bitsback.py); the rest of this docstring is about the autoregressive coder.
 Class-conditional models are refused: the labels would have to be coded too.
 
 The decoder runs the model on the symbols decoded so far, one position at a time (the PixelCNN
@@ -97,7 +97,7 @@ class PositionDecoder(Protocol):
 
 @dataclasses.dataclass
 class Codec:
-    kind: str              # 'image', 'text' or 'bitsback' (images, coded by bitsback.py)
+    kind: str              # 'image', 'text' or 'bitsback' (images, coded by compress/bitsback.py)
     spec: object           # the run's DataSpec
     fingerprint: bytes     # sha256 of the model config and parameters
     stepper: PositionDecoder   # for 'bitsback': a bitsback.LatentCoder
@@ -155,7 +155,7 @@ def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
     except UserError as e:
         raise UserError(f'cannot code with the run in {workdir}: {e}') from None
     if stepper is None and implements(task, 'posterior') and implements(task, 'pixel_log_probs'):
-        from dul_jax import bitsback
+        from dul_jax.compress import bitsback
         coder = bitsback.LatentCoder(task, params)
         return Codec('bitsback', task.spec, model_fingerprint(cfg, params), coder)
     if stepper is None:
@@ -360,7 +360,7 @@ def compress_file(codec: Codec, input_path: str, output_path: str) -> dict:
         data = _read_images(input_path, codec.spec)
         shape = data.shape
     if codec.kind == 'bitsback':
-        from dul_jax import bitsback
+        from dul_jax.compress import bitsback
         words, ideal_bits = bitsback.encode(codec.stepper, data)
         symbols, initial_bits = data.size, 32 * len(bitsback.seed_words(codec.stepper.latent_dim))
         if len(data) > 32 * len(words):   # _check_shape's bound; never seen in practice
@@ -390,7 +390,7 @@ def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
         lengths = np.clip(shape[0] - np.arange(-(-shape[0] // window)) * window, 0, window)
     try:
         if codec.kind == 'bitsback':
-            from dul_jax import bitsback
+            from dul_jax.compress import bitsback
             data = bitsback.decode(codec.stepper, words, shape[0], tuple(shape[1:]))
             lengths = np.full(shape[0], math.prod(shape[1:]), np.int64)
         else:

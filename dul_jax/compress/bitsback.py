@@ -35,6 +35,7 @@ XLA_FLAGS=--xla_gpu_autotune_level=0 as for the autoregressive coder.
 """
 
 import dataclasses
+import functools
 import hashlib
 import math
 
@@ -49,9 +50,12 @@ from dul_jax.compress import PRECISION, quantize
 LATENT_BITS = 12
 
 
+@functools.cache
 def bucket_edges(bits: int = LATENT_BITS) -> np.ndarray:
     """The 2^bits + 1 edges (from -inf to +inf) of buckets of equal standard-normal mass."""
-    return special.ndtri(np.arange(2 ** bits + 1, dtype=np.float64) / 2 ** bits)
+    edges = special.ndtri(np.arange(2 ** bits + 1, dtype=np.float64) / 2 ** bits)
+    edges.flags.writeable = False
+    return edges
 
 
 def bucket_centres(bits: int = LATENT_BITS) -> np.ndarray:
@@ -100,13 +104,13 @@ class LatentCoder:
 
     def posterior(self, image: np.ndarray) -> np.ndarray:
         """(D, 2^LATENT_BITS) frequencies of q(z|x) for one (H, W, C) image."""
-        mean, log_var = self._posterior(self.params, jnp.asarray(image[None]))
+        mean, log_var = self._posterior(self.params, image[None])
         return posterior_freqs(np.asarray(mean)[0], np.asarray(log_var)[0])
 
     def likelihood(self, buckets: np.ndarray) -> np.ndarray:
         """(H*W*C, levels) frequencies of p(x|z) at the buckets' centres."""
         z = self._centres[buckets][None]
-        log_probs = np.asarray(self._likelihood(self.params, jnp.asarray(z)))
+        log_probs = np.asarray(self._likelihood(self.params, z))
         return quantize(log_probs.reshape(-1, self.levels))
 
 

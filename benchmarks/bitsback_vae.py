@@ -52,7 +52,6 @@ def main() -> None:
                         help='config overrides for reading the data, e.g. data.tfds_dir=...')
     args = parser.parse_args()
     cfg = loop.load_config_of(args.workdir, args.config)
-    codec = compress.load_codec(cfg, args.workdir)
     batches = data.eval_batches(cfg.data, min(args.num, 1000), max_examples=args.num)
     images = np.concatenate([b['image'][b['mask'] > 0] for b in batches]).astype(np.uint8)
     original = os.path.join(args.out, f'test{args.num}.npy')
@@ -60,8 +59,10 @@ def main() -> None:
     restored = os.path.join(args.out, f'restored{args.num}.npy')
     np.save(original, images)
     dims = images.size
-    nelbo = negative_elbo_bits(codec, images, args.draws)
     encode = cli('compress', '--workdir', args.workdir, '--input', original, '--output', packed)
+    # the checkpoint the file was coded with, even if the run has saved a newer one since
+    codec = compress.load_codec(cfg, args.workdir, step=compress.checkpoint_step(packed))
+    nelbo = negative_elbo_bits(codec, images, args.draws)
     if os.path.exists(restored):
         os.remove(restored)
     decode = cli('decompress', '--workdir', args.workdir, '--input', packed, '--output',

@@ -2,7 +2,7 @@
 
   python benchmarks/entropy_coding.py --workdir RUN [--num 100] [--bytes 20000]
 
-Images (a pixelcnn or image autoregressive run): the first --num images of the run's eval split;
+Images (a pixelcnn, image autoregressive or vae run): the first --num images of its eval split;
 the standard coders get the raw uint8 array (one byte per pixel, as `dul-jax compress` reads it
 from .npy), PNG gets each image as its own file (1-bit for 2-level data, else 8-bit gray of the raw
 levels) and all of them as one tiled image. Text (a byte-level autoregressive run): the first
@@ -90,7 +90,7 @@ def main() -> None:
     codec = compress.load_codec(cfg, args.workdir, ema=not args.raw_params)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, 'input')
-        if codec.kind == 'image':
+        if codec.kind != 'text':
             images = next(data.eval_batches(cfg.data, args.num))['image'].astype(np.uint8)
             path += '.npy'
             np.save(path, images)
@@ -102,12 +102,12 @@ def main() -> None:
             with open(path, 'wb') as f:
                 f.write(raw)
             count, unit, dims = len(raw), 'byte', 1
-        size, enc, dec, stats = ours(codec, path, '.npy' if codec.kind == 'image' else '')
+        size, enc, dec, stats = ours(codec, path, '.npy' if codec.kind != 'text' else '')
         kind = cfg.model.get('kind', 'gpt')
         name = f'ours ({cfg.task}, {kind}; {stats["header_bytes"]} B header)'
         rows = [(name, size, enc, dec)]
         rows += standard_coders(raw)
-        if codec.kind == 'image':
+        if codec.kind != 'text':
             rows += png_coders(images, codec.levels)
     ideal = stats['ideal_bits'] / (count * dims)
     print(f'{cfg.data.name}: {count:,} {unit}s ({len(raw):,} raw bytes), model from '
@@ -116,11 +116,11 @@ def main() -> None:
     print(f'coded payload {payload_bits:,} bits against the model\'s {stats["ideal_bits"]:,.0f} '
           f'bits: {100 * (payload_bits / stats["ideal_bits"] - 1):+.3f}% (header '
           f'{stats["header_bytes"]} bytes); decoded exactly')
-    per = 'bytes/image' if codec.kind == 'image' else 'bits/byte'
+    per = 'bytes/image' if codec.kind != 'text' else 'bits/byte'
     print(f'\n| coder | total bytes | {per} | encode s | decode s | encode, decode {unit}s/s |')
     print('|---|---|---|---|---|---|')
     for name, total, enc_s, dec_s in rows:
-        value = total / count if codec.kind == 'image' else 8 * total / count
+        value = total / count if codec.kind != 'text' else 8 * total / count
         print(f'| {name} | {total:,} | {value:.2f} | {enc_s:.3f} | {dec_s:.3f} | '
               f'{count / enc_s:,.1f}, {count / max(dec_s, 1e-9):,.1f} |')
 

@@ -24,7 +24,7 @@ ALLOWED = {
               'storage', 'tasks'},
     'scaling': {'accounting', 'config', 'errors', 'storage', 'train'},
     'runtime': {'sharding'},
-    'compress': {'errors', 'storage', 'train'},
+    'compress': {'errors', 'storage', 'tasks', 'train'},
     'cli': {'compress', 'config', 'errors', 'runtime', 'scaling', 'sharding', 'storage', 'train'},
 }
 

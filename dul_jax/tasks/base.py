@@ -157,8 +157,14 @@ class Task:
         (B, D) (evaluators/posterior.py)."""
         raise NotImplementedError
 
+    def pixel_log_probs(self, params, z: jax.Array) -> jax.Array:
+        """log p(x | z) of every level of every pixel value of the images decoded from (B, D)
+        latents: (B, H, W, C, levels), normalised. With `posterior`, what bits-back coding needs
+        (`dul-jax compress`, dul_jax/compress/bitsback.py)."""
+        raise NotImplementedError
+
     def position_decoder(self, params):
-        """An exact one-position-at-a-time model for `dul-jax compress` (see compress.py's
+        """An exact one-position-at-a-time model for `dul-jax compress` (see dul_jax/compress's
         PositionDecoder), or None where the family has no exact discrete likelihood."""
         return
 

@@ -9,6 +9,9 @@ What X is depends on the run in RUN:
   (e.g. (N, 28, 28, 1) with values 0/1 for binarized MNIST). Images are coded in raster order.
 - a byte-level text run (task 'autoregressive', data.text_vocab='bytes'): X is any file, coded as
   raw bytes in windows of data.seq_len (the model's context), each window from the start symbol.
+- a latent-variable run (a task with `posterior` and `pixel_log_probs` and no exact
+  one-position-at-a-time model, e.g. 'vae'): X is images as above, coded with bits-back ANS
+  (compress/bitsback.py); the rest of this docstring is about the autoregressive coder.
 Class-conditional models are refused: the labels would have to be coded too.
 
 The decoder runs the model on the symbols decoded so far, one position at a time (the PixelCNN
@@ -23,7 +26,8 @@ On the host the float32 logits become frequencies deterministically (float64 sof
 floor(p * 2^24), every symbol at least 1, the remainder to the most probable symbol), which
 constriction's range coder turns into bits.
 
-File format (integers big-endian): magic b'DULZ', version u8, kind u8 (1 images, 2 bytes),
+File format (integers big-endian): magic b'DULZ', version u8, kind u8 (1 images, 2 bytes,
+3 images coded bits-back with bitsback.LATENT_BITS and its fixed initial words),
 levels u16, precision u8, ndim u8, shape (ndim x u64), sha256 of the model (config + params),
 sha256 of the original data, the checkpoint step coded with (u64; decompression restores that
 step, so a file stays decodable after the run trains further), payload length in 32-bit words
@@ -47,11 +51,12 @@ import numpy as np
 
 from dul_jax import storage
 from dul_jax.errors import UserError
+from dul_jax.tasks.base import implements
 
 MAGIC = b'DULZ'
 VERSION = 3                      # 2: PixelCNNs from cached activations; 3: checkpoint step
 PRECISION = 24                   # frequency resolution: 2^24, constriction's default for queues
-KINDS = {'image': 1, 'text': 2}
+KINDS = {'image': 1, 'text': 2, 'bitsback': 3}
 LAG = 16                         # positions the encoder lets the device run ahead of the coder
 _FIXED = struct.Struct('>4sBBHBB')   # magic, version, kind, levels, precision, ndim
 _TAIL = struct.Struct('>32s32sQQ')   # model sha256, data sha256, checkpoint step, payload words
@@ -92,10 +97,10 @@ class PositionDecoder(Protocol):
 
 @dataclasses.dataclass
 class Codec:
-    kind: str              # 'image' or 'text'
+    kind: str              # 'image', 'text' or 'bitsback' (images, coded by compress/bitsback.py)
     spec: object           # the run's DataSpec
     fingerprint: bytes     # sha256 of the model config and parameters
-    stepper: PositionDecoder
+    stepper: PositionDecoder   # for 'bitsback': a bitsback.LatentCoder
     step: int = 0          # the checkpoint step of the parameters (0: not from a checkpoint)
 
     @property
@@ -149,9 +154,13 @@ def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
         stepper = task.position_decoder(params)
     except UserError as e:
         raise UserError(f'cannot code with the run in {workdir}: {e}') from None
+    if stepper is None and implements(task, 'posterior') and implements(task, 'pixel_log_probs'):
+        from dul_jax.compress import bitsback
+        coder = bitsback.LatentCoder(task, params)
+        return Codec('bitsback', task.spec, model_fingerprint(cfg, params), coder)
     if stepper is None:
         raise UserError(f'task "{task.name}" of the run in {workdir} gives no exact likelihood '
-                        'to code with; use a "pixelcnn" or "autoregressive" run.')
+                        'to code with; use a "pixelcnn", "autoregressive" or "vae" run.')
     return Codec(task.spec.kind, task.spec, model_fingerprint(cfg, params), stepper)
 
 
@@ -254,7 +263,7 @@ def _to_rows(codec: Codec, data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _digest(codec: Codec, data) -> bytes:
-    return hashlib.sha256(data.tobytes() if codec.kind == 'image' else data).digest()
+    return hashlib.sha256(data if codec.kind == 'text' else data.tobytes()).digest()
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -322,36 +331,51 @@ def _parse(blob: bytes, path: str, codec: Codec):
 def _check_shape(shape, codec: Codec, num_words: int, path: str) -> None:
     """One UserError sentence unless the header's shape is the model's and its symbols fit the
     payload: a damaged shape must not make the decoder allocate for 2^60 images."""
-    image = codec.kind == 'image'
+    image = codec.kind != 'text'
     if (len(shape) != 4 or tuple(shape[1:]) != tuple(codec.spec.shape)) if image \
             else len(shape) != 1:
         raise UserError(f'{path} has a damaged header (shape {tuple(shape)} for a model of '
                         f'{codec.kind}s); use an intact file.')
     # Every symbol costs at least -log2 of the largest frequency a quantized row can give one
     # symbol, so the payload bounds the symbol count (plus the coder's final words).
+    # Bits-back: an image can cost less than its pixels (its latent's bits come back), but
+    # bitsback.encode writes no file of more images than payload bits.
     least_bits = -math.log2(1.0 - (codec.levels - 1) / 2.0 ** PRECISION)
-    symbols = math.prod(shape)
+    symbols, unit = math.prod(shape), 'symbols'
+    if codec.kind == 'bitsback':
+        least_bits, symbols, unit = 1.0, shape[0], 'images'
     if symbols * least_bits > 32 * (num_words + 2):
-        raise UserError(f'{path} has a damaged header: it claims {symbols:,} symbols, more than '
+        raise UserError(f'{path} has a damaged header: it claims {symbols:,} {unit}, more than '
                         f'its {4 * num_words:,} payload bytes can hold; use an intact file.')
 
 
 def compress_file(codec: Codec, input_path: str, output_path: str) -> dict:
     """Compress `input_path` to `output_path`; returns sizes, ideal bits and seconds."""
     start = time.perf_counter()
-    if codec.kind == 'image':
-        data = _read_images(input_path, codec.spec)
-        shape = data.shape
-    else:
+    initial_bits = 0
+    if codec.kind == 'text':
         data = _read(input_path)
         shape = (len(data),)
-    rows, lengths = _to_rows(codec, data)
-    words, ideal_bits = encode_rows(codec.stepper, rows, lengths)
+    else:
+        data = _read_images(input_path, codec.spec)
+        shape = data.shape
+    if codec.kind == 'bitsback':
+        from dul_jax.compress import bitsback
+        words, ideal_bits = bitsback.encode(codec.stepper, data)
+        symbols, initial_bits = data.size, 32 * len(bitsback.seed_words(codec.stepper.latent_dim))
+        if len(data) > 32 * len(words):   # _check_shape's bound; never seen in practice
+            raise UserError(f'{input_path} codes in under one bit per image, which this format '
+                            'cannot hold; compress more data at once.')
+    else:
+        rows, lengths = _to_rows(codec, data)
+        words, ideal_bits = encode_rows(codec.stepper, rows, lengths)
+        symbols = int(lengths.sum())
     header = _header(codec, shape, _digest(codec, data), len(words))
     _write_atomically(output_path, header + words.astype('<u4').tobytes())
-    return {'symbols': int(lengths.sum()), 'input_bytes': storage.path(input_path).stat().length,
+    return {'symbols': symbols, 'input_bytes': storage.path(input_path).stat().length,
             'header_bytes': len(header), 'payload_bytes': 4 * len(words),
-            'ideal_bits': ideal_bits, 'seconds': time.perf_counter() - start}
+            'ideal_bits': ideal_bits, 'initial_bits': initial_bits,
+            'seconds': time.perf_counter() - start}
 
 
 def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
@@ -361,15 +385,21 @@ def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
     shape, digest, words = _parse(blob, input_path, codec)
     if codec.kind == 'image':
         lengths = np.full(shape[0], codec.stepper.length, np.int64)
-    else:
+    elif codec.kind == 'text':
         window = codec.stepper.length
         lengths = np.clip(shape[0] - np.arange(-(-shape[0] // window)) * window, 0, window)
     try:
-        rows = decode_rows(codec.stepper, words, lengths, codec.stepper.length)
+        if codec.kind == 'bitsback':
+            from dul_jax.compress import bitsback
+            data = bitsback.decode(codec.stepper, words, shape[0], tuple(shape[1:]))
+            lengths = np.full(shape[0], math.prod(shape[1:]), np.int64)
+        else:
+            rows = decode_rows(codec.stepper, words, lengths, codec.stepper.length)
     except (ValueError, RuntimeError) as e:   # constriction refuses some damaged payloads
         raise UserError(f'{input_path} could not be decoded ({e}); it is damaged.') from None
-    if codec.kind == 'image':
-        data = rows.astype(np.uint8).reshape(shape)
+    if codec.kind != 'text':
+        if codec.kind == 'image':
+            data = rows.astype(np.uint8).reshape(shape)
         buffer = io.BytesIO()
         np.save(buffer, data)
         payload = buffer.getvalue()
@@ -392,12 +422,15 @@ def command(name: str, cfg, workdir: str, input_path: str, output_path: str) -> 
     if name == 'compress':
         r = compress_file(codec, input_path, output_path)
         total = r['header_bytes'] + r['payload_bytes']
-        unit = 'dim' if codec.kind == 'image' else 'byte'
+        unit = 'byte' if codec.kind == 'text' else 'dim'
         per = max(r['symbols'], 1)
+        initial = f' (incl. {r["initial_bits"]} initial bits)' if r['initial_bits'] else ''
+        model = 'under the model' if codec.kind != 'bitsback' else \
+            'negative ELBO at the coded latents'
         print(f'{input_path} ({r["input_bytes"]:,} bytes, {r["symbols"]:,} symbols) -> '
               f'{output_path}: {total:,} bytes ({r["header_bytes"]} header), '
-              f'{8 * r["payload_bytes"] / per:.4f} bits/{unit} coded vs '
-              f'{r["ideal_bits"] / per:.4f} under the model, {r["seconds"]:.1f}s')
+              f'{8 * r["payload_bytes"] / per:.4f} bits/{unit} coded{initial} vs '
+              f'{r["ideal_bits"] / per:.4f} {model}, {r["seconds"]:.1f}s')
     else:
         r = decompress_file(codec, input_path, output_path)
         print(f'{input_path} -> {output_path}: {r["output_bytes"]:,} bytes, {r["symbols"]:,} '

@@ -20,11 +20,9 @@ prior's quantiles at the buckets' mid-masses), and the posterior's bucket probab
 differences of its CDF at the bucket edges. LATENT_BITS = 8, as the reference. Departure: one
 frequency precision of 24 bits (compress.PRECISION) for posterior and likelihood (the reference:
 14); the likelihood's frequencies are compress.quantize's (floor(p * 2^24), at least 1, the
-remainder to the most probable level). Finer latents cost more here: every bucket keeps at least
-1/2^24 of the posterior, so a latent dimension is popped from the far tail with probability
-2^LATENT_BITS / 2^24, and such a latent costs its image many bits. On the first 1,000
-binarized-MNIST test images with the 40-latent run (step 50,000): 0.1749 bits/dim coded with 8
-latent bits, 0.1756 with 12 and 0.1817 with 16.
+remainder to the most probable level). Finer latents code worse here (benchmarks/README.md):
+every bucket keeps at least 1/2^24 of the posterior, so a latent is now and then popped from the
+far tail, which costs its image many bits.
 
 Initial bits: the first image's pop of z needs bits on the stack before anything has been pushed.
 The stack is seeded with `seed_words(latent_dim)` = ceil(latent_dim * LATENT_BITS / 32) + 2

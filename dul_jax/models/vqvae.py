@@ -1,12 +1,13 @@
 """A VQ-VAE's encoder, codebook and decoder (van den Oord et al. 2017, section 4.1, small).
 
-Encoder: `stages` strided 4x4 convolutions (each halves the image), a 3x3 convolution,
-`res_blocks` residual blocks (ReLU, 3x3 conv to `res_channels`, ReLU, 1x1 conv back) and a 1x1
-convolution to the code dimension D: a (H / 2^stages, W / 2^stages, D) grid of vectors. The
-codebook is a (K, D) param. Decoder: a 3x3 convolution from D, the same residual blocks, then per
-stage nearest-neighbour upsampling and a 3x3 convolution (no checkerboard artefacts, as in
-models/vae.py), and a 3x3 output convolution to `out_per_value` numbers per pixel value (the task
-reads them as a likelihood). Quantisation itself is math on these arrays (losses/vq.py).
+Encoder: `stages` strided 4x4 convolutions (each halves the image and doubles the width, up to
+`hidden`), a 3x3 convolution, `res_blocks` residual blocks (ReLU, 3x3 conv to `res_channels`,
+ReLU, 1x1 conv back) and a 1x1 convolution to the code dimension D: a (H / 2^stages,
+W / 2^stages, D) grid of vectors. The codebook is a (K, D) param. Decoder: a 3x3 convolution from
+D, the same residual blocks, then per stage nearest-neighbour upsampling and a 3x3 convolution
+halving the width (no checkerboard artefacts, as in models/vae.py), and a 3x3 output convolution
+to `out_per_value` numbers per pixel value (the task reads them as a likelihood). Quantisation
+itself is math on these arrays (losses/vq.py).
 """
 
 from typing import Any
@@ -47,8 +48,9 @@ class Encoder(nn.Module):
     def __call__(self, x):
         """(B, H, W, C) in [-1, 1] -> z_e (B, H / 2^stages, W / 2^stages, D) float32."""
         h = x.astype(self.dtype)
-        for i in range(self.stages):
-            h = nn.relu(conv(self.hidden, f'down_{i}', stride=2, kernel=4, dtype=self.dtype)(h))
+        for i in range(self.stages):   # widths hidden / 2^(stages - 1), ..., hidden / 2, hidden
+            width = self.hidden // 2 ** (self.stages - 1 - i)
+            h = nn.relu(conv(width, f'down_{i}', stride=2, kernel=4, dtype=self.dtype)(h))
             h = nn.with_logical_constraint(h, ACTIVATION)
         h = conv(self.hidden, 'conv_in', dtype=self.dtype)(h)
         h = ResidualStack(self.hidden, self.res_channels, self.res_blocks, self.dtype,
@@ -73,9 +75,9 @@ class Decoder(nn.Module):
         h = conv(self.hidden, 'conv_in', dtype=self.dtype)(z.astype(self.dtype))
         h = ResidualStack(self.hidden, self.res_channels, self.res_blocks, self.dtype,
                           name='residual')(h)
-        for i in range(self.stages):
+        for i in range(self.stages):   # widths hidden / 2, ..., hidden / 2^stages
             h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-            h = nn.relu(conv(self.hidden, f'up_{i}', dtype=self.dtype)(h))
+            h = nn.relu(conv(self.hidden // 2 ** (i + 1), f'up_{i}', dtype=self.dtype)(h))
             h = nn.with_logical_constraint(h, ACTIVATION)
         out = conv(channels * self.out_per_value, 'out', dtype=self.dtype,
                    names=('height', 'width', 'conv_in', None))(h)
@@ -99,12 +101,11 @@ class VQVAE(nn.Module):
                                self.code_dim, self.dtype)
         self.decoder = Decoder(self.image_shape, self.stages, self.hidden, self.res_channels,
                                self.res_blocks, self.out_per_value, self.dtype)
-        # uniform(-1/K, 1/K), as in the common reference implementations: codes start near the
-        # origin and the codebook loss pulls the used ones out to the encoder's outputs
-        scale = 1.0 / self.num_codes
-        init = lambda rng, shape: nn.initializers.uniform(2 * scale)(rng, shape) - scale
-        self.codebook = self.param('codebook', nn.with_logical_partitioning(init, CODEBOOK_AXES),
-                                   (self.num_codes, self.code_dim))
+        # N(0, 1): the scale of the encoder's outputs at init (a fan-in scaled 1x1 conv), so
+        # that many codes are someone's nearest from the start
+        self.codebook = self.param(
+            'codebook', nn.with_logical_partitioning(nn.initializers.normal(1.0), CODEBOOK_AXES),
+            (self.num_codes, self.code_dim))
 
     def encode(self, x):
         return self.encoder(x)

@@ -45,7 +45,7 @@ MAX_CODES = 65536   # code grids are exported as uint16 levels at most
 def default_model_config() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.stages = 2                   # stride-2 stages: a (H/4, W/4) code grid; 1 for 8x8 digits
-    m.hidden = 64                  # channels of the convolutions and residual blocks
+    m.hidden = 64                  # width at the code grid; halved per stage towards pixels
     m.res_channels = 32            # the residual blocks' bottleneck
     m.res_blocks = 2
     m.code_dim = 32                # D, the dimension of each code vector
@@ -79,6 +79,8 @@ class VQVAETask(Task):
         check(m.stages >= 1, f'model.stages (stride-2 stages) must be >= 1, got {m.stages}.')
         h, w, _ = spec.shape
         scale = 2 ** m.stages
+        check(m.hidden % scale == 0, f'model.hidden={m.hidden} must be a multiple of '
+              f'2^model.stages={scale} (the width halves at each upsampling stage).')
         check(h % scale == 0 and w % scale == 0,
               f'model.stages={m.stages} halves the image {m.stages} times, but the {h}x{w} images '
               f'of "{spec.name}" are not divisible by {scale}; use fewer stages.')

@@ -40,6 +40,7 @@ from dul_jax.tasks.base import Task, jit_method
 
 LIKELIHOODS = ('bernoulli', 'categorical', 'logistic_mixture')
 MAX_CODES = 65536   # code grids are exported as uint16 levels at most
+DECODE_CHUNK = 8    # examples whose level probabilities are made at once
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -146,10 +147,19 @@ class VQVAETask(Task):
             nll = discretized_logistic_mixture_nll(out, x, self.spec.num_levels)
         return nll.reshape(nll.shape[0], -1).sum(-1)
 
-    def _mean_image(self, log_probs):
-        """The decoder's mean in [0, 1]: sum_l p(l) l / (L - 1)."""
+    def _decoded(self, out):
+        """The decoder's most likely level of each pixel value (int32) and its mean in [0, 1],
+        sum_l p(l) l / (L - 1), from its output (B, H, W, C, out_per_value). The probabilities
+        of all L levels are made DECODE_CHUNK examples at a time: at 256 levels and 5 logistics
+        a whole eval batch of them would take gigabytes."""
         levels = jnp.arange(self.spec.num_levels, dtype=jnp.float32)
-        return (jnp.exp(log_probs) * levels).sum(-1) / (self.spec.num_levels - 1)
+
+        def one(o):
+            log_probs = self._log_probs(o[None])[0]
+            mean = (jnp.exp(log_probs) * levels).sum(-1) / (self.spec.num_levels - 1)
+            return jnp.argmax(log_probs, axis=-1).astype(jnp.int32), mean
+
+        return jax.lax.map(one, out, batch_size=DECODE_CHUNK)
 
     def _forward(self, params, levels):
         """Everything one pass computes: the decoder's output at the straight-through z_q, the
@@ -181,7 +191,7 @@ class VQVAETask(Task):
         out, terms, codes = self._forward(params, levels)
         nll = self._nll(out, levels)
         dims = self.example_size()
-        mean = self._mean_image(self._log_probs(out))
+        mean = self._decoded(out)[1]
         target = levels.astype(jnp.float32) / (self.spec.num_levels - 1)
         mse = ((mean - target) ** 2).reshape(mean.shape[0], -1).mean(-1)
         mask = batch.get('mask', jnp.ones(levels.shape[:1], jnp.float32))
@@ -203,9 +213,8 @@ class VQVAETask(Task):
         """Images of (B, h, w) code grids: the decoder's most likely level of each pixel value
         (uint8 or uint16 (B, H, W, C)) and its mean in [0, 1]."""
         codebook = self.model.apply({'params': params}, method=VQVAE.codes)
-        log_probs = self._log_probs(self._decode(params, vq.lookup(codes, codebook)))
-        dtype = jnp.uint8 if self.spec.num_levels <= 256 else jnp.uint16
-        return jnp.argmax(log_probs, axis=-1).astype(dtype), self._mean_image(log_probs)
+        mode, mean = self._decoded(self._decode(params, vq.lookup(codes, codebook)))
+        return mode.astype(jnp.uint8 if self.spec.num_levels <= 256 else jnp.uint16), mean
 
     def export_codes(self, params, directory: str, batch_size: int = 256) -> dict:
         """Write the code grids of the train and eval splits as an `arrays:` data set in the
@@ -229,7 +238,7 @@ class VQVAETask(Task):
     def _pictures(self, params, levels):
         z_e, codebook = self._encode(params, levels)
         z_q, _ = vq.quantize(z_e, codebook)
-        reconstructions = self._mean_image(self._log_probs(self._decode(params, z_q)))
+        reconstructions = self._decoded(self._decode(params, z_q))[1]
         return {'originals': levels.astype(jnp.float32) / (self.spec.num_levels - 1),
                 'reconstructions': reconstructions}
 

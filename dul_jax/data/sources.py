@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from dul_jax.data import download
+from dul_jax.data import arrays, download
 from dul_jax.data.catalog import (
     LOCAL_BUILDERS,
     data_source,
@@ -62,6 +62,8 @@ def settings(data_cfg):
 def describe(data_cfg):
     """The DataSpec of the configured data set; prepares a local data set on first use."""
     s = settings(data_cfg)
+    if arrays.is_arrays(s.name):
+        return _describe_arrays(s)
     # Prepared here, with the mirror URL only the config knows; later look-ups find it prepared.
     builder = prepared_builder(s.name, s.source_dir, s.tfds_dir, s.data_url)
     if is_text(s.name, builder):
@@ -94,6 +96,19 @@ def _describe_images(s, builder):
         train_split=train_split, eval_split=eval_split,
         num_train=builder.info.splits[train_split].num_examples,
         num_eval=builder.info.splits[eval_split].num_examples)
+
+
+def _describe_arrays(s):
+    info = arrays.info(s.name)
+    if s.num_levels > info['num_levels']:
+        raise UserError(f'data.num_levels={s.num_levels} is more than the {info["num_levels"]} '
+                        f'levels of {s.name!r}; set --config.data.num_levels to 0.')
+    train_split, eval_split = _train_and_eval_splits(s.name, info['splits'])
+    return DataSpec(
+        name=s.name, kind='image', shape=tuple(info['shape']),
+        num_levels=s.num_levels or info['num_levels'], num_classes=info['num_classes'],
+        vocab=None, train_split=train_split, eval_split=eval_split,
+        num_train=info['splits'][train_split], num_eval=info['splits'][eval_split])
 
 
 def _train_and_eval_splits(name, splits):
@@ -228,7 +243,9 @@ def split_reader(data_cfg, spec, split, training):
         tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
         # Training may start a window at any token; eval tiles the split without overlap.
         return TextWindows(tokens, spec.shape[0], stride=1 if training else spec.shape[0])
-    if s.name in LOCAL_BUILDERS:
+    if arrays.is_arrays(s.name):
+        reader = ImageArrays(*arrays.split_arrays(s.name, split))
+    elif s.name in LOCAL_BUILDERS:
         reader = _image_arrays(s.name, s.source_dir, s.tfds_dir, split)
     else:
         reader = ImageStream(data_source(s.name, split, s.source_dir, tfds_dir=s.tfds_dir))

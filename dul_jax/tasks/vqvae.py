@@ -1,0 +1,264 @@
+"""VQ-VAE (van den Oord et al. 2017): a conv encoder to a grid of D-dimensional vectors, each
+replaced by its nearest of K codebook vectors, and a conv decoder p(x | z_q) over the data's
+discrete levels (Bernoulli for 2 levels, categorical, or a discretized logistic mixture).
+
+Training minimises -log p(x | z_q) in nats per dimension, plus the codebook loss
+||sg(z_e) - e||^2 and the commitment loss beta ||z_e - sg(e)||^2, each averaged over the latent
+grid's elements (as in the paper's code), with the straight-through estimator carrying the
+decoder's gradient to the encoder (losses/vq.py). The codebook is learnt by gradient only: EMA
+updates and dead-code restarts would need non-gradient state in the train step, which the trainer
+does not have.
+
+Eval reports per example the decoder's -log p(x | z_q) in nats per image and bits/dim (a
+reconstruction cost, not a likelihood of x: that needs a prior over the codes), the MSE of the
+decoder's mean in [0, 1] units, and the perplexity exp(H) of code usage over each eval batch.
+Pictures: test images over their reconstructions.
+
+Two stages: `export_codes` writes the code grids of the train and eval splits as an `arrays:`
+data set (data/arrays.py), on which the `autoregressive` task trains unchanged as the prior;
+`images_from_codes` decodes the prior's samples (experiments/vqvae_two_stage.py).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dul_jax import data
+from dul_jax.config import check
+from dul_jax.data import arrays
+from dul_jax.losses import vq
+from dul_jax.losses.gaussian import levels_to_unit
+from dul_jax.losses.latent import bernoulli_nll
+from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
+from dul_jax.losses.logistic_mixture import (
+    discretized_logistic_mixture_log_probs,
+    discretized_logistic_mixture_nll,
+)
+from dul_jax.models.vqvae import VQVAE
+from dul_jax.tasks.base import Task, jit_method
+
+LIKELIHOODS = ('bernoulli', 'categorical', 'logistic_mixture')
+MAX_CODES = 65536   # code grids are exported as uint16 levels at most
+DECODE_CHUNK = 8    # examples whose level probabilities are made at once
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.stages = 2                   # stride-2 stages: a (H/4, W/4) code grid; 1 for 8x8 digits
+    m.hidden = 64                  # width at the code grid; halved per stage towards pixels
+    m.res_channels = 32            # the residual blocks' bottleneck
+    m.res_blocks = 2
+    m.code_dim = 32                # D, the dimension of each code vector
+    m.num_codes = 128              # K, the codebook size (the prior's vocabulary)
+    m.beta = 0.25                  # weight of the commitment loss (the paper's 0.25)
+    m.likelihood = 'logistic_mixture'  # 'bernoulli' (2 levels), 'categorical', 'logistic_mixture'
+    m.mixtures = 5                 # logistic components per pixel value
+    m.dtype = 'float32'            # compute dtype; params stay float32
+    return m
+
+
+class VQVAETask(Task):
+    embedding_names = ('codebook',)
+
+    def validate(self):
+        super().validate()
+        self.require_images()
+        m, spec = self.cfg.model, self.spec
+        check(m.likelihood in LIKELIHOODS, f'model.likelihood must be one of '
+              f'{", ".join(LIKELIHOODS)}, got "{m.likelihood}".')
+        check(m.likelihood != 'bernoulli' or spec.num_levels == 2,
+              f'model.likelihood="bernoulli" needs 2-level images, but "{spec.name}" has '
+              f'{spec.num_levels} levels; set --config.model.likelihood=categorical or '
+              'logistic_mixture.')
+        check(2 <= m.num_codes <= MAX_CODES,
+              f'model.num_codes must be in [2, {MAX_CODES}], got {m.num_codes}.')
+        check(min(m.code_dim, m.hidden, m.res_channels, m.mixtures) > 0,
+              'model.code_dim, model.hidden, model.res_channels and model.mixtures must be '
+              'positive.')
+        check(m.res_blocks >= 0 and m.beta >= 0, 'model.res_blocks and model.beta must be >= 0.')
+        check(m.stages >= 1, f'model.stages (stride-2 stages) must be >= 1, got {m.stages}.')
+        h, w, _ = spec.shape
+        scale = 2 ** m.stages
+        check(m.hidden % scale == 0, f'model.hidden={m.hidden} must be a multiple of '
+              f'2^model.stages={scale} (the width halves at each upsampling stage).')
+        check(h % scale == 0 and w % scale == 0,
+              f'model.stages={m.stages} halves the image {m.stages} times, but the {h}x{w} images '
+              f'of "{spec.name}" are not divisible by {scale}; use fewer stages.')
+
+    def build_model(self):
+        m = self.cfg.model
+        out = {'bernoulli': 1, 'categorical': self.spec.num_levels,
+               'logistic_mixture': 3 * m.mixtures}[m.likelihood]
+        return VQVAE(image_shape=tuple(self.spec.shape), stages=m.stages, hidden=m.hidden,
+                     res_channels=m.res_channels, res_blocks=m.res_blocks, code_dim=m.code_dim,
+                     num_codes=m.num_codes, out_per_value=out, dtype=self.dtype)
+
+    def example_size(self):
+        return int(np.prod(self.spec.shape))
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """(h, w) of the code grid."""
+        h, w, _ = self.spec.shape
+        return h // 2 ** self.cfg.model.stages, w // 2 ** self.cfg.model.stages
+
+    def init(self, rng, batch):
+        return self.model.init(rng, self._unit(batch['image']))['params']
+
+    # ---- the model's pieces ---------------------------------------------------------------
+
+    def _unit(self, levels):
+        return levels_to_unit(levels, self.spec.num_levels)
+
+    def _encode(self, params, levels):
+        """z_e (B, h, w, D) and the codebook (K, D)."""
+        z_e = self.model.apply({'params': params}, self._unit(levels), method=VQVAE.encode)
+        return z_e, self.model.apply({'params': params}, method=VQVAE.codes)
+
+    def _decode(self, params, z_q):
+        return self.model.apply({'params': params}, z_q, method=VQVAE.decode)
+
+    @jit_method()
+    def encode_codes(self, params, levels):
+        """The code grid of (B, H, W, C) levels: int32 (B, h, w), argmin_k ||z_e - e_k||^2."""
+        z_e, codebook = self._encode(params, levels)
+        return vq.nearest_codes(z_e, codebook)
+
+    def _log_probs(self, out):
+        """log p(x | z) of every level of every pixel value: (B, H, W, C, levels)."""
+        kind = self.cfg.model.likelihood
+        if kind == 'bernoulli':
+            return jnp.stack([jax.nn.log_sigmoid(-out[..., 0]), jax.nn.log_sigmoid(out[..., 0])],
+                             axis=-1)
+        if kind == 'categorical':
+            return jax.nn.log_softmax(out, axis=-1)
+        return discretized_logistic_mixture_log_probs(out, self.spec.num_levels)
+
+    def _nll(self, out, levels):
+        """-log p(x | z_q) in nats per image: (B,)."""
+        x = levels.astype(jnp.int32)
+        kind = self.cfg.model.likelihood
+        if kind == 'bernoulli':
+            nll = bernoulli_nll(out[..., 0], x.astype(jnp.float32))
+        elif kind == 'categorical':
+            nll = categorical_nll(out, x)
+        else:
+            nll = discretized_logistic_mixture_nll(out, x, self.spec.num_levels)
+        return nll.reshape(nll.shape[0], -1).sum(-1)
+
+    def _decoded(self, out):
+        """The decoder's most likely level of each pixel value (int32) and its mean in [0, 1],
+        sum_l p(l) l / (L - 1), from its output (B, H, W, C, out_per_value). The probabilities
+        of all L levels are made DECODE_CHUNK examples at a time: at 256 levels and 5 logistics
+        a whole eval batch of them would take gigabytes."""
+        levels = jnp.arange(self.spec.num_levels, dtype=jnp.float32)
+
+        def one(o):
+            log_probs = self._log_probs(o[None])[0]
+            mean = (jnp.exp(log_probs) * levels).sum(-1) / (self.spec.num_levels - 1)
+            return jnp.argmax(log_probs, axis=-1).astype(jnp.int32), mean
+
+        return jax.lax.map(one, out, batch_size=DECODE_CHUNK)
+
+    def _forward(self, params, levels):
+        """Everything one pass computes: the decoder's output at the straight-through z_q, the
+        per-example VQ terms (B,) averaged over latent elements, and the codes (B, h, w)."""
+        z_e, codebook = self._encode(params, levels)
+        z_q, codes = vq.quantize(z_e, codebook)
+        out = self._decode(params, vq.straight_through(z_e, z_q))
+        d = z_e.shape[-1]
+        per_example = lambda t: t.reshape(t.shape[0], -1).mean(-1) / d
+        terms = {'codebook': per_example(vq.codebook_loss(z_e, z_q)),
+                 'commitment': per_example(vq.commitment_loss(z_e, z_q, self.cfg.model.beta))}
+        return out, terms, codes
+
+    # ---- training and eval ----------------------------------------------------------------
+
+    def loss(self, params, batch, rng):
+        levels = batch['image']
+        out, terms, codes = self._forward(params, levels)
+        rec = self._nll(out, levels) / self.example_size()     # nats/dim per example
+        loss = (rec + terms['codebook'] + terms['commitment']).mean()
+        usage = vq.perplexity(vq.code_frequencies(codes, self.cfg.model.num_codes))
+        return loss, {'loss': loss, 'reconstruction': rec.mean(),
+                      'bits_per_dim': bits_per_dim(rec.mean(), 1),
+                      'codebook': terms['codebook'].mean(),
+                      'commitment': terms['commitment'].mean(), 'perplexity': usage}
+
+    def eval_metrics(self, params, batch, rng):
+        levels = batch['image']
+        out, terms, codes = self._forward(params, levels)
+        nll = self._nll(out, levels)
+        dims = self.example_size()
+        mean = self._decoded(out)[1]
+        target = levels.astype(jnp.float32) / (self.spec.num_levels - 1)
+        mse = ((mean - target) ** 2).reshape(mean.shape[0], -1).mean(-1)
+        mask = batch.get('mask', jnp.ones(levels.shape[:1], jnp.float32))
+        usage = vq.perplexity(vq.code_frequencies(codes, self.cfg.model.num_codes,
+                                                  mask[:, None, None]))
+        return {'loss': nll / dims + terms['codebook'] + terms['commitment'],
+                'nats_per_image': nll, 'bits_per_dim': bits_per_dim(nll, dims), 'mse': mse,
+                'perplexity': jnp.broadcast_to(usage, nll.shape), **terms}
+
+    def features(self, params, levels):
+        """The code vectors z_q averaged over the grid: (B, D)."""
+        z_e, codebook = self._encode(params, levels)
+        return vq.quantize(z_e, codebook)[0].mean(axis=(1, 2))
+
+    # ---- the second stage -----------------------------------------------------------------
+
+    @jit_method()
+    def images_from_codes(self, params, codes):
+        """Images of (B, h, w) code grids: the decoder's most likely level of each pixel value
+        (uint8 or uint16 (B, H, W, C)) and its mean in [0, 1]."""
+        codebook = self.model.apply({'params': params}, method=VQVAE.codes)
+        mode, mean = self._decoded(self._decode(params, vq.lookup(codes, codebook)))
+        return mode.astype(jnp.uint8 if self.spec.num_levels <= 256 else jnp.uint16), mean
+
+    def export_codes(self, params, directory: str, batch_size: int = 256) -> dict:
+        """Write the code grids of the train and eval splits as an `arrays:` data set in the
+        local folder `directory` (levels = codes, K of them; labels kept). Returns its info."""
+        splits = {}
+        for split in (self.spec.train_split, self.spec.eval_split):
+            grids, labels = [], []
+            for batch in data.eval_batches(self.cfg.data, batch_size, split=split):
+                keep = np.asarray(batch['mask']) > 0
+                codes = np.asarray(self.encode_codes(params, jnp.asarray(batch['image'])))
+                grids.append(codes[keep][..., None])
+                labels.append(np.asarray(batch['label'])[keep])
+            splits[split] = (np.concatenate(grids), np.concatenate(labels))
+        return arrays.write(directory, splits, num_levels=self.cfg.model.num_codes,
+                            num_classes=self.spec.num_classes,
+                            description=f'VQ-VAE code grids of {self.spec.name}')
+
+    # ---- pictures -------------------------------------------------------------------------
+
+    @jit_method()
+    def _pictures(self, params, levels):
+        z_e, codebook = self._encode(params, levels)
+        z_q, _ = vq.quantize(z_e, codebook)
+        reconstructions = self._decoded(self._decode(params, z_q))[1]
+        return {'originals': levels.astype(jnp.float32) / (self.spec.num_levels - 1),
+                'reconstructions': reconstructions}
+
+    def sample(self, params, rng, num):
+        """Pictures in [0, 1]: the first `num` eval images and their reconstructions (the
+        decoder's mean at the quantised codes). A VQ-VAE alone has no prior to sample from."""
+        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
+        return self._pictures(params, jnp.asarray(batch['image']))
+
+    def save_samples(self, samples, path_stem):
+        num, h, w, c = samples['originals'].shape
+        cols = min(num, 10)
+        rows = []   # per block of `cols`: a row of originals above their reconstructions
+        for start in range(0, num, cols):
+            for key in ('originals', 'reconstructions'):
+                block = samples[key][start:start + cols]
+                rows.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
+                                                            block.dtype)]))
+        return [self.save_image_grid(np.concatenate(rows), path_stem + '.png', num_levels=2,
+                                     cols=cols)]
+
+
+TASK = VQVAETask

@@ -104,9 +104,9 @@ def test_iwae_of_one_draw_is_the_elbo_estimate_and_rises_with_k(vae):
     # draws is the ELBO with the analytic KL
     log_w = task.log_importance_weights(params, batch, rng, 1)
     np.testing.assert_array_equal(latent.iwae_bound(log_w), log_w[:, 0])
-    draws = task.log_importance_weights(params, batch, rng, 4000)
+    draws = jax.jit(task.log_importance_weights, static_argnums=3)(params, batch, rng, 4000)
     terms = task.bound_terms(params, batch, rng)
-    analytic = -(terms['kl'] + _mean_reconstruction(task, params, batch))
+    analytic = -(terms['kl'] + jax.jit(_mean_reconstruction, static_argnums=0)(task, params, batch))
     standard_error = draws.std(-1) / math.sqrt(draws.shape[-1])
     assert np.all(np.abs(draws.mean(-1) - analytic) < 4 * standard_error + 1e-3)
     bounds = [float(latent.iwae_bound(draws.reshape(8, -1, k)).mean()) for k in (1, 10, 100, 1000)]
@@ -141,13 +141,14 @@ def test_bound_is_exactly_log_p_when_the_posterior_is_the_prior_and_x_ignores_z(
 def test_chunked_bound_equals_the_bound_over_all_draws_at_once(vae):
     task, params, batch = vae
     rng = jax.random.key(5)
-    whole = iwae.log_likelihood_bound(task, params, batch, rng, 30, 30)
-    direct = latent.iwae_bound(task.log_importance_weights(params, batch,
-                                                           jax.random.fold_in(rng, 0), 30))
+    bound = jax.jit(iwae.log_likelihood_bound, static_argnums=(0, 4, 5))
+    weights = jax.jit(task.log_importance_weights, static_argnums=3)
+    whole = bound(task, params, batch, rng, 30, 30)
+    direct = latent.iwae_bound(weights(params, batch, jax.random.fold_in(rng, 0), 30))
     np.testing.assert_allclose(whole, direct, rtol=1e-6)
-    chunked = iwae.log_likelihood_bound(task, params, batch, rng, 30, 10)
-    draws = jnp.concatenate([task.log_importance_weights(
-        params, batch, jax.random.fold_in(rng, i), 10) for i in range(3)], axis=-1)
+    chunked = bound(task, params, batch, rng, 30, 10)
+    draws = jnp.concatenate([weights(params, batch, jax.random.fold_in(rng, i), 10)
+                             for i in range(3)], axis=-1)
     np.testing.assert_allclose(chunked, latent.iwae_bound(draws), rtol=1e-6)
 
 
@@ -167,21 +168,28 @@ def test_kl_warm_up_weighs_the_kl_by_the_step(vae):
 
 
 def test_pixel_log_probs_are_normalised_and_score_what_the_loss_scores(vae):
+    from dul_jax.losses.likelihood import categorical_nll
+    from dul_jax.losses.logistic_mixture import discretized_logistic_mixture_nll
     task, _, batch = vae
     x = jnp.asarray(batch['image'][:2], jnp.int32)
+
+    @jax.jit
+    def check(out):   # one compilation per likelihood, not one per op
+        log_probs = task._log_probs(out)
+        picked = jnp.take_along_axis(log_probs, x[..., None], -1)[..., 0]
+        kind = task.cfg.model.likelihood
+        nll = categorical_nll(out, x) if kind == 'categorical' else \
+            discretized_logistic_mixture_nll(out, x, 17) if kind == 'logistic_mixture' else picked
+        return jnp.exp(log_probs).sum(-1), -picked, nll
+
     try:
         for likelihood, width in (('bernoulli', 1), ('categorical', 17), ('logistic_mixture', 9)):
             task.cfg.model.likelihood = likelihood
-            out = 3 * jax.random.normal(jax.random.key(width), (2, 8, 8, 1, width))
-            log_probs = task._log_probs(out)
-            np.testing.assert_allclose(jnp.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
+            total, picked, nll = check(3 * jax.random.normal(jax.random.key(width),
+                                                             (2, 8, 8, 1, width)))
+            np.testing.assert_allclose(total, 1.0, rtol=1e-5)
             if likelihood != 'bernoulli':   # digits have 17 levels
-                from dul_jax.losses.likelihood import categorical_nll
-                from dul_jax.losses.logistic_mixture import discretized_logistic_mixture_nll
-                nll = categorical_nll(out, x) if likelihood == 'categorical' else \
-                    discretized_logistic_mixture_nll(out, x, 17)
-                picked = jnp.take_along_axis(log_probs, x[..., None], -1)[..., 0]
-                np.testing.assert_allclose(-picked, nll, rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(picked, nll, rtol=1e-4, atol=1e-5)
     finally:
         task.cfg.model.likelihood = 'categorical'
 
@@ -214,8 +222,8 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
     it = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
     batches = [next(it) for _ in range(2)]
     losses = {}
-    for mesh in ({'data': 8, 'fsdp': 1, 'tensor': 1}, {'data': 1, 'fsdp': 8, 'tensor': 1},
-                 {'data': 2, 'fsdp': 2, 'tensor': 2}):
+    # data=8 is the tiny run's mesh; 2x2x2 shards batch, params (fsdp) and widths (tensor) at once
+    for mesh in ({'data': 8, 'fsdp': 1, 'tensor': 1}, {'data': 2, 'fsdp': 2, 'tensor': 2}):
         for axis, size in mesh.items():
             cfg.mesh[axis] = size
         setup = prepare(cfg, devices=jax.devices()[:math.prod(mesh.values())])

@@ -21,6 +21,7 @@ from dul_jax import images
 from dul_jax.config import check
 from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
+from dul_jax.losses import pixels
 from dul_jax.ops import Kernels
 
 Batch = dict[str, jax.Array]
@@ -173,6 +174,17 @@ class Task:
     def require_images(self) -> None:
         check(self.spec.kind == 'image', f'task "{self.name}" models images, but data set '
               f'"{self.spec.name}" is {self.spec.kind}; set --config.data.name to an image set.')
+
+    def require_pixel_likelihood(self) -> None:
+        """model.likelihood names a decoder likelihood (losses/pixels.py) these images allow."""
+        m = self.cfg.model
+        check(m.likelihood in pixels.LIKELIHOODS, f'model.likelihood must be one of '
+              f'{", ".join(pixels.LIKELIHOODS)}, got "{m.likelihood}".')
+        check(m.likelihood != 'bernoulli' or self.spec.num_levels == 2,
+              f'model.likelihood="bernoulli" needs 2-level images, but "{self.spec.name}" has '
+              f'{self.spec.num_levels} levels; set --config.model.likelihood=categorical or '
+              'logistic_mixture.')
+        check(m.mixtures > 0, f'model.mixtures must be positive, got {m.mixtures}.')
 
     @property
     def dtype(self):

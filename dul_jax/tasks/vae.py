@@ -20,17 +20,12 @@ import numpy as np
 
 from dul_jax import data
 from dul_jax.config import check
-from dul_jax.losses import latent
+from dul_jax.losses import latent, pixels
 from dul_jax.losses.gaussian import levels_to_unit
-from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
-from dul_jax.losses.logistic_mixture import (
-    discretized_logistic_mixture_log_probs,
-    discretized_logistic_mixture_nll,
-)
+from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.vae import VAE
 from dul_jax.tasks.base import Task, jit_method
 
-LIKELIHOODS = ('bernoulli', 'categorical', 'logistic_mixture')
 OBJECTIVES = ('elbo', 'iwae')
 INTERPOLATION_STEPS = 10
 
@@ -57,17 +52,12 @@ class VAETask(Task):
     def validate(self):
         super().validate()
         self.require_images()
+        self.require_pixel_likelihood()
         m, spec = self.cfg.model, self.spec
-        check(m.likelihood in LIKELIHOODS, f'model.likelihood must be one of '
-              f'{", ".join(LIKELIHOODS)}, got "{m.likelihood}".')
-        check(m.likelihood != 'bernoulli' or spec.num_levels == 2,
-              f'model.likelihood="bernoulli" needs 2-level images, but "{spec.name}" has '
-              f'{spec.num_levels} levels; set --config.model.likelihood=categorical or '
-              'logistic_mixture.')
         check(m.objective in OBJECTIVES,
               f'model.objective must be "elbo" or "iwae", got "{m.objective}".')
-        check(m.latent_dim > 0 and m.train_samples >= 1 and m.mixtures >= 1,
-              'model.latent_dim, model.train_samples and model.mixtures must be positive.')
+        check(m.latent_dim > 0 and m.train_samples >= 1,
+              'model.latent_dim and model.train_samples must be positive.')
         check(m.beta >= 0 and m.free_bits >= 0 and m.kl_warmup_steps >= 0,
               'model.beta, model.free_bits and model.kl_warmup_steps must be >= 0.')
         check(m.objective == 'elbo' or (m.beta == 1 and m.free_bits == 0
@@ -82,8 +72,7 @@ class VAETask(Task):
 
     def build_model(self):
         m = self.cfg.model
-        out = {'bernoulli': 1, 'categorical': self.spec.num_levels,
-               'logistic_mixture': 3 * m.mixtures}[m.likelihood]
+        out = pixels.outputs_per_value(m.likelihood, self.spec.num_levels, m.mixtures)
         return VAE(image_shape=tuple(self.spec.shape), channels=tuple(m.channels),
                    hidden=tuple(m.hidden), latent_dim=m.latent_dim, out_per_value=out,
                    dtype=self.dtype)
@@ -110,27 +99,15 @@ class VAETask(Task):
         return self._log_probs(out)
 
     def _log_probs(self, out):
-        kind = self.cfg.model.likelihood
-        if kind == 'bernoulli':
-            return jnp.stack([jax.nn.log_sigmoid(-out[..., 0]), jax.nn.log_sigmoid(out[..., 0])],
-                             axis=-1)
-        if kind == 'categorical':
-            return jax.nn.log_softmax(out, axis=-1)
-        return discretized_logistic_mixture_log_probs(out, self.spec.num_levels)
+        return pixels.log_probs(self.cfg.model.likelihood, out, self.spec.num_levels)
 
     def _reconstruction_nll(self, params, z, levels):
         """-log p(x|z) in nats per image: z (B, k, D), levels (B, H, W, C) -> (B, k)."""
         b, k, d = z.shape
         out = self.model.apply({'params': params}, z.reshape(b * k, d), method=VAE.decode)
         out = out.reshape((b, k) + out.shape[1:])
-        x = jnp.broadcast_to(levels[:, None], (b, k) + levels.shape[1:]).astype(jnp.int32)
-        kind = self.cfg.model.likelihood
-        if kind == 'bernoulli':
-            nll = latent.bernoulli_nll(out[..., 0], x.astype(jnp.float32))
-        elif kind == 'categorical':
-            nll = categorical_nll(out, x)
-        else:
-            nll = discretized_logistic_mixture_nll(out, x, self.spec.num_levels)
+        x = jnp.broadcast_to(levels[:, None], (b, k) + levels.shape[1:])
+        nll = pixels.nll(self.cfg.model.likelihood, out, x, self.spec.num_levels)
         return nll.reshape(b, k, -1).sum(-1)
 
     def _draw(self, mean, log_var, rng, k):
@@ -189,11 +166,6 @@ class VAETask(Task):
 
     # ---- samples and pictures ----------------------------------------------------------------
 
-    def _mean_image(self, log_probs):
-        """The decoder's mean in [0, 1]: sum_l p(l) l / (L - 1)."""
-        levels = jnp.arange(self.spec.num_levels, dtype=jnp.float32)
-        return (jnp.exp(log_probs) * levels).sum(-1) / (self.spec.num_levels - 1)
-
     def _prior_draw(self, rng, num):
         return self.cfg.sample.temperature * jax.random.normal(
             rng, (num, self.cfg.model.latent_dim))
@@ -208,13 +180,14 @@ class VAETask(Task):
     @jit_method()
     def _pictures(self, params, rng, levels):
         num = levels.shape[0]
-        samples = self._mean_image(self.pixel_log_probs(params, self._prior_draw(rng, num)))
+        prior_draw = self._prior_draw(rng, num)
+        samples = pixels.mean_in_unit_range(self.pixel_log_probs(params, prior_draw))
         mean, _ = self.posterior(params, levels)
-        reconstructions = self._mean_image(self.pixel_log_probs(params, mean))
+        reconstructions = pixels.mean_in_unit_range(self.pixel_log_probs(params, mean))
         # each test image to the next one, in INTERPOLATION_STEPS even steps of the posterior mean
         weights = jnp.linspace(0.0, 1.0, INTERPOLATION_STEPS)[None, :, None]
         path = (1 - weights) * mean[:, None] + weights * jnp.roll(mean, -1, axis=0)[:, None]
-        between = self._mean_image(self.pixel_log_probs(
+        between = pixels.mean_in_unit_range(self.pixel_log_probs(
             params, path.reshape(-1, mean.shape[-1])))
         originals = levels.astype(jnp.float32) / (self.spec.num_levels - 1)
         return {'samples': samples, 'originals': originals, 'reconstructions': reconstructions,

@@ -27,18 +27,12 @@ import numpy as np
 from dul_jax import data
 from dul_jax.config import check
 from dul_jax.data import arrays
-from dul_jax.losses import vq
+from dul_jax.losses import pixels, vq
 from dul_jax.losses.gaussian import levels_to_unit
-from dul_jax.losses.latent import bernoulli_nll
-from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
-from dul_jax.losses.logistic_mixture import (
-    discretized_logistic_mixture_log_probs,
-    discretized_logistic_mixture_nll,
-)
+from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.vqvae import VQVAE
 from dul_jax.tasks.base import Task, jit_method
 
-LIKELIHOODS = ('bernoulli', 'categorical', 'logistic_mixture')
 MAX_CODES = 65536   # code grids are exported as uint16 levels at most
 DECODE_CHUNK = 8    # examples whose level probabilities are made at once
 
@@ -64,18 +58,12 @@ class VQVAETask(Task):
     def validate(self):
         super().validate()
         self.require_images()
+        self.require_pixel_likelihood()
         m, spec = self.cfg.model, self.spec
-        check(m.likelihood in LIKELIHOODS, f'model.likelihood must be one of '
-              f'{", ".join(LIKELIHOODS)}, got "{m.likelihood}".')
-        check(m.likelihood != 'bernoulli' or spec.num_levels == 2,
-              f'model.likelihood="bernoulli" needs 2-level images, but "{spec.name}" has '
-              f'{spec.num_levels} levels; set --config.model.likelihood=categorical or '
-              'logistic_mixture.')
         check(2 <= m.num_codes <= MAX_CODES,
               f'model.num_codes must be in [2, {MAX_CODES}], got {m.num_codes}.')
-        check(min(m.code_dim, m.hidden, m.res_channels, m.mixtures) > 0,
-              'model.code_dim, model.hidden, model.res_channels and model.mixtures must be '
-              'positive.')
+        check(min(m.code_dim, m.hidden, m.res_channels) > 0,
+              'model.code_dim, model.hidden and model.res_channels must be positive.')
         check(m.res_blocks >= 0 and m.beta >= 0, 'model.res_blocks and model.beta must be >= 0.')
         check(m.stages >= 1, f'model.stages (stride-2 stages) must be >= 1, got {m.stages}.')
         h, w, _ = spec.shape
@@ -88,8 +76,7 @@ class VQVAETask(Task):
 
     def build_model(self):
         m = self.cfg.model
-        out = {'bernoulli': 1, 'categorical': self.spec.num_levels,
-               'logistic_mixture': 3 * m.mixtures}[m.likelihood]
+        out = pixels.outputs_per_value(m.likelihood, self.spec.num_levels, m.mixtures)
         return VQVAE(image_shape=tuple(self.spec.shape), stages=m.stages, hidden=m.hidden,
                      res_channels=m.res_channels, res_blocks=m.res_blocks, code_dim=m.code_dim,
                      num_codes=m.num_codes, out_per_value=out, dtype=self.dtype)
@@ -127,24 +114,11 @@ class VQVAETask(Task):
 
     def _log_probs(self, out):
         """log p(x | z) of every level of every pixel value: (B, H, W, C, levels)."""
-        kind = self.cfg.model.likelihood
-        if kind == 'bernoulli':
-            return jnp.stack([jax.nn.log_sigmoid(-out[..., 0]), jax.nn.log_sigmoid(out[..., 0])],
-                             axis=-1)
-        if kind == 'categorical':
-            return jax.nn.log_softmax(out, axis=-1)
-        return discretized_logistic_mixture_log_probs(out, self.spec.num_levels)
+        return pixels.log_probs(self.cfg.model.likelihood, out, self.spec.num_levels)
 
     def _nll(self, out, levels):
         """-log p(x | z_q) in nats per image: (B,)."""
-        x = levels.astype(jnp.int32)
-        kind = self.cfg.model.likelihood
-        if kind == 'bernoulli':
-            nll = bernoulli_nll(out[..., 0], x.astype(jnp.float32))
-        elif kind == 'categorical':
-            nll = categorical_nll(out, x)
-        else:
-            nll = discretized_logistic_mixture_nll(out, x, self.spec.num_levels)
+        nll = pixels.nll(self.cfg.model.likelihood, out, levels, self.spec.num_levels)
         return nll.reshape(nll.shape[0], -1).sum(-1)
 
     def _decoded(self, out):
@@ -152,12 +126,10 @@ class VQVAETask(Task):
         sum_l p(l) l / (L - 1), from its output (B, H, W, C, out_per_value). The probabilities
         of all L levels are made DECODE_CHUNK examples at a time: at 256 levels and 5 logistics
         a whole eval batch of them would take gigabytes."""
-        levels = jnp.arange(self.spec.num_levels, dtype=jnp.float32)
-
         def one(o):
             log_probs = self._log_probs(o[None])[0]
-            mean = (jnp.exp(log_probs) * levels).sum(-1) / (self.spec.num_levels - 1)
-            return jnp.argmax(log_probs, axis=-1).astype(jnp.int32), mean
+            return (jnp.argmax(log_probs, axis=-1).astype(jnp.int32),
+                    pixels.mean_in_unit_range(log_probs))
 
         return jax.lax.map(one, out, batch_size=DECODE_CHUNK)
 

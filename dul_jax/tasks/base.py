@@ -213,6 +213,20 @@ class Task:
         return images.save_grid(levels, path, num_levels or self.spec.num_levels, cols=cols,
                                 scale=max(1, 64 // levels.shape[1]))
 
+    def save_reconstruction_grid(self, originals: np.ndarray, reconstructions: np.ndarray,
+                                 path: str, cols: int = 10) -> str:
+        """(N, H, W, C) images in [0, 1] and their reconstructions as one PNG: per block of
+        `cols`, a row of originals above a row of reconstructions."""
+        num, h, w, c = originals.shape
+        cols = min(num, cols)
+        rows = []
+        for start in range(0, num, cols):
+            for part in (originals, reconstructions):
+                block = part[start:start + cols]
+                rows.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
+                                                            block.dtype)]))
+        return self.save_image_grid(np.concatenate(rows), path, num_levels=2, cols=cols)
+
 
 def implements(task: Task, method: str) -> bool:
     """Whether `task`'s family overrides Task.`method` (an optional capability)."""

@@ -202,20 +202,13 @@ class VAETask(Task):
     def save_samples(self, samples, path_stem):
         num, h, w, c = samples['samples'].shape
         cols = min(num, 10)
-        rows = -(-num // cols)
-        pad = rows * cols - num
-        pairs = []   # per block of `cols`: a row of originals above their reconstructions
-        for start in range(0, rows * cols, cols):
-            for key in ('originals', 'reconstructions'):
-                block = samples[key][start:start + cols]
-                pairs.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
-                                                             block.dtype)]))
-        grid = np.concatenate([samples['samples'], np.zeros((pad, h, w, c), np.float32)])
+        pad = np.zeros((-num % cols, h, w, c), np.float32)
         interpolations = samples['interpolations'][:min(num, 8)]
         return [
-            self.save_image_grid(grid, path_stem + '.png', num_levels=2, cols=cols),
-            self.save_image_grid(np.concatenate(pairs), path_stem + '_reconstructions.png',
+            self.save_image_grid(np.concatenate([samples['samples'], pad]), path_stem + '.png',
                                  num_levels=2, cols=cols),
+            self.save_reconstruction_grid(samples['originals'], samples['reconstructions'],
+                                          path_stem + '_reconstructions.png', cols),
             self.save_image_grid(interpolations.reshape((-1, h, w, c)),
                                  path_stem + '_interpolations.png', num_levels=2,
                                  cols=INTERPOLATION_STEPS)]

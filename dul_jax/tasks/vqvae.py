@@ -221,16 +221,8 @@ class VQVAETask(Task):
         return self._pictures(params, jnp.asarray(batch['image']))
 
     def save_samples(self, samples, path_stem):
-        num, h, w, c = samples['originals'].shape
-        cols = min(num, 10)
-        rows = []   # per block of `cols`: a row of originals above their reconstructions
-        for start in range(0, num, cols):
-            for key in ('originals', 'reconstructions'):
-                block = samples[key][start:start + cols]
-                rows.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
-                                                            block.dtype)]))
-        return [self.save_image_grid(np.concatenate(rows), path_stem + '.png', num_levels=2,
-                                     cols=cols)]
+        return [self.save_reconstruction_grid(samples['originals'], samples['reconstructions'],
+                                              path_stem + '.png')]
 
 
 TASK = VQVAETask

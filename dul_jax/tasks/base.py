@@ -164,6 +164,11 @@ class Task:
         (`dul-jax compress`, dul_jax/compress/bitsback.py)."""
         raise NotImplementedError
 
+    def data_init(self, params, batch: Batch, rng: jax.Array):
+        """Params with their data-dependent part (e.g. ActNorm's) initialised from `batch`, the
+        first training batch of a fresh run; resumed runs restore it from the checkpoint."""
+        raise NotImplementedError
+
     def position_decoder(self, params):
         """An exact one-position-at-a-time model for `dul-jax compress` (see dul_jax/compress's
         PositionDecoder), or None where the family has no exact discrete likelihood."""

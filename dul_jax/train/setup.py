@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dul_jax import data, evaluators
@@ -83,6 +84,17 @@ class Setup:
         with self.context():
             init = jax.jit(self._init_unboxed, out_shardings=self.state_shardings)
             return init(jax.random.key(seed))
+
+    def data_init(self, state: TrainState, host_batch: dict) -> TrainState:
+        """The fresh state with the task's data-dependent init (Task.data_init) from a batch."""
+        rng = jax.random.fold_in(jax.random.key(self.cfg.seed), 0xDA7A)
+        with self.context():
+            init = self.task.data_init if self.eager else jax.jit(
+                self.task.data_init, out_shardings=self.state_shardings.params)
+            params = init(state.params, self.put_batch(host_batch), rng)
+        # the EMA copy needs buffers of its own: the train step donates both
+        ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+        return state.replace(params=params, ema_params=ema)
 
     def to_step_form(self, state: TrainState) -> TrainState:
         """The state as the train step takes it (stacked replicas on the pmap path)."""

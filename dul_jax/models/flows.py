@@ -3,7 +3,7 @@ Dhariwal 2018), and the conditional flow of variational dequantization (Ho et al
 
 The flow maps dequantized pixels x in (0, 1)^(H, W, C) through a logit to a flat z (B, D): the
 factored-out halves of each scale, then what is left at the last scale, concatenated in that
-order. Its prior is a standard normal on z, so log p(x) = log N(z) + log |det dz/dx|.
+order, with log |det dz/dx|. The densities (a standard normal on z) are the task's.
 
 Plans (the layers of one scale; the last scale has no squeeze and no split):
 - RealNVP: `steps` checkerboard couplings, squeeze, `steps` channel couplings, split half off;
@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dul_jax.losses.latent import standard_normal_log_prob
 from dul_jax.models import bijectors as bj
 from dul_jax.models.layers import conv
 
@@ -116,16 +115,11 @@ class MultiScaleFlow(nn.Module):
         x, logit_ldj = self.logit(h, reverse=True)
         return x, ldj + logit_ldj
 
-    def log_prob(self, x):
-        """log p(x) per example, in nats, for x in (0, 1)^(H, W, C)."""
-        z, ldj = self.forward(x)
-        return standard_normal_log_prob(z).sum(-1) + ldj
-
 
 class Dequantizer(nn.Module):
-    """q(u | x) for the dequantization noise u in (0, 1)^(H, W, C): u = sigmoid(g(eps; x)),
-    eps ~ N(0, I), g a stack of checkerboard couplings conditioned on features of the image.
-    Returns u and log q(u | x) per example, in nats."""
+    """The noise of variational dequantization, u = sigmoid(g(eps; x)) in (0, 1)^(H, W, C), g a
+    stack of checkerboard couplings conditioned on features of the image x. Returns u and
+    log |det du/deps| per example, so log q(u | x) = log N(eps) - that."""
     steps: int = 4
     hidden: int = 32
     blocks: int = 1
@@ -143,5 +137,4 @@ class Dequantizer(nn.Module):
                 v, cond=features.astype(jnp.float32))
             ldj = ldj + step_ldj
         ldj = ldj + (jax.nn.log_sigmoid(v) + jax.nn.log_sigmoid(-v)).reshape(v.shape[0], -1).sum(-1)
-        log_q = standard_normal_log_prob(eps).reshape(eps.shape[0], -1).sum(-1) - ldj
-        return jax.nn.sigmoid(v), log_q
+        return jax.nn.sigmoid(v), ldj

@@ -23,6 +23,7 @@ import numpy as np
 
 from dul_jax import data
 from dul_jax.config import check
+from dul_jax.losses import latent
 from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models import bijectors
@@ -30,6 +31,11 @@ from dul_jax.models.flows import KINDS, Dequantizer, MultiScaleFlow
 from dul_jax.tasks.base import Task, jit_method
 
 DEQUANTIZATIONS = ('uniform', 'variational')
+
+
+def _standard_normal_log_prob(x):
+    """log N(x; 0, I) of each example's values, in nats: (B, ...) -> (B,)."""
+    return latent.standard_normal_log_prob(x).reshape(x.shape[0], -1).sum(-1)
 PICTURE_TEMPERATURES = (0.5, 0.7, 1.0)
 
 
@@ -120,12 +126,14 @@ class FlowTask(Task):
         if self.dequantizer is None:
             return self._uniform(rng, levels.shape)
         eps = jax.random.normal(rng, levels.shape)
-        return self.dequantizer.apply({'params': params['dequantizer']},
-                                      levels_to_unit(levels, self.spec.num_levels), eps)
+        u, ldj = self.dequantizer.apply({'params': params['dequantizer']},
+                                        levels_to_unit(levels, self.spec.num_levels), eps)
+        return u, _standard_normal_log_prob(eps) - ldj
 
     def log_prob(self, params, x):
         """log p(x) per example, in nats, of dequantized images x in (0, 1)^(H, W, C)."""
-        return self.model.apply({'params': params['flow']}, x, method=MultiScaleFlow.log_prob)
+        z, ldj = self.model.apply({'params': params['flow']}, x)
+        return _standard_normal_log_prob(z) + ldj
 
     def bound_terms(self, params, batch, rng):
         """The bound's terms in nats per image at one noise draw: -log p(x) + D log L of the

@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/dul-jax train --config experiments/configs/demo.py --workdir runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dul_jax tests experiments benchmarks

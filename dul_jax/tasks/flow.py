@@ -16,6 +16,7 @@ Samples at temperature T draw z ~ N(0, T^2 I) (Glow); pictures hold grids at T =
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -107,8 +108,7 @@ class FlowTask(Task):
         """ActNorm's data-dependent init: params with every actnorm leaf replaced by its value
         when the model is initialised on this (real) batch; the trainer calls it once, on a
         fresh start."""
-        fresh = jax.tree.map(lambda x: x.unbox() if hasattr(x, 'unbox') else x,
-                             self.init(rng, batch), is_leaf=lambda x: hasattr(x, 'unbox'))
+        fresh = nn.meta.unbox(self.init(rng, batch))
         return jax.tree_util.tree_map_with_path(
             lambda path, old, new: new if 'actnorm' in jax.tree_util.keystr(path) else old,
             params, fresh)

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from dul_jax.data import arrays, download
+from dul_jax.data import arrays, download, toy
 from dul_jax.data.catalog import (
     LOCAL_BUILDERS,
     data_source,
@@ -62,6 +62,8 @@ def settings(data_cfg):
 def describe(data_cfg):
     """The DataSpec of the configured data set; prepares a local data set on first use."""
     s = settings(data_cfg)
+    if toy.is_toy(s.name):
+        return _describe_toy(s)
     if arrays.is_arrays(s.name):
         return _describe_arrays(s)
     # Prepared here, with the mirror URL only the config knows; later look-ups find it prepared.
@@ -109,6 +111,17 @@ def _describe_arrays(s):
         num_levels=s.num_levels or info['num_levels'], num_classes=info['num_classes'],
         vocab=None, train_split=train_split, eval_split=eval_split,
         num_train=info['splits'][train_split], num_eval=info['splits'][eval_split])
+
+
+def _describe_toy(s):
+    mix = toy.mixture(s.name)
+    if s.num_levels:
+        raise UserError(f'data.num_levels={s.num_levels} applies to image data sets, but '
+                        f'{s.name!r} holds real-valued points; set --config.data.num_levels=0.')
+    return DataSpec(
+        name=s.name, kind='points', shape=(mix.means.shape[1],), num_levels=0,
+        num_classes=len(mix.means), vocab=None, train_split='train', eval_split='test',
+        num_train=toy.SPLITS['train'][0], num_eval=toy.SPLITS['test'][0])
 
 
 def _train_and_eval_splits(name, splits):
@@ -198,6 +211,21 @@ class TextWindows:
         return {'tokens': self.tokens[positions].astype(np.int32)}
 
 
+# ---- points ----
+
+class PointArrays:
+    """A toy split of 2-D points, generated whole in memory."""
+
+    def __init__(self, points, labels):
+        self.points, self.labels = points, labels
+
+    def __len__(self):
+        return len(self.points)
+
+    def read(self, indices):
+        return {'point': self.points[indices], 'label': self.labels[indices]}
+
+
 # ---- images ----
 
 class ImageArrays:
@@ -239,6 +267,9 @@ def _image_arrays(name, source_dir, tfds_dir, split):
 def split_reader(data_cfg, spec, split, training):
     """The reader for one split: len() examples (or windows), read(indices) -> batch dict."""
     s = settings(data_cfg)
+    if toy.is_toy(s.name):
+        # Points have no levels to check, and describe refuses data.num_levels for them.
+        return PointArrays(*toy.split_arrays(s.name, split))
     if spec.kind == 'text':
         tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
         # Training may start a window at any token; eval tiles the split without overlap.

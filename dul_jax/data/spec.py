@@ -10,14 +10,15 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     name: str
-    kind: str                 # 'image' or 'text'
-    shape: tuple[int, ...]    # one example's token grid: (H, W, C) for images, (seq_len,) for text
-    num_levels: int           # distinct values per position: gray levels, 256 bytes, or len(vocab)
+    kind: str                 # 'image', 'text' or 'points' (real vectors, e.g. toy:grid25)
+    shape: tuple[int, ...]    # one example: (H, W, C) for images, (seq_len,) text, (D,) points
+    num_levels: int           # distinct values per position: gray levels, 256 bytes, or len(vocab);
+                              # 0 for points, which are continuous
     num_classes: int          # 0 when unlabeled
     vocab: str | None         # 'chars' text: the characters in id order; else None
     train_split: str
     eval_split: str           # 'test' where it exists, else 'validation'
-    num_train: int            # examples (images) or tokens (text) in train_split
+    num_train: int            # examples (images, points) or tokens (text) in train_split
     num_eval: int
 
     def to_json(self) -> str:

@@ -6,6 +6,7 @@ usually `default_model_config()`. Modules are imported by name when a config ask
 (as big_vision finds its models), so adding a family edits no existing file.
 """
 
+import dataclasses
 import importlib
 import os
 import pkgutil
@@ -27,6 +28,14 @@ from dul_jax.ops import Kernels
 Batch = dict[str, jax.Array]
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_CHOICES = ('none', 'full', 'dots')
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One player's turn in a training step: `repeats` optimizer updates of the params under the
+    top-level key `group`, each on its own 1/repeats of the batch (e.g. a GAN's n critic steps)."""
+    group: str
+    repeats: int = 1
 
 
 def builtin_families() -> list[str]:
@@ -94,7 +103,12 @@ class Task:
         raise NotImplementedError
 
     def loss(self, params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and scalar metrics, for value_and_grad."""
+        """Scalar training loss and scalar metrics, for value_and_grad.
+
+        The trainer adds keywords a family asks for: `step` (loss_takes_step), `phase` (the group
+        being updated, where `phases` declares several), `model_state` (where the family
+        implements init_model_state; the loss then returns (loss, (metrics, new model state))).
+        """
         raise NotImplementedError
 
     def eval_metrics(self, params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
@@ -111,6 +125,16 @@ class Task:
         raise NotImplementedError
 
     # ---- optional capabilities -------------------------------------------------------------
+
+    def phases(self) -> tuple[Phase, ...]:
+        """Several players trained in turn, each a group of params with its own optimizer
+        (optim.groups.GROUP overrides optim.*); () trains all params with one optimizer."""
+        return ()
+
+    def init_model_state(self, rng: jax.Array, batch: Batch) -> Any:
+        """Variables the forward pass updates rather than the optimizer (spectral norm's
+        power-iteration vectors), kept in TrainState.model_state and checkpointed with it."""
+        raise NotImplementedError
 
     def validate(self) -> None:
         """UserError for a config that cannot work with this data. Subclasses call super()."""
@@ -141,6 +165,10 @@ class Task:
 
     def sample_images(self, params, rng: jax.Array, num: int) -> jax.Array:
         """(num, H, W, C) sampled images as levels of the data set, for FID (evaluators/fid.py)."""
+        raise NotImplementedError
+
+    def sample_points(self, params, rng: jax.Array, num: int) -> jax.Array:
+        """(num, D) sampled points of a point data set (evaluators/modes.py)."""
         raise NotImplementedError
 
     def bound_terms(self, params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:

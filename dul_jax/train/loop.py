@@ -276,7 +276,9 @@ class _Run:
         start, steps = self.clock
         elapsed = time.perf_counter() - start
         row = _mean_metrics(self.history)
-        row['lr'] = float(self.history[-1]['lr'])
+        for key in self.history[-1]:   # the current learning rate(s), not their mean
+            if key == 'lr' or key.endswith('/lr'):
+                row[key] = float(self.history[-1][key])
         batch, size = self.cfg.train.batch_size, self.setup.task.example_size()
         row['examples_seen'], row['tokens_seen'] = step * batch, step * batch * size
         if steps:

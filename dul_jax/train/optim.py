@@ -1,7 +1,10 @@
 """The optax chain built from `config.optim`: clipping, AdamW with a decay mask, warmup + cosine."""
 
 import jax
+import ml_collections
 import optax
+
+from dul_jax.config import check
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -45,3 +48,29 @@ def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransform
     parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
                              weight_decay=optim_cfg.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule
+
+
+def group_settings(optim_cfg, group: str):
+    """`optim_cfg` with the overrides of optim.groups.GROUP: one player's optimizer settings
+    (e.g. a GAN's two time-scale learning rates)."""
+    settings = {k: v for k, v in optim_cfg.items() if k != 'groups'}
+    settings.update(optim_cfg.get('groups', {}).get(group, {}))
+    return ml_collections.ConfigDict(settings)
+
+
+def check_groups(optim_cfg, groups: tuple[str, ...]) -> None:
+    """UserError for optim.groups that name no player or no optim setting."""
+    for group, overrides in optim_cfg.get('groups', {}).items():
+        check(group in groups, f'optim.groups.{group} names no parameter group of this task; '
+              f'its groups are {", ".join(groups) or "none (one optimizer)"}.')
+        for key in overrides:
+            check(key in optim_cfg and key != 'groups', f'optim.groups.{group}.{key} is not an '
+                  'optim setting; override only keys of optim (lr, b1, b2, ...).')
+        lr = group_settings(optim_cfg, group).lr
+        check(lr > 0, f'optim.groups.{group}.lr must be positive, got {lr}.')
+
+
+def make_group_optimizers(optim_cfg, total_steps: int, groups: tuple[str, ...]):
+    """({group: optax chain}, {group: schedule}), each from `group_settings`."""
+    built = {g: make_optimizer(group_settings(optim_cfg, g), total_steps) for g in groups}
+    return {g: b[0] for g, b in built.items()}, {g: b[1] for g, b in built.items()}

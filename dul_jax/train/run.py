@@ -81,7 +81,7 @@ class Run:
         return next(data.eval_batches(self.cfg.data, num, max_examples=num))
 
     def _checked(self, batch) -> dict:
-        key = 'image' if self.spec.kind == 'image' else 'tokens'
+        key = {'image': 'image', 'points': 'point'}.get(self.spec.kind, 'tokens')
         if not isinstance(batch, dict) or key not in batch:
             got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
             raise UserError(f'a batch of this {self.spec.kind} run is a dict with "{key}" (as '
@@ -91,8 +91,8 @@ class Run:
                 or not len(values):
             raise UserError(f'batch["{key}"] has shape {values.shape}, but this run takes '
                             f'(N >= 1, {", ".join(map(str, self.spec.shape))}); reshape it.')
-        if not np.issubdtype(values.dtype, np.integer) or values.min() < 0 \
-                or values.max() >= self.spec.num_levels:
+        if self.spec.kind != 'points' and (not np.issubdtype(values.dtype, np.integer) or
+                values.min() < 0 or values.max() >= self.spec.num_levels):
             raise UserError(f'batch["{key}"] must hold integers in [0, {self.spec.num_levels}), '
                             f'got {values.dtype} values in [{values.min()}, {values.max()}].')
         if self.task.conditional and 'label' not in batch:

@@ -20,7 +20,8 @@ from dul_jax.config import check, validate_common
 from dul_jax.sharding import mesh as mesh_lib
 from dul_jax.sharding import pmap as pmap_lib
 from dul_jax.tasks import make_task
-from dul_jax.train.optim import make_optimizer
+from dul_jax.tasks.base import implements
+from dul_jax.train.optim import check_groups, make_group_optimizers, make_optimizer
 from dul_jax.train.state import TrainState, create_state, make_eval_step, make_train_step
 
 
@@ -142,6 +143,9 @@ def dummy_batch(spec: data.DataSpec, size: int) -> dict:
     if spec.kind == 'image':
         return {'image': np.zeros((size,) + tuple(spec.shape), np.uint8),
                 'label': np.zeros((size,), np.int32)}
+    if spec.kind == 'points':
+        return {'point': np.zeros((size,) + tuple(spec.shape), np.float32),
+                'label': np.zeros((size,), np.int32)}
     return {'tokens': np.zeros((size,) + tuple(spec.shape), np.int32)}
 
 
@@ -176,9 +180,17 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
           f'train.grad_accum={accum} must be >= 1 and divide the {cfg.train.batch_size // ways} '
           f'examples of each of the {ways} batch shards; set --config.train.batch_size to a '
           f'multiple of {ways * max(accum, 1)} or change --config.train.grad_accum.')
+    groups = tuple(phase.group for phase in task.phases())
+    check_groups(cfg.optim, groups)
+    for phase in task.phases():   # each of a phase's updates takes its share of every shard
+        parts = ways * accum * phase.repeats
+        check(cfg.train.batch_size % parts == 0, f'train.batch_size={cfg.train.batch_size} '
+              f'cannot be split into the {phase.repeats} {phase.group} updates x {accum} '
+              f'microbatches x {ways} batch shards of a step; set it to a multiple of {parts}.')
     if not eager and cfg.parallelism == 'jit':
         mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
-    tx, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    tx, schedule = make_group_optimizers(cfg.optim, cfg.train.steps, groups) if groups else \
+        make_optimizer(cfg.optim, cfg.train.steps)
     boxed = jax.eval_shape(functools.partial(_init_boxed, task, tx, cfg), jax.random.key(0))
     logical_specs = nn.get_partition_spec(boxed)
     state_shardings = mesh_lib.logical_to_shardings(logical_specs, mesh, rules)
@@ -203,6 +215,9 @@ def describe_data(cfg) -> data.DataSpec:
 def _init_boxed(task, tx, cfg, rng) -> TrainState:
     """A fresh train state with boxed (logically partitioned) params."""
     param_rng, state_rng = jax.random.split(rng)
-    params = task.init(param_rng, dummy_batch(task.spec, 1))
-    return create_state(params, tx, state_rng, cfg.optim.ema_decay)
+    batch = dummy_batch(task.spec, 1)
+    params = task.init(param_rng, batch)
+    model_state = task.init_model_state(param_rng, batch) \
+        if implements(task, 'init_model_state') else None
+    return create_state(params, tx, state_rng, cfg.optim.ema_decay, model_state)
 

@@ -1,12 +1,13 @@
 """The train state pytree and the pure, jit-able train and eval steps."""
 
-import functools
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from dul_jax.tasks.base import implements
 
 
 @flax.struct.dataclass
@@ -17,6 +18,9 @@ class TrainState:
     opt_state: Any
     ema_params: Any        # None unless optim.ema_decay > 0
     rng: jax.Array         # raw uint32 key data (checkpoints hold plain arrays); see step_rng
+    # Variables the forward pass updates, not the optimizer (spectral norm's power-iteration
+    # vectors); None unless the task implements init_model_state.
+    model_state: Any = None
 
 
 def step_rng(state: TrainState) -> jax.Array:
@@ -24,13 +28,16 @@ def step_rng(state: TrainState) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
-def create_state(params, tx: optax.GradientTransformation, rng_seed_key: jax.Array,
-                 ema_decay: float) -> TrainState:
-    """The state at step 0: `params`, tx's initial optimizer state, an EMA copy of the params if
-    ema_decay > 0, and the raw data of `rng_seed_key` (a typed key) as the run's key."""
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+def create_state(params, tx, rng_seed_key: jax.Array, ema_decay: float,
+                 model_state=None) -> TrainState:
+    """The state at step 0: `params`, the initial optimizer state (of each group's transform
+    where `tx` is a dict of them), an EMA copy of the params if ema_decay > 0, the raw data of
+    `rng_seed_key` (a typed key) as the run's key, and `model_state`."""
+    opt_state = {g: t.init(params[g]) for g, t in tx.items()} if isinstance(tx, dict) \
+        else tx.init(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       ema_params=params if ema_decay > 0 else None,
-                      rng=jax.random.key_data(rng_seed_key))
+                      rng=jax.random.key_data(rng_seed_key), model_state=model_state)
 
 
 def microbatches(batch, count: int):
@@ -60,32 +67,81 @@ def accumulated_grads(loss_fn, params, batch, rng, count: int):
     return total
 
 
-def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    ema_decay: float, axis_name: str | None = None, grad_accum: int = 1):
-    """One optimizer step. With `axis_name` (the pmap path), gradients and metrics are averaged
-    over that axis; under jit with shardings XLA inserts the same reductions itself.
-    `grad_accum` > 1 computes the gradient in that many microbatches (the same update)."""
+def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None = None,
+                    grad_accum: int = 1):
+    """One training step. With `axis_name` (the pmap path), gradients, metrics and model state
+    are averaged over that axis; under jit with shardings XLA inserts the same reductions itself.
+    `grad_accum` > 1 computes each gradient in that many microbatches (the same update).
+
+    A task with phases (several players, e.g. a GAN's discriminator and generator) makes each
+    phase's updates in turn, each of its group of params with that group's transform of the
+    dict `tx` (and schedule); a phase with `repeats` r makes r updates, each on 1/r of the batch.
+    Metrics are then named GROUP/NAME, and `loss` is the sum of the phases' mean losses.
+    """
+    phases = task.phases()
+    stateful = implements(task, 'init_model_state')
+
+    def update(state: TrainState, batch, rng, group: str | None):
+        """One optimizer update on `batch` of `group`'s params (None: all of them)."""
+        def loss_fn(params, batch, rng):
+            full = params if group is None else {**state.params, group: params}
+            kwargs = {} if group is None else {'phase': group}
+            if task.loss_takes_step:   # schedules inside the loss (KL warm-up)
+                kwargs['step'] = state.step
+            if stateful:               # returns (loss, (metrics, new model state))
+                return task.loss(full, batch, rng, model_state=state.model_state, **kwargs)
+            loss, metrics = task.loss(full, batch, rng, **kwargs)
+            return loss, (metrics, None)
+
+        params = state.params if group is None else state.params[group]
+        opt_state, transform = (state.opt_state, tx) if group is None else \
+            (state.opt_state[group], tx[group])
+        # microbatches average the new model state too: spectral norm's power iteration depends
+        # on the weights alone, so every microbatch's is the same
+        (_, (metrics, model_state)), grads = accumulated_grads(loss_fn, params, batch, rng,
+                                                               grad_accum)
+        if axis_name is not None:
+            grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
+        updates, opt_state = transform.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        if group is not None:
+            params = {**state.params, group: params}
+            opt_state = {**state.opt_state, group: opt_state}
+        state = state.replace(params=params, opt_state=opt_state,
+                              model_state=model_state if stateful else state.model_state)
+        return state, dict(metrics, grad_norm=optax.global_norm(grads))
+
+    def run_phase(state, batch, rng, phase):
+        if phase.repeats == 1:
+            return update(state, batch, rng, phase.group)
+
+        def one(state, i_and_micro):
+            i, micro = i_and_micro
+            return update(state, micro, jax.random.fold_in(rng, i), phase.group)
+        state, metrics = jax.lax.scan(one, state, (jnp.arange(phase.repeats),
+                                                   microbatches(batch, phase.repeats)))
+        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = step_rng(state)
         if axis_name is not None:  # pmap: each device its own dropout noise for its sub-batch
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        loss_fn = task.loss
-        if task.loss_takes_step:   # schedules inside the loss (KL warm-up), from the state's step
-            loss_fn = functools.partial(task.loss, step=state.step)
-        (_, metrics), grads = accumulated_grads(loss_fn, state.params, batch, rng, grad_accum)
-        if axis_name is not None:
-            grads = jax.lax.pmean(grads, axis_name)
-            metrics = jax.lax.pmean(metrics, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = state.ema_params
+        if not phases:
+            new_state, metrics = update(state, batch, rng, None)
+            metrics['lr'] = schedule(state.step)
+        else:
+            new_state, metrics = state, {'loss': 0.0}
+            for i, phase in enumerate(phases):
+                new_state, phase_metrics = run_phase(new_state, batch, jax.random.fold_in(rng, i),
+                                                     phase)
+                metrics['loss'] += phase_metrics['loss']
+                metrics.update({f'{phase.group}/{k}': v for k, v in phase_metrics.items()})
+                metrics[f'{phase.group}/lr'] = schedule[phase.group](state.step)
+        ema = new_state.ema_params
         if ema is not None:
-            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  ema_params=ema)
-        return new_state, metrics
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema,
+                               new_state.params)
+        return new_state.replace(step=state.step + 1, ema_params=ema), metrics
 
     return train_step
 

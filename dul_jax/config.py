@@ -74,6 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.bound = ml_collections.ConfigDict({'examples': 256})        # 0: the whole eval split
     c.eval.probe = ml_collections.ConfigDict({'knn_k': 20})
     c.eval.fid = ml_collections.ConfigDict({'classifier': '', 'num': 0})  # num 0: eval split size
+    # 'modes': mode coverage of `num` samples on a 2-D toy mixture (data/toy.py)
+    c.eval.modes = ml_collections.ConfigDict({'num': 2500})
     # 'iwae': the importance-weighted bound with k draws, `batch_size` images x `chunk` draws at
     # a time; 'posterior': active units and KL per latent dimension over the eval split.
     c.eval.iwae = ml_collections.ConfigDict({'k': 5000, 'chunk': 500, 'batch_size': 10,

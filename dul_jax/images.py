@@ -53,3 +53,28 @@ def label_rows(path: str, labels: list[str], margin: int = 48) -> str:
     for i, text in enumerate(labels):
         draw.text((4, int((i + 0.5) * row_height) - 5), text, fill=0)
     return _save_png(labelled, path)
+
+
+def save_points(points: np.ndarray, reference: np.ndarray, centers: np.ndarray, radius: float,
+                title: str, path: str) -> str:
+    """A PNG at `path` of 2-D `points` (red) in front of `reference` points (blue), with a circle
+    of `radius` around each of `centers`; returns the path. matplotlib's object API, so no
+    global backend is chosen for the user."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    figure = Figure(figsize=(5, 5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.scatter(reference[:, 0], reference[:, 1], s=2, c='tab:blue', alpha=0.4, label='data')
+    axes.scatter(points[:, 0], points[:, 1], s=2, c='tab:red', alpha=0.5, label='samples')
+    for center in centers:
+        axes.add_patch(Circle(tuple(center), radius, fill=False, color='black', linewidth=0.5))
+    axes.set_aspect('equal')
+    axes.set_title(title)
+    axes.legend(loc='upper right', markerscale=4)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format='png', dpi=100)
+    storage.write_atomic(path, buffer.getvalue())
+    return path

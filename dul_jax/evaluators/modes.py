@@ -1,0 +1,29 @@
+"""Mode coverage on the 2-D toy mixtures (eval.modes.*): of eval.modes.num samples (2,500 in
+VEEGAN and PacGAN), how many of the mixture's modes have at least 20 within 3 standard
+deviations, and the share of samples within 3 standard deviations of their nearest mode
+(data/toy.py). The task provides `sample_points(params, rng, num)`."""
+
+import jax
+import numpy as np
+
+from dul_jax.config import check
+from dul_jax.data import toy
+from dul_jax.sharding.mesh import to_host
+from dul_jax.tasks.base import implements
+
+
+def validate(task) -> None:
+    check(implements(task, 'sample_points') and toy.is_toy(task.spec.name),
+          f'eval.evaluators has "modes", which needs a task that draws points '
+          f'(Task.sample_points) on a toy data set, not "{task.name}" on "{task.spec.name}"; '
+          'remove "modes".')
+    check(task.cfg.eval.modes.num > 0, f'eval.modes.num must be positive, got '
+                                       f'{task.cfg.eval.modes.num}.')
+
+
+def evaluate(task, params) -> dict[str, float]:
+    num = task.cfg.eval.modes.num
+    rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0x30DE)
+    points = np.asarray(to_host(task.sample_points(params, rng, num)))
+    coverage = toy.mode_coverage(points, task.spec.name)
+    return {'modes': float(coverage['modes']), 'high_quality': coverage['high_quality']}

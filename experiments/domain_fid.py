@@ -7,7 +7,8 @@
 `score` samples N images (default: as many as the eval split has) from the run's latest checkpoint
 (EMA params, the run's sampler unless overridden) and prints the Frechet distance, precision and
 recall against the eval split, beside held-out real images and a Gaussian fitted to the pixels.
-The numbers are written to WORKDIR/domain_fid_guidance_W.json (W: the guidance scale).
+The numbers are written to WORKDIR/domain_fid_guidance_W.json (W: the guidance scale of a
+diffusion run; WORKDIR/domain_fid.json for other families).
 """
 
 import argparse
@@ -18,6 +19,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 
 from dul_jax.config import base_config
 from dul_jax.errors import UserError
@@ -47,7 +49,10 @@ def score_command(args, overrides) -> None:
         samples = setup.task.sample_images(eval_params(state), jax.random.key(args.seed),
                                            num)
     sample_s = time.time() - start
-    result = domain_classifier.score(args.classifier, cfg.data, samples, seed=args.seed)
+    labels = setup.task.sample_labels(num)   # the classes asked for, if conditional
+    result = domain_classifier.score(args.classifier, cfg.data, np.asarray(samples),
+                                     seed=args.seed,
+                                     labels=None if labels is None else np.asarray(labels))
     result.update(step=int(state.step), sample_s=sample_s,
                   sample=ml_collections.ConfigDict(cfg.sample).to_dict())
     print(f'domain FID on {setup.spec.name} ({num} images vs the {setup.spec.eval_split} split; '
@@ -58,7 +63,12 @@ def score_command(args, overrides) -> None:
                         ('gaussian', 'Gaussian fit to pixels')):
         r = result[name]
         print(f'  {label:28s} {r["fid"]:9.3f} {r["precision"]:10.3f} {r["recall"]:8.3f}')
-    path = os.path.join(args.workdir, f'domain_fid_guidance_{cfg.sample.guidance:g}.json')
+    print(f'  classes the classifier sees in the samples: {result["samples"]["class_histogram"]}'
+          + (f'; {result["samples"]["label_accuracy"]:.1%} of them the class asked for'
+             if labels is not None else ''))
+    guidance = cfg.sample.get('guidance')   # diffusion's classifier-free guidance scale
+    name = 'domain_fid' + ('' if guidance is None else f'_guidance_{guidance:g}')
+    path = os.path.join(args.workdir, name + '.json')
     with open(path, 'w') as f:
         json.dump(result, f, indent=2, default=list)
 

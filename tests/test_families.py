@@ -7,6 +7,7 @@ import os
 import shutil
 import textwrap
 
+import numpy as np
 import pytest
 
 from dul_jax import cli
@@ -191,6 +192,15 @@ def test_a_family_outside_the_package_runs_through_the_cli(tmp_path, tfds_dir, m
     assert scores['copy']['fid_precision'] == scores['copy']['fid_recall'] == 1.0
     assert scores['pixels']['fid'] > 10 * max(scores['pixels']['fid_real'], 1e-3)
     assert scores['pixels']['fid_examples'] == 297
+    # the classes the classifier sees in the samples, and the share that are the ones asked for
+    test_x, test_y = domain_classifier.load_split(cfg.data, 'test')
+    model, classifier_params, _ = domain_classifier.load(classifier)
+    seen = domain_classifier.apply_in_batches(model, classifier_params, test_x, 17)[0].argmax(-1)
+    wrong = (test_y + 1) % 10
+    for labels in (test_y, wrong):
+        scored = domain_classifier.score(classifier, cfg.data, test_x, labels=labels)['samples']
+        assert scored['label_accuracy'] == pytest.approx(np.mean(seen == labels))
+        assert scored['class_histogram'] == np.bincount(seen, minlength=10).tolist()
     # the config names a module that has no TASK: one sentence, status 2
     (package / 'empty.py').write_text('')
     config.write_text(CONFIG.format(module='my_research.empty').replace(

@@ -31,10 +31,14 @@ def evaluate(task, params) -> dict[str, float]:
     num = c.num or task.spec.num_eval
     rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0xF1D)
     samples = np.asarray(to_host(task.sample_images(params, rng, num)), np.uint8)
-    result = domain_classifier.score(c.classifier, task.cfg.data, samples, seed=task.cfg.seed)
+    labels = task.sample_labels(num)   # what a conditional task's samples were drawn for
+    result = domain_classifier.score(c.classifier, task.cfg.data, samples, seed=task.cfg.seed,
+                                     labels=None if labels is None else np.asarray(labels))
     metrics = {'fid_examples': float(num)}
     for name, prefix in (('samples', 'fid'), ('real', 'fid_real'), ('gaussian', 'fid_gaussian')):
         metrics[prefix] = result[name]['fid']
         metrics[f'{prefix}_precision'] = result[name]['precision']
         metrics[f'{prefix}_recall'] = result[name]['recall']
+    if labels is not None:   # mode collapse onto some classes shows here
+        metrics['fid_label_accuracy'] = result['samples']['label_accuracy']
     return metrics

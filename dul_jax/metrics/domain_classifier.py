@@ -117,10 +117,13 @@ def gaussian_samples(train_images: np.ndarray, num: int, num_levels: int, seed: 
     return levels.reshape((num,) + train_images.shape[1:])
 
 
-def score(classifier_dir: str, data_cfg, samples: np.ndarray, seed: int = 0) -> dict:
+def score(classifier_dir: str, data_cfg, samples: np.ndarray, seed: int = 0,
+          labels: np.ndarray | None = None) -> dict:
     """Domain FID, precision and recall of `samples` (uint8 levels) against the eval split, beside
     two baselines with as many images: held-out real images (a random subset of the train split:
-    the best a generator can do at this sample size) and the Gaussian of `gaussian_samples`."""
+    the best a generator can do at this sample size) and the Gaussian of `gaussian_samples`.
+    Each also gets the histogram of the classes the classifier sees in it (mode collapse shows
+    there) and, given the `labels` the samples were drawn for, the share classified as them."""
     from dul_jax.metrics import fid
     model, params, info = load(classifier_dir)
     spec = data.describe(data_cfg)
@@ -135,13 +138,16 @@ def score(classifier_dir: str, data_cfg, samples: np.ndarray, seed: int = 0) -> 
                         f'score at most {len(test_x)}.')
     train_x, _ = load_split(data_cfg, spec.train_split)
     real = train_x[np.random.default_rng(seed).choice(len(train_x), num, replace=False)]
-    features = lambda x: apply_in_batches(model, params, x, spec.num_levels)[1]
-    reference = features(test_x)
+    reference = apply_in_batches(model, params, test_x, spec.num_levels)[1]
     result = {'num': num, 'classifier_test_accuracy': info['test_accuracy']}
     for name, images in (('real', real), ('samples', samples),
                          ('gaussian', gaussian_samples(train_x, num, spec.num_levels, seed))):
-        f = features(images)
+        logits, f = apply_in_batches(model, params, images, spec.num_levels)
         precision, recall = fid.precision_recall(reference, f)
+        classes = logits.argmax(-1)
         result[name] = {'fid': fid.frechet_distance_of(reference, f), 'precision': precision,
-                        'recall': recall}
+                        'recall': recall, 'class_histogram': np.bincount(
+                            classes, minlength=info['num_classes']).tolist()}
+        if name == 'samples' and labels is not None:
+            result[name]['label_accuracy'] = float(np.mean(classes == np.asarray(labels)))
     return result

@@ -42,7 +42,7 @@ def train_command(args) -> None:
 
 def score_command(args, overrides) -> None:
     cfg = loop.load_config_of(args.workdir, overrides)
-    setup, state = loop.load_run(cfg, args.workdir)
+    setup, state = loop.restore_latest(cfg, args.workdir)
     num = args.num or setup.spec.num_eval
     start = time.time()
     with setup.context():

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dul_jax.models.layers import Dtype
+from dul_jax.models.layers import BatchStatsNorm, Dtype
 
 SPECTRAL = 'spectral'
 
@@ -62,24 +62,6 @@ class Layer(nn.Module):
         y = jax.lax.conv_general_dilated(x, kernel, (self.stride,) * 2, 'SAME',
                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
         return y + bias.astype(self.dtype)
-
-
-class BatchStatsNorm(nn.Module):
-    """Batch normalisation that always uses the batch's statistics, in training and sampling
-    alike (as DCGAN samples): the generator then keeps no running averages. Needs batches of
-    more than a few examples."""
-
-    @nn.compact
-    def __call__(self, x):
-        axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
-        names = ('channels',) if x.ndim == 4 else ('mlp',)
-        scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, names),
-                           (x.shape[-1],))
-        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, names),
-                          (x.shape[-1],))
-        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
 
 
 class ProjectionHead(nn.Module):

@@ -1,10 +1,11 @@
 """Layers every model builds from, each tagged with logical axis names (sharding/mesh.py maps
-them to mesh axes): initialisers, LayerNorm, GroupNorm, convolution."""
+them to mesh axes): initialisers, LayerNorm, GroupNorm, batch-statistics norm, convolution."""
 
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -43,3 +44,21 @@ def conv(features: int, name: str, stride: int = 1, kernel: int = 3, dtype: Dtyp
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding='SAME',
                    dtype=dtype, name=name, kernel_init=nn.with_logical_partitioning(init, names),
                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[-1:]))
+
+
+class BatchStatsNorm(nn.Module):
+    """Batch normalisation that always uses the batch's statistics, in training and sampling
+    alike (as DCGAN samples), so it keeps no running averages: a GAN generator, the projection
+    heads of contrastive learning. Needs batches of more than a few examples."""
+
+    @nn.compact
+    def __call__(self, x):
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x, axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+        names = ('channels',) if x.ndim == 4 else ('mlp',)
+        scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, names),
+                           (x.shape[-1],))
+        bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, names),
+                          (x.shape[-1],))
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias

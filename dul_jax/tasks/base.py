@@ -81,6 +81,9 @@ class Task:
     # True: the trainer calls loss(params, batch, rng, step=...) with the optimizer step (an int32
     # scalar array), for schedules inside the loss such as a KL warm-up.
     loss_takes_step: bool = False
+    # True: the loss couples the examples of a batch (contrastive negatives, batch statistics),
+    # so the trainer refuses to split it (train.grad_accum > 1, parallelism='pmap').
+    couples_batch: bool = False
 
     def __init__(self, cfg, spec: DataSpec):
         self.cfg, self.spec, self.name = cfg, spec, cfg.task
@@ -134,6 +137,11 @@ class Task:
     def init_model_state(self, rng: jax.Array, batch: Batch) -> Any:
         """Variables the forward pass updates rather than the optimizer (spectral norm's
         power-iteration vectors), kept in TrainState.model_state and checkpointed with it."""
+        raise NotImplementedError
+
+    def after_update(self, params, model_state, step: jax.Array) -> Any:
+        """The model state after each optimizer update, from the updated params and the step
+        before it (BYOL's target network: an EMA of the online network's new params)."""
         raise NotImplementedError
 
     def validate(self) -> None:
@@ -250,11 +258,16 @@ class Task:
                                  path: str, cols: int = 10) -> str:
         """(N, H, W, C) images in [0, 1] and their reconstructions as one PNG: per block of
         `cols`, a row of originals above a row of reconstructions."""
-        num, h, w, c = originals.shape
+        return self.save_rows_grid([originals, reconstructions], path, cols)
+
+    def save_rows_grid(self, parts: list[np.ndarray], path: str, cols: int = 10) -> str:
+        """Equally shaped (N, H, W, C) arrays in [0, 1] as one PNG: per block of `cols` examples,
+        a row of each part (originals above reconstructions, or above augmented views)."""
+        num, h, w, c = parts[0].shape
         cols = min(num, cols)
         rows = []
         for start in range(0, num, cols):
-            for part in (originals, reconstructions):
+            for part in parts:
                 block = part[start:start + cols]
                 rows.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
                                                             block.dtype)]))

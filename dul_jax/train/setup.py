@@ -180,6 +180,10 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
           f'train.grad_accum={accum} must be >= 1 and divide the {cfg.train.batch_size // ways} '
           f'examples of each of the {ways} batch shards; set --config.train.batch_size to a '
           f'multiple of {ways * max(accum, 1)} or change --config.train.grad_accum.')
+    check(not task.couples_batch or (accum == 1 and cfg.parallelism == 'jit'),
+          f'task "{task.name}" needs the whole batch in one loss (its examples are each other\'s '
+          'negatives or batch statistics); set --config.train.grad_accum=1 and '
+          '--config.parallelism=jit.')
     groups = tuple(phase.group for phase in task.phases())
     check_groups(cfg.optim, groups)
     for phase in task.phases():   # each of a phase's updates takes its share of every shard

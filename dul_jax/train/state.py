@@ -80,6 +80,7 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
     """
     phases = task.phases()
     stateful = implements(task, 'init_model_state')
+    follows_update = implements(task, 'after_update')
 
     def update(state: TrainState, batch, rng, group: str | None):
         """One optimizer update on `batch` of `group`'s params (None: all of them)."""
@@ -107,6 +108,8 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
         if group is not None:
             params = {**state.params, group: params}
             opt_state = {**state.opt_state, group: opt_state}
+        if follows_update:
+            model_state = task.after_update(params, model_state, state.step)
         state = state.replace(params=params, opt_state=opt_state,
                               model_state=model_state if stateful else state.model_state)
         return state, dict(metrics, grad_norm=optax.global_norm(grads))

@@ -1,0 +1,228 @@
+"""Representations learnt from two augmented views of each image: SimCLR (Chen et al. 2020), BYOL
+(Grill et al. 2020), and a supervised encoder of the same size as the baseline.
+
+- simclr: encoder -> projection head -> NT-Xent over the global batch (losses/contrastive.py).
+- byol: the online encoder -> projector -> predictor regresses the target network's projection
+  of the other view; the target (encoder and projector) is an EMA of the online network, kept in
+  the train state's model state and updated after each optimizer step at BYOL's cosine rate.
+- supervised: encoder -> linear classifier, cross-entropy on one augmented view.
+
+Both views of a batch go through the networks together, so the heads' batch statistics cover
+2B examples (as SimCLR's global BatchNorm). Augmentations run on device (data/augment.py, config
+model.augment). `features` are the frozen encoder's, for the shared probe evaluator; eval reports
+the cosine between the features of two views of each test image. Samples are pictures of the
+augmentations: test images above two views of each.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dul_jax import data
+from dul_jax.config import check
+from dul_jax.data import augment
+from dul_jax.losses.contrastive import byol_regression, l2_normalize, nt_xent, target_decay
+from dul_jax.models.encoders import MLPHead, ResNet, ViTEncoder, linear
+from dul_jax.tasks.base import Task, jit_method
+
+METHODS = ('simclr', 'byol', 'supervised')
+ENCODERS = ('resnet', 'vit')
+TARGET = ('encoder', 'projector')  # the parts of the online network that BYOL's target copies
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.method = 'simclr'            # 'simclr', 'byol' or 'supervised'
+    m.encoder = 'resnet'           # 'resnet' or 'vit'
+    m.width = 32                   # resnet: the first stage's channels (then 2x, 4x, ...)
+    m.blocks = (1, 1, 1)           # resnet: residual blocks per stage
+    m.stem_stride = 1              # resnet: 2 halves the resolution before the first stage
+    m.patch_size = 4               # vit
+    m.embed_dim = 128
+    m.num_layers = 4
+    m.num_heads = 4
+    m.mlp_dim = 512
+    m.head_hidden = 512            # projector (and BYOL's predictor) hidden width
+    m.head_dim = 128               # projection width
+    m.temperature = 0.5            # simclr
+    m.target_decay = 0.99          # byol: the target's EMA rate at step 0, cosine up to 1
+    m.augment = augment.default_config()
+    m.dtype = 'float32'
+    m.remat = 'none'               # vit
+    m.scan_unroll = 1              # vit
+    return m
+
+
+class ContrastiveTask(Task):
+
+    @property
+    def couples_batch(self):
+        return self.cfg.model.method != 'supervised'  # negatives and the heads' batch statistics
+
+    def validate(self):
+        super().validate()
+        self.require_images()
+        m, spec = self.cfg.model, self.spec
+        check(m.method in METHODS, f'model.method must be one of {", ".join(METHODS)}, got '
+              f'"{m.method}".')
+        check(m.encoder in ENCODERS, f'model.encoder must be "resnet" or "vit", got '
+              f'"{m.encoder}".')
+        if m.encoder == 'resnet':
+            check(m.width > 0 and m.stem_stride in (1, 2) and len(m.blocks) > 0 and
+                  min(m.blocks) >= 1, f'model.width must be positive, model.stem_stride 1 or 2 '
+                  f'and model.blocks a non-empty tuple of counts >= 1, got {m.width}, '
+                  f'{m.stem_stride} and {tuple(m.blocks)}.')
+        else:
+            h, w, _ = spec.shape
+            check(m.patch_size > 0 and h % m.patch_size == 0 and w % m.patch_size == 0,
+                  f'model.patch_size={m.patch_size} does not tile the {h}x{w} images of '
+                  f'"{spec.name}"; set --config.model.patch_size to a divisor of {math.gcd(h, w)}.')
+            check(m.embed_dim % m.num_heads == 0 and m.embed_dim % 4 == 0,
+                  f'model.embed_dim={m.embed_dim} must be a multiple of 4 (2-D sine-cosine '
+                  f'positions) and of model.num_heads={m.num_heads}; change it.')
+        check(m.head_hidden > 0 and m.head_dim > 0, 'model.head_hidden and model.head_dim must '
+              f'be positive, got {m.head_hidden} and {m.head_dim}.')
+        check(m.temperature > 0, f'model.temperature must be positive, got {m.temperature}.')
+        check(0.0 <= m.target_decay < 1.0,
+              f'model.target_decay must be in [0, 1), got {m.target_decay}.')
+        check(m.method != 'supervised' or spec.num_classes > 0, f'model.method="supervised" '
+              f'needs labels, but "{spec.name}" has none; choose simclr or byol.')
+        check(m.method == 'supervised' or self.cfg.train.batch_size >= 2,
+              f'model.method="{m.method}" contrasts the examples of a batch; set '
+              '--config.train.batch_size to 2 or more.')
+        augment.validate(m.augment, tuple(spec.shape))
+
+    def build_model(self):
+        m = self.cfg.model
+        if m.encoder == 'resnet':
+            self.encoder = ResNet(m.width, tuple(m.blocks), m.stem_stride, self.dtype)
+        else:
+            self.encoder = ViTEncoder(tuple(self.spec.shape), m.patch_size, m.embed_dim,
+                                      m.num_layers, m.num_heads, m.mlp_dim, self.dtype, m.remat,
+                                      m.scan_unroll, self.kernels)
+        self.projector = MLPHead(m.head_hidden, m.head_dim, self.dtype)
+        self.predictor = MLPHead(m.head_hidden, m.head_dim, self.dtype)
+        self.classifier = linear(max(self.spec.num_classes, 1), self.dtype)
+        return self.encoder
+
+    def example_size(self):
+        return int(np.prod(self.spec.shape[:2]))  # pixels per example
+
+    # ---- networks --------------------------------------------------------------------------
+
+    def _pixels(self, levels):
+        return levels.astype(jnp.float32) / max(self.spec.num_levels - 1, 1)
+
+    def _heads(self):
+        method = self.cfg.model.method
+        if method == 'supervised':
+            return {'classifier': self.classifier}
+        heads = {'projector': self.projector}
+        return heads | {'predictor': self.predictor} if method == 'byol' else heads
+
+    def init(self, rng, batch):
+        x = self._pixels(batch['image'])
+        keys = dict(zip(['encoder', 'projector', 'predictor', 'classifier'],
+                        jax.random.split(rng, 4)))
+        params = {'encoder': self.encoder.init(keys['encoder'], x)['params']}
+        h = jnp.zeros((x.shape[0], self.encoder.apply({'params': params['encoder']}, x).shape[-1]))
+        for name, head in self._heads().items():
+            inputs = h if name != 'predictor' else jnp.zeros((x.shape[0], self.cfg.model.head_dim))
+            params[name] = head.init(keys[name], inputs)['params']
+        return params
+
+    def init_model_state(self, rng, batch):
+        """BYOL's target network: a copy of the online encoder and projector at init ({} for
+        the other methods). `rng` is init's, so the copy is exact."""
+        if self.cfg.model.method != 'byol':
+            return {}
+        params = self.init(rng, batch)
+        return {name: params[name] for name in TARGET}
+
+    def after_update(self, params, model_state, step):
+        """The target moves towards the updated online network: t <- tau t + (1 - tau) online."""
+        if self.cfg.model.method != 'byol':
+            return model_state
+        tau = target_decay(step, self.cfg.train.steps, self.cfg.model.target_decay)
+        return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, model_state,
+                            {name: params[name] for name in TARGET})
+
+    def _project(self, params, views):
+        h = self.encoder.apply({'params': params['encoder']}, views)
+        return self.projector.apply({'params': params['projector']}, h)
+
+    # ---- losses ----------------------------------------------------------------------------
+
+    def loss(self, params, batch, rng, model_state):
+        m, x = self.cfg.model, self._pixels(batch['image'])
+        if m.method == 'supervised':
+            h = self.encoder.apply({'params': params['encoder']}, augment.augment(x, rng,
+                                                                                 m.augment))
+            logits = self.classifier.apply({'params': params['classifier']}, h)
+            labels = batch['label'].astype(jnp.int32)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+            return loss, ({'loss': loss, 'accuracy': accuracy}, model_state)
+        n = x.shape[0]
+        views = jnp.concatenate(augment.two_views(x, rng, m.augment))
+        z = self._project(params, views)
+        if m.method == 'simclr':
+            loss = nt_xent(z[:n], z[n:], m.temperature).mean()
+            return loss, ({'loss': loss, 'positive_accuracy': _positive_accuracy(z)},
+                          model_state)
+        prediction = self.predictor.apply({'params': params['predictor']}, z)
+        target = self._project(jax.lax.stop_gradient(model_state), views)
+        per_example = byol_regression(prediction[:n], target[n:]) + \
+            byol_regression(prediction[n:], target[:n])
+        loss = per_example.mean()
+        return loss, ({'loss': loss}, model_state)
+
+    def eval_metrics(self, params, batch, rng):
+        """Per test image: the cosine between the features of two of its views (1 = invariant),
+        and for the supervised encoder its loss and accuracy on the image itself."""
+        x = self._pixels(batch['image'])
+        views = augment.two_views(x, rng, self.cfg.model.augment)
+        h1, h2 = (self.encoder.apply({'params': params['encoder']}, v) for v in views)
+        metrics = {'view_cosine': jnp.sum(l2_normalize(h1) * l2_normalize(h2), axis=-1)}
+        if self.cfg.model.method == 'supervised':
+            logits = self.classifier.apply({'params': params['classifier']},
+                                           self.features(params, batch['image']))
+            labels = batch['label'].astype(jnp.int32)
+            metrics['loss'] = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            metrics['accuracy'] = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return metrics
+
+    def features(self, params, levels):
+        """The frozen encoder's (B, D) features of unaugmented images."""
+        return self.encoder.apply({'params': params['encoder']}, self._pixels(levels))
+
+    # ---- pictures --------------------------------------------------------------------------
+
+    @jit_method()
+    def _views(self, levels, rng):
+        x = self._pixels(levels)
+        return jnp.stack([x, *augment.two_views(x, rng, self.cfg.model.augment)])
+
+    def sample(self, params, rng, num):
+        """(3, num, H, W, C) in [0, 1]: the first `num` test images and two views of each."""
+        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
+        return self._views(batch['image'], rng)
+
+    def save_samples(self, samples, path_stem):
+        return [self.save_rows_grid(list(np.asarray(samples)), path_stem + '.png')]
+
+
+def _positive_accuracy(z):
+    """How often an anchor's most similar other embedding is its other view (a diagnostic)."""
+    n = z.shape[0] // 2
+    z = l2_normalize(z)
+    sims = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, z @ z.T)
+    return jnp.mean(jnp.argmax(sims, -1) == jnp.concatenate([jnp.arange(n, 2 * n),
+                                                             jnp.arange(n)]))
+
+
+TASK = ContrastiveTask

@@ -1,0 +1,13 @@
+"""The supervised baseline of the contrastive table: simclr_mnist.py's encoder, augmentations,
+data and schedule, trained with labels (cross-entropy through a linear head on one view), then
+probed like the self-supervised encoders."""
+
+import os
+
+from dul_jax.config import load_config
+
+
+def get_config():
+    c = load_config(os.path.join(os.path.dirname(__file__), 'simclr_mnist.py'))
+    c.model.method = 'supervised'
+    return c

@@ -144,7 +144,7 @@ def run_one(base, run: SweepRun, workdir: str) -> dict | None:
     if not final:
         return None
     result = {'name': run.name, 'budget': run.budget, **measure(cfg, cfg.train.steps),
-              'loss': final['loss'], 'steps': cfg.train.steps,
+              'loss': final.get('loss', math.nan), 'steps': cfg.train.steps,
               'batch_size': cfg.train.batch_size, 'lr': cfg.optim.lr, 'seed': cfg.seed,
               'wall_s': time.perf_counter() - start, 'diverged': diverged,
               'final_metrics': final, 'overrides': run.overrides}

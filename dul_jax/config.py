@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()       # task-specific; see each task's defaults
 
     c.optim = ml_collections.ConfigDict()
+    c.optim.optimizer = 'adamw'                 # or 'lars' (SimCLR/BYOL's large-batch SGD)
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 100
     c.optim.schedule = 'cosine'                 # 'cosine' (to min_lr_ratio * lr) or 'constant'
@@ -263,6 +264,8 @@ def validate_common(cfg) -> None:
         check(t[name] >= 0, f'train.{name} must be >= 0 (0 disables), got {t[name]}.')
     check(cfg.parallelism in ('jit', 'pmap'),
           f'parallelism must be "jit" or "pmap", got "{cfg.parallelism}".')
+    check(cfg.optim.get('optimizer', 'adamw') in ('adamw', 'lars'), 'optim.optimizer must be '
+          f'"adamw" or "lars", got "{cfg.optim.get("optimizer")}".')
     check(cfg.optim.schedule in ('cosine', 'constant'),
           f'optim.schedule must be "cosine" or "constant", got "{cfg.optim.schedule}".')
     check(0.0 <= cfg.optim.ema_decay < 1.0,

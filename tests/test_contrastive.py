@@ -18,6 +18,7 @@ from dul_jax import config as config_lib
 from dul_jax.errors import UserError
 from dul_jax.losses import contrastive
 from dul_jax.train import loop
+from dul_jax.train.optim import make_optimizer
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import step_rng
 
@@ -175,3 +176,20 @@ def test_tiny_byol_vit_run_ends_with_the_probes(tmp_path, tfds_dir):
     assert all(math.isfinite(r['loss']) for r in rows if 'loss' in r)
     assert any(-1 <= r.get('eval/view_cosine', -2) <= 1 for r in rows)
     assert (tmp_path / 'samples' / 'step_000004.png').is_file()
+
+
+def test_lars_trusts_each_kernel_and_leaves_biases_to_momentum_sgd():
+    optim = config_lib.base_config().optim
+    optim.update(optimizer='lars', lr=0.1, warmup_steps=0, schedule='constant', clip_norm=0.0,
+                 weight_decay=0.01, b1=0.9)
+    tx, _ = make_optimizer(optim, 10)
+    params = {'dense': {'kernel': jnp.full((3, 2), 2.0), 'bias': jnp.ones(2)}}
+    grads = {'dense': {'kernel': jnp.full((3, 2), 0.5), 'bias': jnp.full(2, 0.5)}}
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # kernel: g + wd w = 0.52, scaled by 0.001 |w| / |g + wd w| = 0.001 * 2 / 0.52, times -lr
+    np.testing.assert_allclose(updates['dense']['kernel'], -0.1 * 0.001 * 2.0, rtol=1e-5)
+    np.testing.assert_allclose(updates['dense']['bias'], -0.1 * 0.5, rtol=1e-6)
+    cfg = config_lib.base_config()
+    cfg.optim.optimizer = 'sgd'
+    with pytest.raises(UserError, match='optim.optimizer must be "adamw" or "lars"'):
+        config_lib.validate_common(cfg)

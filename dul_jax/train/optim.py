@@ -1,4 +1,5 @@
-"""The optax chain built from `config.optim`: clipping, AdamW with a decay mask, warmup + cosine."""
+"""The optax chain built from `config.optim`: clipping, AdamW (or LARS) with a decay mask, warmup +
+cosine."""
 
 import jax
 import ml_collections
@@ -40,13 +41,20 @@ def decay_mask(params):
 def make_optimizer(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation,
                                                           optax.Schedule]:
     """(the optax chain, its learning-rate schedule) from `config.optim`: global-norm clipping
-    (if clip_norm > 0), then AdamW with `decay_mask`, over `total_steps` steps."""
+    (if clip_norm > 0), then AdamW (or LARS) with `decay_mask`, over `total_steps` steps."""
     schedule = learning_rate_schedule(optim_cfg, total_steps)
     parts = []
     if optim_cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optim_cfg.clip_norm))
-    parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
-                             weight_decay=optim_cfg.weight_decay, mask=decay_mask))
+    if optim_cfg.get('optimizer', 'adamw') == 'lars':
+        # SGD with momentum b1 and a per-layer trust ratio (You et al. 2017); as in SimCLR and
+        # BYOL, biases and norm scales get neither the trust ratio nor weight decay
+        parts.append(optax.lars(schedule, weight_decay=optim_cfg.weight_decay,
+                                weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask,
+                                momentum=optim_cfg.b1))
+    else:
+        parts.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2,
+                                 weight_decay=optim_cfg.weight_decay, mask=decay_mask))
     return optax.chain(*parts), schedule
 
 

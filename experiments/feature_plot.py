@@ -50,17 +50,19 @@ def plot(x: np.ndarray, y: np.ndarray, title: str, path: str, seed: int) -> str:
     from matplotlib.figure import Figure
 
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)   # the probe's standardisation
+    classes = int(y.max()) + 1
     embeddings = {'PCA': PCA(2, random_state=seed).fit_transform(x),
                   't-SNE': TSNE(2, init='pca', random_state=seed).fit_transform(x)}
     figure = Figure(figsize=(11, 5.5))
     FigureCanvasAgg(figure)
     for i, (name, e) in enumerate(embeddings.items()):
         axes = figure.add_subplot(1, 2, i + 1)
-        points = axes.scatter(e[:, 0], e[:, 1], c=y, cmap='tab10', s=3, vmin=-0.5, vmax=9.5)
+        points = axes.scatter(e[:, 0], e[:, 1], c=y, s=3, vmin=-0.5, vmax=classes - 0.5,
+                              cmap='tab10' if classes <= 10 else 'tab20')
         axes.set_title(name)
         axes.set_xticks([])
         axes.set_yticks([])
-    figure.colorbar(points, ax=figure.axes, ticks=range(10), label='class')
+    figure.colorbar(points, ax=figure.axes, ticks=range(classes), label='class')
     figure.suptitle(title)
     buffer = io.BytesIO()
     figure.savefig(buffer, format='png', dpi=90)

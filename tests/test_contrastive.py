@@ -110,6 +110,8 @@ def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir, quic
     # shard-local negatives (the common bug: 4 examples per device) give another loss
     x = task._pixels(jnp.asarray(batch['image']))
     z = np.asarray(task._project(params, jnp.concatenate(_views(task, x, rng))))
+    np.testing.assert_allclose(value_1, contrastive.nt_xent(z[:32], z[32:], 0.5).mean(),
+                               rtol=1e-5)
     local = np.mean([contrastive.nt_xent(z[i:i + 4], z[32 + i:36 + i], 0.5).mean()
                      for i in range(0, 32, 4)])
     assert abs(local - value_1) > 0.5
@@ -122,27 +124,56 @@ def _views(task, x, rng):
 
 def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfds_dir,
                                                                              quick_compiles):
-    cfg = tiny_config(tfds_dir, **{'model.method': 'byol', 'train.steps': 100})
+    cfg = tiny_config(tfds_dir, **{'model.method': 'byol', 'train.steps': 100,
+                                   'optim.warmup_steps': 0})   # a real first update
     setup = prepare(cfg, devices=jax.devices()[:1])
+    task = setup.task
     with setup.context():
         state = setup.init_state(0)
-        batch = setup.put_batch(digits_batch(16))
+        batch, rng = setup.put_batch(digits_batch(16)), step_rng(state)
         for name in ('encoder', 'projector'):   # the target starts as a copy
             for a, b in zip(jax.tree.leaves(state.model_state[name]),
                             jax.tree.leaves(state.params[name])):
                 np.testing.assert_array_equal(a, b)
-        target_grads = jax.grad(lambda t: setup.task.loss(state.params, batch, step_rng(state),
-                                                          model_state=t)[0])(state.model_state)
+        loss, target_grads = jax.jit(jax.value_and_grad(lambda t: task.loss(
+            state.params, batch, rng, model_state=t)[0]))(state.model_state)
         assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(target_grads))
         assert 'predictor' in state.params and 'predictor' not in state.model_state
-        target = jax.device_get(state.model_state)
+
+        def by_hand(params, target):   # each view's prediction against the other's target
+            views = jnp.concatenate(_views(task, task._pixels(batch['image']), rng))
+            p = task.predictor.apply({'params': params['predictor']},
+                                     task._project(params, views))
+            t = task._project(target, views)
+            return jnp.mean(contrastive.byol_regression(p[:16], t[16:]) +
+                            contrastive.byol_regression(p[16:], t[:16]))
+        np.testing.assert_allclose(loss, jax.jit(by_hand)(state.params, state.model_state),
+                                   rtol=1e-5)
+        before, target = jax.device_get((state.params, state.model_state))
         new, _ = setup.train_step()(state, batch)
+    after = jax.device_get(new.params)
+    assert float(optax.global_norm(jax.tree.map(lambda a, b: a - b, after, before))) > 1e-3
     tau = 0.99   # the base rate at step 0
     for got, old, online in zip(jax.tree.leaves(jax.device_get(new.model_state)),
                                 jax.tree.leaves(target),
-                                jax.tree.leaves({k: new.params[k] for k in target})):
-        np.testing.assert_allclose(got, tau * old + (1 - tau) * np.asarray(online), rtol=1e-6,
-                                   atol=1e-7)
+                                jax.tree.leaves({k: after[k] for k in target})):
+        np.testing.assert_allclose(got, tau * old + (1 - tau) * online, rtol=1e-6, atol=1e-8)
+
+
+def test_warm_start_gives_a_target_network_the_loaded_params(monkeypatch):
+    from dul_jax.train import state as state_lib
+    from dul_jax.train import warm_start
+    params = {'encoder': {'kernel': jnp.zeros(3)}, 'predictor': {'kernel': jnp.zeros(2)}}
+    state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=None,
+                                 ema_params=None, rng=jnp.zeros(2, jnp.uint32),
+                                 model_state={'encoder': {'kernel': jnp.zeros(3)}})
+    loaded = {'encoder/kernel': np.ones(3, np.float32), 'predictor/kernel': np.ones(2, np.float32)}
+    monkeypatch.setattr(warm_start, 'source_params', lambda source: loaded)
+    new, count = warm_start.warm_start(state, 'runs/source', 'encoder')
+    assert count == 1
+    np.testing.assert_array_equal(new.params['encoder']['kernel'], np.ones(3))
+    np.testing.assert_array_equal(new.model_state['encoder']['kernel'], np.ones(3))
+    np.testing.assert_array_equal(new.params['predictor']['kernel'], np.zeros(2))
 
 
 # ---- configs and a tiny run --------------------------------------------------------------------
@@ -154,6 +185,8 @@ def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfd
     ({'train.grad_accum': 2}, 'needs the whole batch in one loss'),
     ({'parallelism': 'pmap'}, 'needs the whole batch in one loss'),
     ({'model.augment.crop_scale': (0.5, 1.5)}, 'model.augment.crop_scale'),
+    ({'optim.optimizer': 'lars', 'model.encoder': 'vit', 'model.patch_size': 2},
+     'takes one trust ratio per parameter array'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
     cfg = tiny_config(tfds_dir)

@@ -54,11 +54,12 @@ class BatchStatsNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         axes = tuple(range(x.ndim - 1))
-        mean = jnp.mean(x, axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axes, keepdims=True)
+        x32 = x.astype(jnp.float32)   # statistics in float32 under a bfloat16 compute dtype
+        mean = jnp.mean(x32, axes, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axes, keepdims=True)
         names = ('channels',) if x.ndim == 4 else ('mlp',)
         scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones, names),
                            (x.shape[-1],))
         bias = self.param('bias', nn.with_logical_partitioning(nn.initializers.zeros, names),
                           (x.shape[-1],))
-        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+        return ((x32 - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias).astype(x.dtype)

@@ -9,8 +9,9 @@ so n jobs can share a sweep's directory. After every run WORKDIR/results.jsonl i
 all result.json files present, one line per finished run, in the sweep's order:
 
     name, budget, N (non-embedding params), N_total, D (tokens or examples seen), C (training
-    FLOPs), C_source, loss (final eval, nats/token or the task's loss), steps, batch_size, lr,
-    seed, wall_s, diverged, plus the run's overrides.
+    FLOPs), C_source, loss (final eval, nats/token or the task's loss; None where the task
+    reports none, as contrastive runs, whose probe accuracies are in final_metrics), steps,
+    batch_size, lr, seed, wall_s, diverged, plus the run's overrides.
 """
 
 import copy
@@ -144,7 +145,7 @@ def run_one(base, run: SweepRun, workdir: str) -> dict | None:
     if not final:
         return None
     result = {'name': run.name, 'budget': run.budget, **measure(cfg, cfg.train.steps),
-              'loss': final.get('loss', math.nan), 'steps': cfg.train.steps,
+              'loss': final.get('loss'), 'steps': cfg.train.steps,
               'batch_size': cfg.train.batch_size, 'lr': cfg.optim.lr, 'seed': cfg.seed,
               'wall_s': time.perf_counter() - start, 'diverged': diverged,
               'final_metrics': final, 'overrides': run.overrides}

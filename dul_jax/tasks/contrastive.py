@@ -8,10 +8,11 @@
 - supervised: encoder -> linear classifier, cross-entropy on one augmented view.
 
 Both views of a batch go through the networks together, so the heads' batch statistics cover
-2B examples (as SimCLR's global BatchNorm). Augmentations run on device (data/augment.py, config
-model.augment). `features` are the frozen encoder's, for the shared probe evaluator; eval reports
-the cosine between the features of two views of each test image. Samples are pictures of the
-augmentations: test images above two views of each.
+2B examples (as SimCLR's global BatchNorm; BYOL's code normalises each view on its own).
+Augmentations run on device (data/augment.py, config model.augment). `features` are the frozen
+encoder's, for the shared probe evaluator; eval reports the cosine between the features of two
+views of each test image. Samples are pictures of the augmentations: test images above two
+views of each.
 """
 
 import math
@@ -31,7 +32,7 @@ from dul_jax.tasks.base import Task, jit_method
 
 METHODS = ('simclr', 'byol', 'supervised')
 ENCODERS = ('resnet', 'vit')
-TARGET = ('encoder', 'projector')  # the parts of the online network that BYOL's target copies
+TARGET_PARTS = ('encoder', 'projector')  # the parts of the online network BYOL's target copies
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -69,7 +70,7 @@ class ContrastiveTask(Task):
         m, spec = self.cfg.model, self.spec
         check(m.method in METHODS, f'model.method must be one of {", ".join(METHODS)}, got '
               f'"{m.method}".')
-        check(m.encoder in ENCODERS, f'model.encoder must be "resnet" or "vit", got '
+        check(m.encoder in ENCODERS, f'model.encoder must be one of {", ".join(ENCODERS)}, got '
               f'"{m.encoder}".')
         if m.encoder == 'resnet':
             check(m.width > 0 and m.stem_stride in (1, 2) and len(m.blocks) > 0 and
@@ -141,7 +142,7 @@ class ContrastiveTask(Task):
         if self.cfg.model.method != 'byol':
             return {}
         params = self.init(rng, batch)
-        return {name: params[name] for name in TARGET}
+        return {name: params[name] for name in TARGET_PARTS}
 
     def after_update(self, params, model_state, step):
         """The target moves towards the updated online network: t <- tau t + (1 - tau) online."""
@@ -149,7 +150,7 @@ class ContrastiveTask(Task):
             return model_state
         tau = target_decay(step, self.cfg.train.steps, self.cfg.model.target_decay)
         return jax.tree.map(lambda t, o: tau * t + (1.0 - tau) * o, model_state,
-                            {name: params[name] for name in TARGET})
+                            {name: params[name] for name in TARGET_PARTS})
 
     def _project(self, params, views):
         h = self.encoder.apply({'params': params['encoder']}, views)
@@ -168,7 +169,7 @@ class ContrastiveTask(Task):
             accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
             return loss, ({'loss': loss, 'accuracy': accuracy}, model_state)
         n = x.shape[0]
-        views = jnp.concatenate(augment.two_views(x, rng, m.augment))
+        views = jnp.concatenate(augment.two_views(x, rng, m.augment))   # view 1, then view 2
         z = self._project(params, views)
         if m.method == 'simclr':
             loss = nt_xent(z[:n], z[n:], m.temperature).mean()
@@ -182,8 +183,9 @@ class ContrastiveTask(Task):
         return loss, ({'loss': loss}, model_state)
 
     def eval_metrics(self, params, batch, rng):
-        """Per test image: the cosine between the features of two of its views (1 = invariant),
-        and for the supervised encoder its loss and accuracy on the image itself."""
+        """Per test image: the cosine between the features of two of its views (1 = invariant;
+        high even at init, since the features are means of ReLUs, so compare runs, not 0), and
+        for the supervised encoder its loss and accuracy on the image itself."""
         x = self._pixels(batch['image'])
         views = augment.two_views(x, rng, self.cfg.model.augment)
         h1, h2 = (self.encoder.apply({'params': params['encoder']}, v) for v in views)

@@ -180,7 +180,7 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
           f'train.grad_accum={accum} must be >= 1 and divide the {cfg.train.batch_size // ways} '
           f'examples of each of the {ways} batch shards; set --config.train.batch_size to a '
           f'multiple of {ways * max(accum, 1)} or change --config.train.grad_accum.')
-    check(not task.couples_batch or (accum == 1 and cfg.parallelism == 'jit'),
+    check(not task.couples_batch or (accum == 1 and (cfg.parallelism == 'jit' or eager)),
           f'task "{task.name}" needs the whole batch in one loss (its examples are each other\'s '
           'negatives or batch statistics); set --config.train.grad_accum=1 and '
           '--config.parallelism=jit.')
@@ -197,6 +197,12 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
         make_optimizer(cfg.optim, cfg.train.steps)
     boxed = jax.eval_shape(functools.partial(_init_boxed, task, tx, cfg), jax.random.key(0))
     logical_specs = nn.get_partition_spec(boxed)
+    if cfg.optim.get('optimizer', 'adamw') == 'lars':   # optax.lars: one norm per array
+        specs = jax.tree.leaves(logical_specs.params,
+                                is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+        check(not any('layers' in tuple(spec) for spec in specs), 'optim.optimizer="lars" '
+              'takes one trust ratio per parameter array, but this model stacks its layers in '
+              'one array (a scanned transformer); set --config.optim.optimizer=adamw.')
     state_shardings = mesh_lib.logical_to_shardings(logical_specs, mesh, rules)
     mesh_lib.check_divisible(nn.meta.unbox(boxed.params), logical_specs.params,
                              state_shardings.params)

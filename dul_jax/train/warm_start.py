@@ -51,7 +51,8 @@ def source_params(source: str) -> dict[str, np.ndarray]:
 
 def warm_start(state, source: str, pattern: str = ''):
     """`state` with the params (and EMA params) named by `pattern` replaced by `source`'s;
-    UserError (one sentence) for a name that is missing there or has another shape."""
+    UserError (one sentence) for a name that is missing there or has another shape. Model state
+    that mirrors params under the same names (BYOL's target network) takes them too."""
     loaded = source_params(source)
     matcher = re.compile(pattern) if pattern else None
     targets = _flat(state.params)
@@ -79,4 +80,6 @@ def warm_start(state, source: str, pattern: str = ''):
     params = jax.tree_util.tree_map_with_path(replace, state.params)
     # a copy: the train step donates the state, and one buffer cannot be donated twice
     ema = jax.tree.map(lambda x: x.copy(), params) if state.ema_params is not None else None
-    return state.replace(params=params, ema_params=ema), len(chosen)
+    model_state = None if state.model_state is None else \
+        jax.tree_util.tree_map_with_path(replace, state.model_state)
+    return state.replace(params=params, ema_params=ema, model_state=model_state), len(chosen)

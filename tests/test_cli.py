@@ -56,7 +56,8 @@ def test_real_command_exits_2_without_traceback(tmp_path):
     assert 'Traceback' not in proc.stderr
     assert _error_lines(proc.stderr) == [(
         'error: unknown config key "optim.lrr"; check the spelling (known here: b1, b2, '
-        'clip_norm, ema_decay, lr, min_lr_ratio, schedule, warmup_steps, weight_decay).')]
+        'clip_norm, ema_decay, lr, min_lr_ratio, optimizer, schedule, warmup_steps, '
+        'weight_decay).')]
 
 
 def test_a_missing_config_file_is_said_before_jax_is_imported(tmp_path):

@@ -87,7 +87,8 @@ def _sweep(args) -> None:
     if len(results) == len(runs) and not args.no_report:
         from dul_jax.scaling import report
         outdir = storage.path(args.workdir) / 'report'
-        report.write_report(results, outdir, title=f'Scaling laws: {args.sweep}')
+        report.write_report(results, outdir, title=f'Scaling laws: {args.sweep}',
+                            **sweep.report_options(args.sweep))
         print(f'report: {outdir}/report.md and its plots')
 
 

@@ -117,8 +117,8 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def call_file_function(path: str, function: str, kind: str, example: str, returns: str):
-    """Run `function()` defined in the Python file `path` (a config or sweep file)."""
+def load_file_module(path: str, kind: str, example: str):
+    """The Python file `path` (a config or sweep file), executed as a module."""
     if not os.path.isfile(path):
         raise UserError(f'{kind} file {path} does not exist; pass an existing --{kind} file, '
                         f'e.g. {example}.')
@@ -129,6 +129,12 @@ def call_file_function(path: str, function: str, kind: str, example: str, return
     except SyntaxError as e:
         raise UserError(f'{kind} file {path} has a syntax error at line {e.lineno}: '
                         f'{e.msg}.') from None
+    return module
+
+
+def call_file_function(path: str, function: str, kind: str, example: str, returns: str):
+    """Run `function()` defined in the Python file `path` (a config or sweep file)."""
+    module = load_file_module(path, kind, example)
     if not hasattr(module, function):
         raise UserError(f'{kind} file {path} defines no {function}(); add one returning '
                         f'{returns}.')

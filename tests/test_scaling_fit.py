@@ -218,3 +218,20 @@ def test_frontier_treats_one_budgets_rounded_compute_as_equal():
     C = np.array([0.999e12, 1.0e12, 1.002e12, 3.0e12, 2.998e12])
     L = np.array([2.4, 2.2, 2.3, 2.0, 2.1])
     assert list(fit.lower_envelope(C, L)) == [1, 3]
+
+
+def test_seed_repeats_are_one_point_at_their_mean(tmp_path, monkeypatch):
+    monkeypatch.setattr(fit, 'CHINCHILLA_GRID', SMALL_GRID)
+    runs = isoflop_sweep([1e15, 1e16, 1e17], factors=(1 / 4, 1, 4), noise=0.003)
+    for r in runs:
+        r['overrides'] = {'model.embed_dim': r['N'], 'train.steps': r['D']}
+    repeat = {**runs[4], 'name': 'repeat', 'loss': runs[4]['loss'] + 0.2,
+              'overrides': {**runs[4]['overrides'], 'seed': 1}}
+    merged = report.merge_seeds(runs + [repeat])
+    assert len(merged) == len(runs)
+    assert merged[4]['loss'] == pytest.approx(runs[4]['loss'] + 0.1)
+    assert merged[4]['seed_losses'] == [runs[4]['loss'], repeat['loss']]
+    report.write_report(runs + [repeat], tmp_path, n_boot=5, literature=False, units='bits/dim')
+    text = (tmp_path / 'report.md').read_text()
+    assert 'final eval losses in bits/dim' in text and 'Kaplan 2020' not in text
+    assert '| 2 (spread 0.2000) |' in text

@@ -119,3 +119,27 @@ def test_edited_sweep_and_bad_shard_are_refused(sweep_file, tmp_path, train_call
         broken.write_text(f.read().replace("'train.steps': 9", "'train.steps': '9'"))
     with pytest.raises(UserError, match='holds int values'):
         sweep.load_sweep(str(broken))
+
+
+def test_measure_counts_every_layer_of_a_scanned_dit():
+    """XLA counts a scanned body once; measure() unrolls, so each block adds the same FLOPs, and
+    a training step costs about 3 forward passes (backward = 2x forward) per example."""
+    from dul_jax.config import load_config
+    base = load_config(os.path.join(REPO, 'experiments', 'configs', 'dit_digits.py'))
+    base.model.update(embed_dim=16, mlp_dim=32, num_heads=2, scan_unroll=1)
+    base.train.batch_size = 4
+    flops = [sweep.measure_overrides(base, {'model.num_layers': depth}) for depth in (1, 2, 4)]
+    one, two, four = (m['C'] for m in flops)
+    assert two > one and four - two == pytest.approx(2 * (two - one), rel=1e-3)
+    for m in flops:
+        assert m['C'] / 4 == pytest.approx(3 * m['F_forward'], rel=0.1)
+        assert m['F_features'] is None   # diffusion gives no probe features
+
+
+def test_sweep_file_report_options(tmp_path):
+    path = tmp_path / 'opts.py'
+    path.write_text("REPORT = {'units': 'bits/dim', 'literature': False}\n")
+    assert sweep.report_options(str(path)) == {'units': 'bits/dim', 'literature': False}
+    path.write_text("REPORT = {'unit': 'bits/dim'}\n")
+    with pytest.raises(UserError, match=r"unknown keys \['unit'\]"):
+        sweep.report_options(str(path))

@@ -36,6 +36,7 @@ class DiT(nn.Module):
       dropout: dropout rate inside the blocks (active when deterministic=False).
       dtype: computation dtype (the output is float32 regardless).
       remat: a key of transformer.REMAT_POLICIES.
+      scan_unroll: blocks per scan step; 0 = all (see Stack).
       kernels: each op's implementation (dul_jax/ops).
     """
     patch: int = 2
@@ -47,6 +48,7 @@ class DiT(nn.Module):
     dropout: float = 0.0
     dtype: Any = jnp.float32
     remat: str = 'none'
+    scan_unroll: int = 1
     kernels: Kernels = Kernels()  # each op's implementation (dul_jax/ops)
 
     @nn.compact
@@ -74,7 +76,8 @@ class DiT(nn.Module):
                               name='embed')(t, labels)
         tokens = Stack(self.num_layers, self.num_heads, self.mlp_dim, causal=False,
                        dropout=self.dropout, dtype=self.dtype, remat=self.remat,
-                       kernels=self.kernels, name='stack')(tokens, deterministic, cond=cond)
+                       unroll=self.scan_unroll, kernels=self.kernels,
+                       name='stack')(tokens, deterministic, cond=cond)
         shift, scale = jnp.split(_zero_dense(2 * self.embed_dim, ('embed', 'mlp'), self.dtype,
                                              'final_adaln')(nn.silu(cond)), 2, axis=-1)
         h = layer_norm(self.dtype, 'ln_final', affine=False)(tokens)

@@ -5,6 +5,8 @@
 results.jsonl has one JSON object per run; the keys read are name, N (non-embedding parameters),
 D (training tokens), C (training FLOPs), loss (final eval loss, nats/token) and budget (the
 nominal compute budget of the run's IsoFLOP group, or null); wall_s is shown when present.
+Runs that differ only in their seed (overrides['seed']) are one point of the fits, at their
+mean loss; the runs table shows each such point's seed spread.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from matplotlib import ticker
 from dul_jax import storage
 from dul_jax.scaling import fit
 
-LOSS_LABEL = 'eval loss (nats/token)'
+UNITS = 'nats/token'  # of the loss; a sweep of another family names its own (REPORT)
 # Published values shown beside ours in report.md (Kaplan's a: N_opt ~ C^0.73).
 KAPLAN = {'alpha_N': 0.076, 'alpha_D': 0.095, 'alpha_C': 0.050, 'a': 0.73}
 HOFFMANN = {'alpha': 0.34, 'beta': 0.28, 'E': 1.69, 'A': 406.4, 'B': 410.7, 'a': 0.50}
@@ -67,7 +69,34 @@ def _arrays(results):
         'name': [str(r.get('name', i)) for i, r in enumerate(results)],
         'N': column('N'), 'D': column('D'), 'C': column('C'), 'loss': column('loss'),
         'budget': column('budget'), 'wall_s': column('wall_s'),
+        'seeds': [_seed_note(r) for r in results],
     }
+
+
+def _seed_note(run) -> str:
+    losses = run.get('seed_losses')
+    if not losses:
+        return '1'
+    return f'{len(losses)} (spread {max(losses) - min(losses):.4f})'
+
+
+def merge_seeds(results) -> list[dict]:
+    """Runs whose overrides differ only in 'seed' become one run at their mean loss, with
+    'seed_losses' (in order) and 'seed_names'; the first run's other fields are kept."""
+    groups = {}
+    for run in results:
+        rest = {k: v for k, v in (run.get('overrides') or {}).items() if k != 'seed'}
+        key = json.dumps(rest, sort_keys=True) if run.get('overrides') else id(run)
+        groups.setdefault(key, []).append(run)
+    merged = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        losses = [float(r['loss']) for r in runs]
+        merged.append({**runs[0], 'loss': float(np.mean(losses)), 'seed_losses': losses,
+                       'seed_names': [r.get('name') for r in runs]})
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,14 +119,16 @@ def _usable(run):
         return False
 
 
-def run_fits(results, n_boot: int = 200, seed: int = 0, holdout: str | None = 'largest_N'):
-    """Every fit of the report, on the usable runs; the names of the others in 'excluded'."""
-    usable = [run for run in results if _usable(run)]
+def run_fits(results, n_boot: int = 200, seed: int = 0, holdout: str | None = 'largest_N',
+             units: str = UNITS):
+    """Every fit of the report, on the usable runs (seed repeats merged); the names of the
+    others in 'excluded'."""
+    usable = merge_seeds([run for run in results if _usable(run)])
     if not usable:
         raise ValueError('no run has finite, positive N, D, C and loss')
     r = _arrays(usable)
     N, D, C, L, budget = r['N'], r['D'], r['C'], r['loss'], r['budget']
-    out = {'arrays': r, 'excluded': [str(run.get('name', '?')) for run in results
+    out = {'arrays': r, 'units': units, 'excluded': [str(run.get('name', '?')) for run in results
                                      if not _usable(run)]}
     # L(N): per size, the run that saw the most tokens, i.e. the best-trained one
     idx_n = fit.best_trained(N, D, L)
@@ -164,14 +195,14 @@ def _fit_lines(ax, fits, x_range, var):
             ax.plot(xs, b.fit.predict(xs), style, color='C3', lw=1.5, label=label)
 
 
-def _finish(ax, xlabel, title):
+def _finish(ax, xlabel, title, units):
     ax.set_xscale('log')
     ax.set_yscale('log')
     # losses span less than a decade: plain numbers read better than 4 x 10^0
     ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
     ax.yaxis.set_minor_formatter(ticker.ScalarFormatter())
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(LOSS_LABEL)
+    ax.set_ylabel(f'eval loss ({units})')
     ax.set_title(title)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=7)
@@ -186,7 +217,7 @@ def plot_loss_vs_n(fits, path):
     ax.scatter(N[idx], L[idx], facecolors='none', edgecolors='k', s=90, zorder=4,
                label='best-trained run per N (fitted)')
     _fit_lines(ax, fits['L(N)'], (N.min(), N.max()), 'N')
-    _finish(ax, 'non-embedding parameters N', 'Loss against model size')
+    _finish(ax, 'non-embedding parameters N', 'Loss against model size', fits['units'])
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
@@ -205,7 +236,8 @@ def plot_isoflop(fits, path):
             ax.plot(p.n_opt, p.loss_opt, '*', color=colours[p.budget], ms=14, mec='k',
                     zorder=5)
     ax.plot([], [], '*', color='w', mec='k', ms=12, label='parabola minimum N_opt')
-    _finish(ax, 'non-embedding parameters N', 'IsoFLOP profiles (parabolas in log N)')
+    _finish(ax, 'non-embedding parameters N', 'IsoFLOP profiles (parabolas in log N)',
+            fits['units'])
     iso = fits['isoflop']
     if isinstance(iso, fit.BootstrapResult):
         used = iso.fit.details['used']
@@ -255,7 +287,7 @@ def plot_frontier(fits, path):
         ax.plot([p.budget for p in minima], [p.loss_opt for p in minima], '*', color='w',
                 mec='k', ms=12, zorder=5, label='IsoFLOP parabola minima')
     _fit_lines(ax, fits['L(C)'], (C.min(), C.max()), 'C')
-    _finish(ax, 'training compute C (FLOPs)', 'Compute-efficient frontier')
+    _finish(ax, 'training compute C (FLOPs)', 'Compute-efficient frontier', fits['units'])
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
@@ -334,18 +366,19 @@ def _fit_rows(fits, literature):
     return rows, skipped
 
 
-def _runs_table(r):
-    lines = ['| run | N | D (tokens) | C (FLOPs) | budget | loss (nats/token) | wall (s) |',
-             '|---|---|---|---|---|---|---|']
+def _runs_table(r, units):
+    lines = [f'| run | N | D | C (FLOPs) | budget | loss ({units}) | seeds | wall (s) |',
+             '|---|---|---|---|---|---|---|---|']
     order = sorted(range(len(r['name'])),
                    key=lambda i: (np.nan_to_num(r['budget'][i], nan=np.inf), r['N'][i]))
     for i in order:
         lines.append(f'| {r["name"][i]} | {r["N"][i]:.4g} | {r["D"][i]:.4g} | {r["C"][i]:.4g} |'
-                     f' {_g(r["budget"][i])} | {r["loss"][i]:.4f} | {_g(r["wall_s"][i])} |')
+                     f' {_g(r["budget"][i])} | {r["loss"][i]:.4f} | {r["seeds"][i]} |'
+                     f' {_g(r["wall_s"][i])} |')
     return lines
 
 
-def _holdout_lines(fits):
+def _holdout_lines(fits, units):
     h = fits.get('holdout')
     if h is None:
         return []
@@ -360,13 +393,14 @@ def _holdout_lines(fits):
              f'N = {r["N"][i]:.4g}, D = {r["D"][i]:.4g}, C = {r["C"][i]:.4g}; fit {status}) '
              'predicts its loss:')
     error = (f'Held-out error: run `{r["name"][i]}`: predicted {h.predicted:.4f}, measured '
-             f'{h.measured:.4f} nats/token; error {h.abs_error:+.4f} '
+             f'{h.measured:.4f} {units}; error {h.abs_error:+.4f} '
              f'({100 * h.rel_error:+.2f}%).')
     return lines + [intro, '', error, '']
 
 
 def write_report(results, outdir, title: str = 'Scaling laws', literature: bool = True,
-                 holdout: str | None = 'largest_N', n_boot: int = 200, seed: int = 0) -> dict:
+                 holdout: str | None = 'largest_N', n_boot: int = 200, seed: int = 0,
+                 units: str = UNITS) -> dict:
     """Fit, plot and write loss_vs_N.png, isoflop.png, frontier.png and report.md in outdir.
 
     results: a list of run dicts (see the module docstring) or the path of a results.jsonl.
@@ -377,7 +411,7 @@ def write_report(results, outdir, title: str = 'Scaling laws', literature: bool 
     if not results:
         raise ValueError('no runs in the results')
     outdir = storage.path(outdir)
-    fits = run_fits(results, n_boot=n_boot, seed=seed, holdout=holdout)
+    fits = run_fits(results, n_boot=n_boot, seed=seed, holdout=holdout, units=units)
     plot_loss_vs_n(fits, outdir / 'loss_vs_N.png')
     plot_isoflop(fits, outdir / 'isoflop.png')
     plot_frontier(fits, outdir / 'frontier.png')
@@ -389,7 +423,7 @@ def write_report(results, outdir, title: str = 'Scaling laws', literature: bool 
     if literature:
         head += ' Kaplan 2020 | Hoffmann 2022 | Besiroglu 2024 |'
         rule += '---|---|---|'
-    intro = (f'{len(results)} runs. Losses are final eval losses in nats/token. Intervals are '
+    intro = (f'{len(results)} runs. Losses are final eval losses in {units}. Intervals are '
              f'{level}% bootstrap percentile intervals over {n_boot} resamples of the runs '
              '(IsoFLOP: resampled within each budget); a fit is converged when L-BFGS-B '
              f'reported success and |gradient| <= {fit.GRAD_TOL:g} at the optimum.')
@@ -406,8 +440,8 @@ def write_report(results, outdir, title: str = 'Scaling laws', literature: bool 
     lines += [SELECTION_NOTE, '']
     if literature:
         lines += [LITERATURE_NOTE, '']
-    lines += _holdout_lines(fits)
-    lines += ['## Runs', '', *_runs_table(fits['arrays']), '']
+    lines += _holdout_lines(fits, units)
+    lines += ['## Runs', '', *_runs_table(fits['arrays'], units), '']
     if fits['excluded']:
         lines += ['Left out of every fit (N, D, C or loss missing, non-finite or not positive): '
                   + ', '.join(f'`{name}`' for name in fits['excluded']), '']
@@ -425,11 +459,12 @@ def main(argv=None):
     parser.add_argument('--n-boot', type=int, default=200)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--no-literature', action='store_true')
+    parser.add_argument('--units', default=UNITS, help='of the loss, e.g. bits/dim')
     args = parser.parse_args(argv)
     write_report(args.results, args.outdir, title=args.title,
                  literature=not args.no_literature,
                  holdout=None if args.holdout == 'none' else args.holdout,
-                 n_boot=args.n_boot, seed=args.seed)
+                 n_boot=args.n_boot, seed=args.seed, units=args.units)
     print(f'wrote {os.path.join(args.outdir, "report.md")} and 3 plots')
     return 0
 

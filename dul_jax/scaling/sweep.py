@@ -26,7 +26,7 @@ import ml_collections
 
 from dul_jax import config as config_lib
 from dul_jax import storage
-from dul_jax.accounting import count_params
+from dul_jax.accounting import count_params, xla_flops
 from dul_jax.errors import UserError
 
 RESULT = 'result.json'
@@ -53,6 +53,22 @@ def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[SweepRun]]:
     return base, runs
 
 
+REPORT_KEYS = ('units', 'literature', 'holdout')
+
+
+def report_options(path: str) -> dict:
+    """The sweep file's optional REPORT dict: write_report's units (of the loss, default
+    nats/token), literature (LLM columns, default True) and holdout (largest_N, largest_C or
+    None)."""
+    module = config_lib.load_file_module(path, 'sweep', 'experiments/scaling/python_source.py')
+    options = dict(getattr(module, 'REPORT', {}))
+    unknown = sorted(set(options) - set(REPORT_KEYS))
+    if unknown:
+        raise UserError(f'REPORT in sweep file {path} has unknown keys {unknown}; use '
+                        f'{", ".join(REPORT_KEYS)}.')
+    return options
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """'i/n' -> (i, n) with 0 <= i < n."""
     try:
@@ -75,9 +91,17 @@ def run_config(base: ml_collections.ConfigDict, run: SweepRun) -> ml_collections
 
 
 def measure(cfg, steps: int) -> dict:
-    """N, N_total, D and C of `steps` steps of cfg, from shapes alone (nothing is compiled)."""
+    """N, N_total, D and C of `steps` steps of cfg, from shapes alone (nothing is compiled), and
+    the forward FLOPs of one example: F_forward (XLA's count of the task's eval_metrics, one
+    forward pass with its loss) and F_features (of `features`, where the task has them).
+    XLA counts a scanned loop body once, so the counts are taken on a copy of the model with
+    its layers unrolled (model.scan_unroll = 0): the same arithmetic, every layer counted."""
+    from dul_jax.tasks.base import implements
     from dul_jax.train.mfu import model_flops_per_step
     from dul_jax.train.setup import prepare
+    if 'scan_unroll' in cfg.model:
+        cfg = copy.deepcopy(cfg)
+        cfg.model.scan_unroll = 0
     setup = prepare(cfg, devices=jax.devices()[:1])
     state = setup.abstract_state()
     total = count_params(state.params)
@@ -86,9 +110,15 @@ def measure(cfg, steps: int) -> dict:
         raise UserError(f'the compute of task "{cfg.task}" cannot be counted ({source}); sweep '
                         'a task with an analytic FLOP count, such as "autoregressive".')
     embeddings = count_params(state.params, setup.task.embedding_names)
+    one = setup.dummy_batch(1)
+    rng = jax.random.key(0)
+    forward = xla_flops(jax.jit(setup.task.eval_metrics).lower(state.params, one, rng))
+    features = (xla_flops(jax.jit(setup.task.features).lower(state.params, one['image']))
+                if implements(setup.task, 'features') else None)
     return {'N': total - embeddings, 'N_total': total,
             'D': steps * cfg.train.batch_size * setup.task.example_size(),
-            'C': flops * steps, 'C_source': source}
+            'C': flops * steps, 'C_source': source, 'F_forward': forward or None,
+            'F_features': features or None}
 
 
 def measure_overrides(base, overrides: dict) -> dict:

@@ -54,6 +54,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.num_layers = 4
     m.mlp_dim = 512
     m.remat = 'none'
+    m.scan_unroll = 1             # blocks per scan step; 0 = all (unrolled)
     # Variance of the bound's decoder p(x_0 | x_1): 'posterior_clipped' (DDPM's code: the
     # posterior variance at t = 2) or 'beta_1'; see losses/diffusion.py decoder_log_variance.
     m.vlb_decoder_variance = 'posterior_clipped'
@@ -80,7 +81,8 @@ class DiffusionTask(Task):
                   'dtype': self.dtype, 'kernels': self.kernels}
         if m.kind == 'dit':
             return DiT(patch=m.patch, embed_dim=m.embed_dim, num_layers=m.num_layers,
-                       mlp_dim=m.mlp_dim, remat=m.remat, **common)
+                       mlp_dim=m.mlp_dim, remat=m.remat, scan_unroll=m.scan_unroll,
+                       **common)
         return UNet(channels=m.channels, channel_mults=tuple(m.channel_mults),
                     num_res_blocks=m.num_res_blocks, attn_resolutions=tuple(m.attn_resolutions),
                     groups=m.groups, **common)

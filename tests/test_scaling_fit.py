@@ -235,3 +235,38 @@ def test_seed_repeats_are_one_point_at_their_mean(tmp_path, monkeypatch):
     text = (tmp_path / 'report.md').read_text()
     assert 'final eval losses in bits/dim' in text and 'Kaplan 2020' not in text
     assert '| 2 (spread 0.2000) |' in text
+
+
+def test_families_report_side_by_side(tmp_path, monkeypatch):
+    """experiments/scaling/families_report.py on synthetic sweeps: one row per family found, a
+    known exponent inside its interval, and the DiT and MAE checks' correlations signed right."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'experiments', 'scaling',
+                        'families_report.py')
+    spec = importlib.util.spec_from_file_location('families_report', path)
+    families = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(families)
+    monkeypatch.setattr(fit, 'CHINCHILLA_GRID', SMALL_GRID)
+    runs = isoflop_sweep([1e15, 1e16, 1e17], factors=(1 / 4, 1, 4), noise=0.002)
+    for i, r in enumerate(runs):   # FID falls with forward FLOPs; probe accuracy with the loss
+        r.update({'F_forward': 2e9 * (i + 1), 'overrides': {'model.patch': 4, 'k': i},
+                  'final_metrics': {'fid': 100.0 / (i + 1), 'bound_bits_per_dim': r['loss'],
+                                    'probe_accuracy': 1 - r['loss'] / 10,
+                                    'knn_accuracy': 1 - r['loss'] / 10}})
+    for sweep in ('scaling_dit_mnist', 'scaling_mae_mnist'):
+        (tmp_path / sweep).mkdir()
+        _write_jsonl(tmp_path / sweep / 'results.jsonl', runs)
+    out = tmp_path / 'out'
+    assert families.main(['--results', str(tmp_path), '--out', str(out), '--n-boot', '5']) == 0
+    text = (out / 'report.md').read_text()
+    assert '| DiT: ' in text and '| MAE: ' in text and '| AR bytes' not in text
+    assert 'Missing sweeps: AR bytes' in text
+    assert 'FID against log10 forward GFLOPs, all runs: Pearson' in text
+    assert 'Spearman -1.00 (9 runs)' in text          # FID strictly falls with GFLOPs
+    assert 'linear-probe accuracy against the test loss: Pearson -1.00' in text
+    assert (out / 'exponents.png').stat().st_size > 0 and (out / 'dit_fid.png').exists()
+    summary = families.family_summary(families.FAMILIES[2], runs, n_boot=5)
+    value, _, _, converged = summary['a']
+    assert converged and value == pytest.approx(TRUE['beta'] / (TRUE['alpha'] + TRUE['beta']),
+                                                abs=0.05)

@@ -110,7 +110,7 @@ def _try(fn, *args, **kwargs):
         return str(e)
 
 
-def _usable(run):
+def usable(run):
     """A run every fit can use: finite, positive N, D, C and loss (a diverged run has none)."""
     try:
         return all(math.isfinite(float(run[k])) and float(run[k]) > 0
@@ -123,13 +123,13 @@ def run_fits(results, n_boot: int = 200, seed: int = 0, holdout: str | None = 'l
              units: str = UNITS):
     """Every fit of the report, on the usable runs (seed repeats merged); the names of the
     others in 'excluded'."""
-    usable = merge_seeds([run for run in results if _usable(run)])
-    if not usable:
+    runs = merge_seeds([run for run in results if usable(run)])
+    if not runs:
         raise ValueError('no run has finite, positive N, D, C and loss')
-    r = _arrays(usable)
+    r = _arrays(runs)
     N, D, C, L, budget = r['N'], r['D'], r['C'], r['loss'], r['budget']
-    out = {'arrays': r, 'units': units, 'excluded': [str(run.get('name', '?')) for run in results
-                                     if not _usable(run)]}
+    out = {'arrays': r, 'units': units,
+           'excluded': [str(run.get('name', '?')) for run in results if not usable(run)]}
     # L(N): per size, the run that saw the most tokens, i.e. the best-trained one
     idx_n = fit.best_trained(N, D, L)
     # L(D): the lower envelope of loss against tokens (the best loss any model reached with at

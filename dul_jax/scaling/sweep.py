@@ -10,7 +10,8 @@ all result.json files present, one line per finished run, in the sweep's order:
 
     name, budget, N (non-embedding params), N_total, D (tokens or examples seen), C (training
     FLOPs), C_source, loss (final eval, nats/token or the task's loss; None where the task
-    reports none, as contrastive runs, whose probe accuracies are in final_metrics), steps,
+    reports none, as contrastive runs, whose probe accuracies are in final_metrics), train_loss
+    (the last log interval's), F_forward and F_features (forward FLOPs per example), steps,
     batch_size, lr, seed, wall_s, diverged, plus the run's overrides.
 """
 
@@ -160,6 +161,14 @@ def _check_same_config(rundir: str, cfg, name: str) -> None:
                         'delete that directory or restore the sweep file.')
 
 
+def last_train_loss(rundir: str) -> float | None:
+    """The training loss of the run's last log interval (its mean over those steps), from
+    metrics.jsonl: beside the eval loss, it shows where a model starts to overfit."""
+    text = storage.read_text(storage.path(rundir) / 'metrics.jsonl') or ''
+    rows = [json.loads(line) for line in text.splitlines() if '"loss"' in line]
+    return rows[-1]['loss'] if rows else None
+
+
 def run_one(base, run: SweepRun, workdir: str) -> dict | None:
     """Train one run to completion and write its result.json; None if it stopped on SIGTERM."""
     from dul_jax.train import loop
@@ -175,7 +184,8 @@ def run_one(base, run: SweepRun, workdir: str) -> dict | None:
     if not final:
         return None
     result = {'name': run.name, 'budget': run.budget, **measure(cfg, cfg.train.steps),
-              'loss': final.get('loss'), 'steps': cfg.train.steps,
+              'loss': final.get('loss'), 'train_loss': last_train_loss(rundir),
+              'steps': cfg.train.steps,
               'batch_size': cfg.train.batch_size, 'lr': cfg.optim.lr, 'seed': cfg.seed,
               'wall_s': time.perf_counter() - start, 'diverged': diverged,
               'final_metrics': final, 'overrides': run.overrides}

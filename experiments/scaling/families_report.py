@@ -1,0 +1,300 @@
+"""The scaling exponents of four families side by side: byte-level GPT, iGPT, DiT and MAE.
+
+    python experiments/scaling/families_report.py [--results experiments/results]
+        [--out experiments/results/scaling_families] [--n-boot 200]
+
+Reads each sweep's results.jsonl (written by `dul-jax sweep`, copied under --results), fits every
+family with the same code (dul_jax/scaling/report.py run_fits: bootstrap intervals, convergence,
+the held-out largest run; seed repeats merged at their mean) and writes report.md and
+exponents.png, plus the family-specific checks: DiT's FID against forward GFLOPs (Peebles & Xie
+2023) and against the loss (Liang et al. 2024), MAE's probe accuracy against its reconstruction
+loss (Xie et al. 2023) and the epochs where its 8,000 images run out. Losses are in each family's
+own units, so only exponents compare across rows.
+"""
+
+import argparse
+import dataclasses
+import io
+import math
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only, never a window
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats
+
+from dul_jax.scaling import fit, report
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    name: str
+    what: str
+    sweep: str          # directory under --results, and experiments/scaling/<file>.py
+    units: str
+    literature: dict    # quantity -> 'value (source)'
+    examples: int = 0   # training examples of the data set, for epochs (0: not shown)
+
+
+FAMILIES = (
+    Family('AR bytes', 'GPT on Python source bytes (python_source.py)', 'scaling_python_source',
+           'nats/byte', {'alpha_N': '0.076 (Kaplan 2020, pure)', 'alpha_C': '0.050 (Kaplan 2020, '
+                         'pure)', 'a': '0.73 (Kaplan 2020); 0.50 (Hoffmann 2022)'}),
+    Family('iGPT', 'iGPT on 8x8 digits, one data budget (igpt_digits.py)',
+           'scaling_igpt_digits', 'nats/pixel', {'a': '~0.7 (Henighan 2020, all domains)'}),
+    Family('DiT', 'diffusion transformer on MNIST (dit_mnist.py)', 'scaling_dit_mnist',
+           'v-MSE, min-SNR-5', {'a': '0.568 (Liang 2024)'}, examples=8000),
+    Family('MAE', 'masked autoencoder on MNIST (mae_mnist.py)', 'scaling_mae_mnist',
+           'masked-patch MSE', {}, examples=8000),
+)
+QUANTITIES = (('alpha_N', 'L(N) = A N^-alpha'), ('alpha_C', 'L(C) = A C^-alpha'),
+              ('a', 'IsoFLOP N_opt ~ C^a'))
+
+
+def _estimate(b, name='alpha'):
+    """(value, low, high, converged) of a bootstrap result, or None where it was not fitted."""
+    if not isinstance(b, fit.BootstrapResult):
+        return None
+    lo, hi = b.intervals[name]
+    return float(b.fit.params[name]), float(lo), float(hi), bool(b.fit.converged)
+
+
+def family_summary(family, results, n_boot):
+    fits = report.run_fits(results, n_boot=n_boot, units=family.units)
+    merged = report.merge_seeds([r for r in results if report.usable(r)])
+    spreads = [(max(r['seed_losses']) - min(r['seed_losses'])) / r['loss']
+               for r in merged if r.get('seed_losses')]
+    h = fits.get('holdout')
+    return {
+        'fits': fits, 'runs': len(results),
+        'alpha_N': _estimate(fits['L(N)'].get('pure_power_law')),
+        'alpha_N_E': _estimate(fits['L(N)'].get('power_law')),
+        'alpha_C': _estimate(fits['L(C)'].get('pure_power_law')),
+        'alpha_C_E': _estimate(fits['L(C)'].get('power_law')),
+        'a': _estimate(fits['isoflop'], 'a'),
+        'holdout': None if isinstance(h, str) or h is None else h,
+        'holdout_why': h if isinstance(h, str) else '',
+        'seed_spread': (float(np.mean(spreads)), len(spreads)) if spreads else None,
+    }
+
+
+def _cell(est):
+    if est is None:
+        return 'not fitted'
+    value, lo, hi, converged = est
+    return f'{value:.3g} [{lo:.3g}, {hi:.3g}]' + ('' if converged else ' **not converged**')
+
+
+def _holdout_cell(s):
+    h = s['holdout']
+    if h is None:
+        return 'n/a'
+    r = s['fits']['arrays']
+    return f'{100 * h.rel_error:+.1f}% (`{r["name"][h.index]}`, {h.law.split("=")[0].strip()})'
+
+
+def _seed_cell(s):
+    if s['seed_spread'] is None:
+        return 'one seed'
+    mean, count = s['seed_spread']
+    return f'{100 * mean:.2f}% of the loss ({count} pairs)'
+
+
+def exponent_table(summaries):
+    lines = ['| family | runs | loss units | ' + ' | '.join(q for _, q in QUANTITIES)
+             + ' | literature | held-out largest run: error | seed spread |',
+             '|---|---|---|' + '---|' * len(QUANTITIES) + '---|---|---|']
+    for family, s in summaries:
+        lit = '; '.join(f'{k}: {v}' for k, v in family.literature.items()) or 'none published'
+        lines.append(f'| {family.name}: {family.what} | {s["runs"]} | {family.units} | '
+                     + ' | '.join(_cell(s[k]) for k, _ in QUANTITIES)
+                     + f' | {lit} | {_holdout_cell(s)} | {_seed_cell(s)} |')
+    lines += ['', 'With an irreducible term, L = E + A x^-alpha (its alpha):', '',
+              '| family | L(N): alpha | L(C): alpha |', '|---|---|---|']
+    for family, s in summaries:
+        lines.append(f'| {family.name} | {_cell(s["alpha_N_E"])} | {_cell(s["alpha_C_E"])} |')
+    return lines
+
+
+def _save(fig, path):
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png', dpi=120)
+    with open(path, 'wb') as f:
+        f.write(buffer.getvalue())
+    plt.close(fig)
+
+
+def plot_exponents(summaries, path):
+    literature = {('AR bytes', 'alpha_N'): [0.076], ('AR bytes', 'alpha_C'): [0.050],
+                  ('AR bytes', 'a'): [0.73, 0.50], ('iGPT', 'a'): [0.7], ('DiT', 'a'): [0.568]}
+    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(13, 3.6), sharey=True)
+    names = [f.name for f, _ in summaries]
+    for ax, (key, title) in zip(axes, QUANTITIES):
+        for y, (family, s) in enumerate(summaries):
+            est = s[key]
+            if est is not None:
+                value, lo, hi, _ = est
+                # a percentile interval need not contain the full-data estimate: draw both
+                ax.plot([lo, hi], [y, y], '|-', color='C0', ms=10)
+                ax.plot([value], [y], 'o', color='C0',
+                        label='this codebase' if y == 0 else None)
+            for v in literature.get((family.name, key), []):
+                ax.plot([v], [y], 'x', color='C3', ms=9, mew=2)
+        ax.plot([], [], 'x', color='C3', ms=9, mew=2, label='literature')
+        ax.set_yticks(range(len(names)), names)
+        ax.set_ylim(-0.6, len(names) - 0.4)
+        ax.set_title(title)
+        ax.grid(True, axis='x', alpha=0.3)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=8, loc='lower right')
+    fig.suptitle('Scaling exponents with 95% bootstrap intervals', fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _corr(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3:
+        return 'n/a (fewer than 3 runs)'
+    pearson = np.corrcoef(x[keep], y[keep])[0, 1]
+    spearman = stats.spearmanr(x[keep], y[keep]).statistic
+    return f'Pearson {pearson:+.2f}, Spearman {spearman:+.2f} ({keep.sum()} runs)'
+
+
+def _metric(run, key):
+    value = (run.get('final_metrics') or {}).get(key)
+    return math.nan if value is None else float(value)
+
+
+def dit_section(results, outdir):
+    runs = [r for r in results if report.usable(r)]
+    gflops = [r['F_forward'] / 1e9 for r in runs]
+    fid = [_metric(r, 'fid') for r in runs]
+    loss = [r['loss'] for r in runs]
+    mid = [i for i, r in enumerate(runs) if abs(r['C'] / 3e12 - 1) < 0.05]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, r in enumerate(runs):
+        patch = r['overrides']['model.patch']
+        ax.scatter(gflops[i], fid[i], marker='o' if patch == 4 else 's',
+                   c=[np.log10(r['C'])], cmap='viridis', vmin=11.9, vmax=13.1, s=40)
+        ax2.scatter(loss[i], fid[i], marker='o' if patch == 4 else 's', c=[np.log10(r['C'])],
+                    cmap='viridis', vmin=11.9, vmax=13.1, s=40)
+    ax.set_xscale('log')
+    ax.set_xlabel('forward GFLOPs per image')
+    ax2.set_xlabel('test loss (v-MSE, min-SNR-5)')
+    for a in (ax, ax2):
+        a.set_ylabel('domain FID (256 samples)')
+        a.grid(True, alpha=0.3)
+    ax.set_title('FID against model GFLOPs (o patch 4, s patch 7; colour: log10 C)', fontsize=9)
+    ax2.set_title('FID against the training objective', fontsize=9)
+    fig.tight_layout()
+    _save(fig, os.path.join(outdir, 'dit_fid.png'))
+    log_g = np.log10(gflops)
+    lines = [
+        '## DiT: FID, GFLOPs and the loss', '',
+        '![DiT FID](dit_fid.png)', '',
+        'Peebles & Xie 2023 found FID falling with forward GFLOPs whatever the mix of width, '
+        'depth and patch size (at equal training steps); Liang et al. 2024 that the training '
+        'loss tracks FID. Here every run has its own steps (IsoFLOP groups), so the first '
+        'correlation mixes model size with training length; the 3e12 group, which holds both '
+        'patch sizes, compares them at equal compute.', '',
+        f'- FID against log10 forward GFLOPs, all runs: {_corr(log_g, fid)}',
+        f'- FID against log10 forward GFLOPs, the 3e12 group: '
+        f'{_corr(log_g[mid], np.asarray(fid)[mid])}',
+        f'- FID against the test loss, all runs: {_corr(loss, fid)}',
+        f'- variational bound (bits/dim) against the test loss, all runs: '
+        f'{_corr(loss, [_metric(r, "bound_bits_per_dim") for r in runs])}', '',
+        '| run | patch | N | forward GFLOPs | C | epochs | test loss | train loss | '
+        'bound (bits/dim) | FID |', '|---|---|---|---|---|---|---|---|---|---|']
+    for i, r in enumerate(sorted(runs, key=lambda r: (r['C'], r['N']))):
+        lines.append(
+            f'| {r["name"]} | {r["overrides"]["model.patch"]} | {r["N"]:.3g} | '
+            f'{r["F_forward"] / 1e9:.4f} | {r["C"]:.2g} | {_epochs(r, 28 * 28):.1f} | '
+            f'{r["loss"]:.4f} | {_fmt(r.get("train_loss"))} | '
+            f'{_metric(r, "bound_bits_per_dim"):.3f} | {_metric(r, "fid"):.2f} |')
+    return lines + ['']
+
+
+def _epochs(run, example_size, examples=8000):
+    return run['D'] / example_size / examples
+
+
+def _fmt(value, digits=4):
+    return 'n/a' if value is None else f'{value:.{digits}f}'
+
+
+def mae_section(results):
+    runs = [r for r in results if report.usable(r)]
+    loss = [r['loss'] for r in runs]
+    probe = [_metric(r, 'probe_accuracy') for r in runs]
+    knn = [_metric(r, 'knn_accuracy') for r in runs]
+    lines = [
+        '## MAE: does the reconstruction loss predict the probes?', '',
+        'Xie et al. 2023 ("On data scaling in masked image modeling") found the validation '
+        'loss a good predictor of downstream quality, and larger models overfitting small data. '
+        'A negative correlation means a lower test loss goes with higher accuracy.', '',
+        f'- linear-probe accuracy against the test loss: {_corr(loss, probe)}',
+        f'- 20-NN accuracy against the test loss: {_corr(loss, knn)}',
+        f'- linear-probe accuracy against log10 N: {_corr(np.log10([r["N"] for r in runs]), probe)}',
+        '', 'Where 8,000 images run out: epochs is D / (49 patches x 8,000); a train loss well '
+        'below the test loss is a model memorising its images.', '',
+        '| run | N | C | epochs | test loss | train loss | linear probe | 20-NN |',
+        '|---|---|---|---|---|---|---|---|']
+    for r in sorted(runs, key=lambda r: (r['C'], r['N'])):
+        lines.append(f'| {r["name"]} | {r["N"]:.3g} | {r["C"]:.2g} | {_epochs(r, 49):.1f} | '
+                     f'{r["loss"]:.4f} | {_fmt(r.get("train_loss"))} | '
+                     f'{_metric(r, "probe_accuracy"):.3f} | {_metric(r, "knn_accuracy"):.3f} |')
+    return lines + ['']
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--results', default=os.path.join(HERE, 'results'))
+    p.add_argument('--out', default=os.path.join(HERE, 'results', 'scaling_families'))
+    p.add_argument('--n-boot', type=int, default=200)
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    summaries, missing, loaded = [], [], {}
+    for family in FAMILIES:
+        path = os.path.join(args.results, family.sweep, 'results.jsonl')
+        if not os.path.isfile(path):
+            missing.append(f'{family.name}: no {path}')
+            continue
+        loaded[family.name] = report.load_results(path)
+        summaries.append((family, family_summary(family, loaded[family.name], args.n_boot)))
+    if not summaries:
+        print(f'error: no results.jsonl under {args.results}', file=sys.stderr)
+        return 1
+    plot_exponents(summaries, os.path.join(args.out, 'exponents.png'))
+    lines = ['# Scaling laws of four families, side by side', '',
+             'Each row is one `dul-jax sweep` fitted by the same code: pure power laws in N and '
+             'C (the forms Kaplan et al. reported), the IsoFLOP exponent (Hoffmann et al. '
+             'Approach 2) where the sweep has IsoFLOP groups, 95% bootstrap percentile '
+             f'intervals over {args.n_boot} resamples of the runs, convergence, and the error '
+             'of predicting the largest run from the rest. Losses are in each family\'s units, '
+             'so exponents compare across rows, the losses themselves do not. Seed spread: the '
+             'mean |loss difference| of runs repeated with a second seed, relative to their '
+             'loss: the noise floor under the fits.', '',
+             '![exponents](exponents.png)', '', *exponent_table(summaries), '']
+    if missing:
+        lines += ['Missing sweeps: ' + '; '.join(missing), '']
+    if 'DiT' in loaded:
+        lines += dit_section(loaded['DiT'], args.out)
+    if 'MAE' in loaded:
+        lines += mae_section(loaded['MAE'])
+    lines += ['Each family\'s own report (plots, every fit, every run): '
+              + ', '.join(f'[{f.name}](../{f.sweep}/report.md)' for f, _ in summaries), '']
+    with open(os.path.join(args.out, 'report.md'), 'w') as f:
+        f.write('\n'.join(lines))
+    print(f'wrote {args.out}/report.md and its plots')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

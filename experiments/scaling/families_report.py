@@ -199,19 +199,19 @@ def dit_section(results, outdir):
     lines = [
         '## DiT: FID, GFLOPs and the loss', '',
         '![DiT FID](dit_fid.png)', '',
-        'Peebles & Xie 2023 found FID falling with forward GFLOPs whatever the mix of width, '
-        'depth and patch size (at equal training steps); Liang et al. 2024 that the training '
-        'loss tracks FID. Here every run has its own steps (IsoFLOP groups), so the first '
-        'correlation mixes model size with training length; the 3e12 group, which holds both '
-        'patch sizes, compares them at equal compute.', '',
+        ('Peebles & Xie 2023 found FID falling with forward GFLOPs whatever the mix of width, '
+         'depth and patch size (at equal training steps); Liang et al. 2024 that the training '
+         'loss tracks FID. Here every run has its own steps (IsoFLOP groups), so the first '
+         'correlation mixes model size with training length; the 3e12 group, which holds both '
+         'patch sizes, compares them at equal compute.'), '',
         f'- FID against log10 forward GFLOPs, all runs: {_corr(log_g, fid)}',
-        f'- FID against log10 forward GFLOPs, the 3e12 group: '
-        f'{_corr(log_g[mid], np.asarray(fid)[mid])}',
+        ('- FID against log10 forward GFLOPs, the 3e12 group: '
+         f'{_corr(log_g[mid], np.asarray(fid)[mid])}'),
         f'- FID against the test loss, all runs: {_corr(loss, fid)}',
-        f'- variational bound (bits/dim) against the test loss, all runs: '
-        f'{_corr(loss, [_metric(r, "bound_bits_per_dim") for r in runs])}', '',
-        '| run | patch | N | forward GFLOPs | C | epochs | test loss | train loss | '
-        'bound (bits/dim) | FID |', '|---|---|---|---|---|---|---|---|---|---|']
+        ('- variational bound (bits/dim) against the test loss, all runs: '
+         f'{_corr(loss, [_metric(r, "bound_bits_per_dim") for r in runs])}'), '',
+        ('| run | patch | N | forward GFLOPs | C | epochs | test loss | train loss | '
+         'bound (bits/dim) | FID |'), '|---|---|---|---|---|---|---|---|---|---|']
     for i, r in enumerate(sorted(runs, key=lambda r: (r['C'], r['N']))):
         lines.append(
             f'| {r["name"]} | {r["overrides"]["model.patch"]} | {r["N"]:.3g} | '
@@ -234,16 +234,17 @@ def mae_section(results):
     loss = [r['loss'] for r in runs]
     probe = [_metric(r, 'probe_accuracy') for r in runs]
     knn = [_metric(r, 'knn_accuracy') for r in runs]
+    sizes = [r['N'] for r in runs]
     lines = [
         '## MAE: does the reconstruction loss predict the probes?', '',
-        'Xie et al. 2023 ("On data scaling in masked image modeling") found the validation '
-        'loss a good predictor of downstream quality, and larger models overfitting small data. '
-        'A negative correlation means a lower test loss goes with higher accuracy.', '',
+        ('Xie et al. 2023 ("On data scaling in masked image modeling") found the validation '
+         'loss a good predictor of downstream quality, and larger models overfitting small '
+         'data. A negative correlation means a lower test loss goes with higher accuracy.'), '',
         f'- linear-probe accuracy against the test loss: {_corr(loss, probe)}',
         f'- 20-NN accuracy against the test loss: {_corr(loss, knn)}',
-        f'- linear-probe accuracy against log10 N: {_corr(np.log10([r["N"] for r in runs]), probe)}',
-        '', 'Where 8,000 images run out: epochs is D / (49 patches x 8,000); a train loss well '
-        'below the test loss is a model memorising its images.', '',
+        f'- linear-probe accuracy against log10 N: {_corr(np.log10(sizes), probe)}', '',
+        ('Where 8,000 images run out: epochs is D / (49 patches x 8,000); a train loss well '
+         'below the test loss is a model memorising its images.'), '',
         '| run | N | C | epochs | test loss | train loss | linear probe | 20-NN |',
         '|---|---|---|---|---|---|---|---|']
     for r in sorted(runs, key=lambda r: (r['C'], r['N'])):
@@ -272,15 +273,15 @@ def main(argv=None):
         print(f'error: no results.jsonl under {args.results}', file=sys.stderr)
         return 1
     plot_exponents(summaries, os.path.join(args.out, 'exponents.png'))
-    lines = ['# Scaling laws of four families, side by side', '',
-             'Each row is one `dul-jax sweep` fitted by the same code: pure power laws in N and '
+    intro = ('Each row is one `dul-jax sweep` fitted by the same code: pure power laws in N and '
              'C (the forms Kaplan et al. reported), the IsoFLOP exponent (Hoffmann et al. '
              'Approach 2) where the sweep has IsoFLOP groups, 95% bootstrap percentile '
              f'intervals over {args.n_boot} resamples of the runs, convergence, and the error '
              'of predicting the largest run from the rest. Losses are in each family\'s units, '
              'so exponents compare across rows, the losses themselves do not. Seed spread: the '
              'mean |loss difference| of runs repeated with a second seed, relative to their '
-             'loss: the noise floor under the fits.', '',
+             'loss: the noise floor under the fits.')
+    lines = ['# Scaling laws of four families, side by side', '', intro, '',
              '![exponents](exponents.png)', '', *exponent_table(summaries), '']
     if missing:
         lines += ['Missing sweeps: ' + '; '.join(missing), '']

@@ -1,5 +1,7 @@
 """FLOP and parameter accounting: the analytic Transformer count against XLA's own count."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -11,6 +13,8 @@ from dul_jax.tasks.autoregressive import default_model_config
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import make_train_step
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SPEC = DataSpec(name='synthetic', kind='text', shape=(64,), num_levels=256, num_classes=0,
                 vocab=None, train_split='train', eval_split='validation', num_train=0, num_eval=0)
@@ -76,3 +80,16 @@ def test_no_mfu_where_xla_counts_no_flops(monkeypatch):
     monkeypatch.setattr(mfu, 'xla_flops', lambda lowered: 0.0)
     flops, source = mfu.model_flops_per_step(setup, state, 8)
     assert flops is None and source.startswith('unknown')
+
+
+def test_scanned_dit_is_counted_unrolled():
+    """The trainer's FLOPs (and so its MFU) for a scanned DiT equal the unrolled model's."""
+    from dul_jax.config import load_config
+    counts = []
+    for unroll in (1, 0):
+        cfg = load_config(os.path.join(REPO, 'experiments', 'configs', 'dit_digits.py'))
+        cfg.model.update(embed_dim=16, mlp_dim=32, num_heads=2, num_layers=3,
+                         scan_unroll=unroll)
+        setup = prepare(cfg, devices=jax.devices()[:1])
+        counts.append(mfu.model_flops_per_step(setup, setup.abstract_state(), 4))
+    assert counts[0] == counts[1] and counts[0][1] == 'xla'

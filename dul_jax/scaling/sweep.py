@@ -95,15 +95,11 @@ def measure(cfg, steps: int) -> dict:
     """N, N_total, D and C of `steps` steps of cfg, from shapes alone (nothing is compiled), and
     the forward FLOPs of one example: F_forward (XLA's count of the task's eval_metrics, one
     forward pass with its loss) and F_features (of `features`, where the task has them).
-    XLA counts a scanned loop body once, so the counts are taken on a copy of the model with
-    its layers unrolled (model.scan_unroll = 0): the same arithmetic, every layer counted."""
+    Scanned stacks are counted unrolled (train/mfu.py `unrolled`)."""
     from dul_jax.tasks.base import implements
-    from dul_jax.train.mfu import model_flops_per_step
+    from dul_jax.train.mfu import model_flops_per_step, unrolled
     from dul_jax.train.setup import prepare
-    if 'scan_unroll' in cfg.model:
-        cfg = copy.deepcopy(cfg)
-        cfg.model.scan_unroll = 0
-    setup = prepare(cfg, devices=jax.devices()[:1])
+    setup = unrolled(prepare(cfg, devices=jax.devices()[:1]))
     state = setup.abstract_state()
     total = count_params(state.params)
     flops, source = model_flops_per_step(setup, state, cfg.train.batch_size)

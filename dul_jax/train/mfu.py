@@ -5,6 +5,7 @@ there is no meaningful published figure, so we measure the machine's own XLA flo
 throughput (a 2048^3 product) in the same process and call that the peak.
 """
 
+import copy
 import functools
 import time
 
@@ -55,15 +56,29 @@ def peak_flops_per_device() -> tuple[float, str]:
     return float('nan'), f'no published peak known for {device.device_kind}'
 
 
+def unrolled(setup):
+    """The setup itself, or where its model scans its layers (`model.scan_unroll` != 0) a copy on
+    the same devices with them unrolled: the same arithmetic, but XLA's cost analysis counts a
+    scanned loop body once."""
+    if not setup.cfg.model.get('scan_unroll', 0):
+        return setup
+    from dul_jax.train.setup import prepare
+    cfg = copy.deepcopy(setup.cfg)
+    cfg.model.scan_unroll = 0
+    return prepare(cfg, devices=list(setup.mesh.devices.flat), spec=setup.spec)
+
+
 def model_flops_per_step(setup, state, batch_size: int) -> tuple[float | None, str]:
     """(training FLOPs of one global step or None, where the figure comes from): the task's
     analytic count where it has one, else XLA's cost analysis of the lowered (uncompiled,
-    unpartitioned) step on abstract inputs, which costs a trace but no compile. XLA counts a
-    scanned loop body once, so for scanned stacks (`model.scan_unroll` neither 0 nor >= the
-    depth) that figure is low."""
+    unpartitioned) step on abstract inputs, which costs a trace but no compile; a scanned stack
+    is counted unrolled (see `unrolled`)."""
     analytic = setup.task.flops_per_example(state.params)
     if analytic is not None:
         return analytic * batch_size, 'analytic'
+    counted = unrolled(setup)
+    if counted is not setup:
+        setup, state = counted, counted.abstract_state()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     step = make_train_step(setup.task, setup.tx, setup.schedule, setup.cfg.optim.ema_decay)
     flops = xla_flops(jax.jit(step).lower(abstract, setup.dummy_batch(batch_size)))

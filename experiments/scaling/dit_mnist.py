@@ -9,8 +9,9 @@ Patch-4 DiTs (49 tokens) from 32 wide x 2 deep to 160 x 5 (0.05M to 2.4M paramet
 compute budgets (1e12, 3e12, 1e13 FLOPs: IsoFLOP groups), and patch-7 DiTs (16 tokens; up to
 192 x 5, 3.5M) at 3e12, for FID against forward GFLOPs across width, depth and patch size.
 Training FLOPs per step are XLA's count of the lowered step (the stack unrolled so that every
-layer is counted); steps = budget / FLOPs per step, kept between 150 and 4,000 (32 epochs: 8,000
-images cannot give a large model fresh data, so the largest budgets repeat images).
+layer is counted); steps = budget / FLOPs per step, kept between 150 and 8,000 (64 epochs).
+8,000 images cannot give even these models fresh data: every budget repeats images, and the
+compute-optimal sizes are small ones trained for many epochs.
 The diffusion is dit_mnist_cpu.py's: cosine schedule, T = 1000, v-prediction, min-SNR-5
 weighting, class-conditional with 10% label dropout; Adam at 1e-3 for every size, warm-up
 min(200, steps/10), cosine decay to 10% over each run's own length; EMA decay 1 - 10/steps (at
@@ -31,7 +32,7 @@ from dul_jax.scaling.sweep import SweepRun, measure_overrides
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFIER = os.environ.get('DUL_JAX_FID_CLASSIFIER', 'runs/fid_classifier_mnist_test')
 BUDGETS = (1e12, 3e12, 1e13)
-MIN_STEPS, MAX_STEPS = 150, 4000
+MIN_STEPS, MAX_STEPS = 150, 8000
 SHAPES = {  # name: (patch, width, depth, heads); patch 4: the IsoFLOP groups
     'p4_d32_L2': (4, 32, 2, 2),
     'p4_d48_L2': (4, 48, 2, 4),

@@ -5,9 +5,9 @@ reproducible on a 2-core CPU:
 
 mae_mnist.py's MAE (patch 4: 49 patches, 75% masked, pixel targets) with the encoder's width and
 depth swept (32-192 wide, 2-6 deep: 0.02M to 2.7M parameters) and the decoder fixed (64 wide, 2
-deep), at three compute budgets (IsoFLOP groups). Training FLOPs per step are XLA's count of the
+deep), at three compute budgets (4e11, 1.2e12, 3.6e12 FLOPs: IsoFLOP groups). Training FLOPs per step are XLA's count of the
 lowered step (both stacks unrolled so that every layer is counted); steps = budget / FLOPs per
-step, kept between 150 and 4,000 (32 epochs of the 8,000 images). AdamW at 1e-3 for every size
+step, kept between 120 and 4,000 (32 epochs of the 8,000 images). AdamW at 1e-3 for every size
 (weight decay 0.05, b2 0.95), warm-up min(100, steps/10), cosine decay to 10% over each run.
 Every run is scored on the same things:
   loss    the masked-patch MSE on all 2,000 test images, with fixed masks;
@@ -23,8 +23,8 @@ from dul_jax.config import load_config
 from dul_jax.scaling.sweep import SweepRun, measure_overrides
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUDGETS = (5e11, 1.5e12, 4.5e12)
-MIN_STEPS, MAX_STEPS = 150, 4000
+BUDGETS = (4e11, 1.2e12, 3.6e12)
+MIN_STEPS, MAX_STEPS = 120, 4000
 SHAPES = {  # name: (width, depth, heads)
     'd32_L2': (32, 2, 4),
     'd48_L2': (48, 2, 4),
@@ -66,7 +66,7 @@ def get_sweep():
             if not MIN_STEPS <= steps <= MAX_STEPS:
                 continue
             overrides.update({'train.steps': steps, 'optim.warmup_steps': min(100, steps // 10)})
-            run = f'C{budget:.0e}_{name}'.replace('+', '')
+            run = f'C{budget:.2g}_{name}'.replace('+', '')
             runs.append(SweepRun(run, overrides, budget))
             if run in SEED_REPEATS:
                 runs.append(SweepRun(run + '_seed1', {**overrides, 'seed': 1}, budget))

@@ -6,8 +6,9 @@ reproducible on a 2-core CPU:
 mae_mnist.py's MAE (patch 4: 49 patches, 75% masked, pixel targets) with the encoder's width and
 depth swept (32-192 wide, 2-6 deep) and the decoder fixed (64 wide, 2 deep; N from 0.13M to
 2.8M with it), at three compute budgets (4e11, 1.2e12, 3.6e12 FLOPs: IsoFLOP groups). Training
-FLOPs per step are XLA's count of the lowered step (both stacks unrolled so that every layer is counted); steps = budget / FLOPs per
-step, kept between 120 and 4,000 (32 epochs of the 8,000 images). AdamW at 1e-3 for every size
+FLOPs per step are XLA's count of the lowered step (both stacks unrolled so that every layer is
+counted); steps = budget / FLOPs per step, kept between 120 and 4,000 (32 epochs of the 8,000
+images). AdamW at 1e-3 for every size
 (weight decay 0.05, b2 0.95), warm-up min(100, steps/10), cosine decay to 10% over each run.
 Every run is scored on the same things:
   loss    the masked-patch MSE on all 2,000 test images, with fixed masks;

@@ -46,8 +46,9 @@ SHAPES = {  # name: (patch, width, depth, heads); patch 4: the IsoFLOP groups
 # of that budget, equal compute spent on more parameters and fewer tokens.
 PATCH7 = {'p7_d64_L3': (7, 64, 3, 4), 'p7_d128_L4': (7, 128, 4, 4), 'p7_d192_L5': (7, 192, 5, 4)}
 PATCH7_BUDGET = 3e12
-# Second seeds of the frontier runs (the lowest loss of each budget in the first pass).
-SEED_REPEATS = ()
+# Second seeds of the frontier runs: the lowest loss of each budget when the first 14 runs were
+# done (d32 at 3e12 and d48 at 1e13, added when the step cap rose to 8,000, came after).
+SEED_REPEATS = ('C1e12_p4_d48_L2', 'C3e12_p4_d48_L2', 'C1e13_p4_d64_L3')
 
 # the report's loss units; the LLM literature columns do not apply
 REPORT = {'units': 'v-MSE (min-SNR-5 weighted)', 'literature': False}

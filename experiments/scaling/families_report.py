@@ -44,7 +44,8 @@ class Family:
 FAMILIES = (
     Family('AR bytes', 'GPT on Python source bytes (python_source.py)', 'scaling_python_source',
            'nats/byte', {'alpha_N': '0.076 (Kaplan 2020, pure)', 'alpha_C': '0.050 (Kaplan 2020, '
-                         'pure)', 'a': '0.73 (Kaplan 2020); 0.50 (Hoffmann 2022)'}),
+                         'pure)', 'a': '0.73 (Kaplan 2020); 0.50 (Hoffmann 2022)',
+                         'L(N, D)': 'alpha 0.34, beta 0.28 (Hoffmann 2022)'}),
     Family('iGPT', 'iGPT on 8x8 digits, one data budget (igpt_digits.py)',
            'scaling_igpt_digits', 'nats/pixel', {'a': '~0.7 (Henighan 2020, all domains)'}),
     Family('DiT', 'diffusion transformer on MNIST (dit_mnist.py)', 'scaling_dit_mnist',
@@ -53,7 +54,8 @@ FAMILIES = (
            'masked-patch MSE', {}, examples=8000),
 )
 QUANTITIES = (('alpha_N', 'L(N) = A N^-alpha'), ('alpha_C', 'L(C) = A C^-alpha'),
-              ('a', 'IsoFLOP N_opt ~ C^a'))
+              ('a', 'IsoFLOP N_opt ~ C^a'), ('joint_alpha', 'L(N, D): alpha'),
+              ('joint_beta', 'L(N, D): beta'))
 
 
 def _estimate(b, name='alpha'):
@@ -77,6 +79,8 @@ def family_summary(family, results, n_boot):
         'alpha_C': _estimate(fits['L(C)'].get('pure_power_law')),
         'alpha_C_E': _estimate(fits['L(C)'].get('power_law')),
         'a': _estimate(fits['isoflop'], 'a'),
+        'joint_alpha': _estimate(fits['chinchilla'], 'alpha'),
+        'joint_beta': _estimate(fits['chinchilla'], 'beta'),
         'holdout': None if isinstance(h, str) or h is None else h,
         'holdout_why': h if isinstance(h, str) else '',
         'seed_spread': (float(np.mean(spreads)), len(spreads)) if spreads else None,
@@ -131,8 +135,9 @@ def _save(fig, path):
 
 def plot_exponents(summaries, path):
     literature = {('AR bytes', 'alpha_N'): [0.076], ('AR bytes', 'alpha_C'): [0.050],
-                  ('AR bytes', 'a'): [0.73, 0.50], ('iGPT', 'a'): [0.7], ('DiT', 'a'): [0.568]}
-    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(13, 3.6), sharey=True)
+                  ('AR bytes', 'a'): [0.73, 0.50], ('iGPT', 'a'): [0.7], ('DiT', 'a'): [0.568],
+                  ('AR bytes', 'joint_alpha'): [0.34], ('AR bytes', 'joint_beta'): [0.28]}
+    fig, axes = plt.subplots(1, len(QUANTITIES), figsize=(18, 3.6), sharey=True)
     names = [f.name for f, _ in summaries]
     for ax, (key, title) in zip(axes, QUANTITIES):
         for y, (family, s) in enumerate(summaries):
@@ -274,8 +279,11 @@ def main(argv=None):
         return 1
     plot_exponents(summaries, os.path.join(args.out, 'exponents.png'))
     intro = ('Each row is one `dul-jax sweep` fitted by the same code: pure power laws in N and '
-             'C (the forms Kaplan et al. reported), the IsoFLOP exponent (Hoffmann et al. '
-             'Approach 2) where the sweep has IsoFLOP groups, 95% bootstrap percentile '
+             'C (the forms Kaplan et al. reported; L(N) through the best-trained run of each '
+             'size, which an IsoFLOP sweep trains to different lengths, so there the joint law '
+             'is the one to read), the IsoFLOP exponent (Hoffmann et al. Approach 2) and the '
+             'joint L(N, D) = E + A/N^alpha + B/D^beta (Approach 3) where the sweep has IsoFLOP '
+             'groups, 95% bootstrap percentile '
              f'intervals over {args.n_boot} resamples of the runs, convergence, and the error '
              'of predicting the largest run from the rest. Losses are in each family\'s units, '
              'so exponents compare across rows, the losses themselves do not. Seed spread: the '

@@ -124,6 +124,29 @@ def measure_overrides(base, overrides: dict) -> dict:
     return measure(run_config(base, SweepRun('probe', overrides)), 1)
 
 
+def isoflop_runs(base, budgets, shapes: dict, steps_range: tuple[int, int], schedule,
+                 seed_repeats=(), name_format: str = 'C{budget:.0e}_{shape}',
+                 group: bool = True) -> list[SweepRun]:
+    """IsoFLOP groups: for each budget and shape (name -> overrides), a run of budget / (FLOPs
+    per step) steps where that lies in steps_range, plus `schedule(steps, size)`'s overrides
+    (size: `measure_overrides`'s dict), named by name_format ('+' dropped); a second run with
+    seed 1 for names in seed_repeats. group=False keeps the runs out of the IsoFLOP groups."""
+    runs = []
+    for budget in budgets:
+        for shape, shape_overrides in shapes.items():
+            size = measure_overrides(base, shape_overrides)
+            steps = round(budget / size['C'])
+            if not steps_range[0] <= steps <= steps_range[1]:
+                continue
+            overrides = {**shape_overrides, 'train.steps': steps, **schedule(steps, size)}
+            name = name_format.format(budget=budget, shape=shape).replace('+', '')
+            label = budget if group else None
+            runs.append(SweepRun(name, overrides, label))
+            if name in seed_repeats:
+                runs.append(SweepRun(name + '_seed1', {**overrides, 'seed': 1}, label))
+    return runs
+
+
 def kaplan_learning_rate(non_embedding_params: int) -> float:
     """Kaplan et al. 2020, eq. D.1: the learning rate that fitted their runs of N parameters."""
     return 0.003239 - 0.0001395 * math.log(non_embedding_params)

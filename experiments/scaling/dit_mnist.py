@@ -27,7 +27,7 @@ Every run is scored with its EMA params on the same things:
 import os
 
 from dul_jax.config import load_config
-from dul_jax.scaling.sweep import SweepRun, measure_overrides
+from dul_jax.scaling.sweep import isoflop_runs
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFIER = os.environ.get('DUL_JAX_FID_CLASSIFIER', 'runs/fid_classifier_mnist_test')
@@ -71,21 +71,15 @@ def shape_overrides(patch, width, depth, heads):
             'model.num_heads': heads, 'model.mlp_dim': 4 * width}
 
 
+def schedule(steps, size):
+    return {'optim.warmup_steps': min(200, steps // 10),
+            'optim.ema_decay': round(min(0.999, 1 - 10 / steps), 6)}
+
+
 def get_sweep():
     c = base()
-    plan = [(budget, name, shape, budget) for budget in BUDGETS
-            for name, shape in SHAPES.items()]
-    plan += [(PATCH7_BUDGET, name, shape, None) for name, shape in PATCH7.items()]
-    runs = []
-    for budget, name, shape, group in plan:
-        overrides = shape_overrides(*shape)
-        steps = round(budget / measure_overrides(c, overrides)['C'])
-        if not MIN_STEPS <= steps <= MAX_STEPS:
-            continue
-        overrides.update({'train.steps': steps, 'optim.warmup_steps': min(200, steps // 10),
-                          'optim.ema_decay': round(min(0.999, 1 - 10 / steps), 6)})
-        run = f'C{budget:.0e}_{name}'.replace('+', '')
-        runs.append(SweepRun(run, overrides, group))
-        if run in SEED_REPEATS:
-            runs.append(SweepRun(run + '_seed1', {**overrides, 'seed': 1}, group))
-    return c, runs
+    steps_range = (MIN_STEPS, MAX_STEPS)
+    patch4 = {name: shape_overrides(*shape) for name, shape in SHAPES.items()}
+    patch7 = {name: shape_overrides(*shape) for name, shape in PATCH7.items()}
+    return c, (isoflop_runs(c, BUDGETS, patch4, steps_range, schedule, SEED_REPEATS)
+               + isoflop_runs(c, (PATCH7_BUDGET,), patch7, steps_range, schedule, group=False))

@@ -21,7 +21,7 @@ share (0.1M) makes the small end flatter than the encoder alone would.
 import os
 
 from dul_jax.config import load_config
-from dul_jax.scaling.sweep import SweepRun, measure_overrides
+from dul_jax.scaling.sweep import isoflop_runs
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = (4e11, 1.2e12, 3.6e12)
@@ -59,16 +59,7 @@ def shape_overrides(width, depth, heads):
 
 def get_sweep():
     c = base()
-    runs = []
-    for budget in BUDGETS:
-        for name, shape in SHAPES.items():
-            overrides = shape_overrides(*shape)
-            steps = round(budget / measure_overrides(c, overrides)['C'])
-            if not MIN_STEPS <= steps <= MAX_STEPS:
-                continue
-            overrides.update({'train.steps': steps, 'optim.warmup_steps': min(100, steps // 10)})
-            run = f'C{budget:.2g}_{name}'.replace('+', '')
-            runs.append(SweepRun(run, overrides, budget))
-            if run in SEED_REPEATS:
-                runs.append(SweepRun(run + '_seed1', {**overrides, 'seed': 1}, budget))
-    return c, runs
+    shapes = {name: shape_overrides(*shape) for name, shape in SHAPES.items()}
+    return c, isoflop_runs(c, BUDGETS, shapes, (MIN_STEPS, MAX_STEPS),
+                           lambda steps, size: {'optim.warmup_steps': min(100, steps // 10)},
+                           SEED_REPEATS, name_format='C{budget:.2g}_{shape}')

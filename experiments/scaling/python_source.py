@@ -14,7 +14,7 @@ Every run is evaluated on the same first 1,024 validation windows (131k bytes).
 """
 
 from dul_jax.config import base_config
-from dul_jax.scaling.sweep import SweepRun, kaplan_learning_rate, measure_overrides
+from dul_jax.scaling.sweep import isoflop_runs, kaplan_learning_rate
 from dul_jax.tasks.autoregressive import default_model_config
 
 SEQ_LEN, BATCH = 128, 16
@@ -60,16 +60,10 @@ def shape_overrides(layers, width, heads):
 
 def get_sweep():
     c = base()
-    runs = []
-    for budget in BUDGETS:
-        for name, shape in SHAPES.items():
-            overrides = shape_overrides(*shape)
-            size = measure_overrides(c, overrides)
-            steps = round(budget / size['C'])
-            if not MIN_STEPS <= steps <= TRAIN_BYTES // (SEQ_LEN * BATCH):
-                continue
-            overrides.update({'train.steps': steps,
-                              'optim.lr': round(kaplan_learning_rate(size['N']), 6),
-                              'optim.warmup_steps': min(200, steps // 10)})
-            runs.append(SweepRun(f'C{budget:.0e}_{name}'.replace('+', ''), overrides, budget))
-    return c, runs
+    shapes = {name: shape_overrides(*shape) for name, shape in SHAPES.items()}
+
+    def schedule(steps, size):
+        return {'optim.lr': round(kaplan_learning_rate(size['N']), 6),
+                'optim.warmup_steps': min(200, steps // 10)}
+    max_steps = TRAIN_BYTES // (SEQ_LEN * BATCH)   # one epoch: no run repeats data
+    return c, isoflop_runs(c, BUDGETS, shapes, (MIN_STEPS, max_steps), schedule)

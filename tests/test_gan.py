@@ -186,6 +186,12 @@ def test_a_step_on_a_2x2x2_mesh_matches_one_device():
             start = jax.device_get(setup.init_state(0).params)
             state, metrics = setup.train_step()(setup.init_state(0), setup.put_batch(batch))
             update = jax.tree.map(lambda a, b: a - b, jax.device_get(state.params), start)
+            # the EMA follows the generator alone: 0.9 start + 0.1 new
+            assert set(state.ema_params) == {'generator'}
+            ema = jax.tree.map(lambda s, p: 0.9 * s + 0.1 * p, start['generator'],
+                               jax.device_get(state.params['generator']))
+            for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(ema)):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
             out.append(jax.device_get((update, state.model_state, metrics)))
     (update, model_state, metrics), (update_1, model_state_1, metrics_1) = out[1], out[0]
     for key in metrics_1:
@@ -197,6 +203,18 @@ def test_a_step_on_a_2x2x2_mesh_matches_one_device():
     # flip single weights; the whole update agrees
     difference = optax.global_norm(jax.tree.map(lambda a, b: a - b, update, update_1))
     assert float(difference) < 0.05 * float(optax.global_norm(update_1))
+
+
+def test_packing_puts_consecutive_examples_side_by_side(tfds_dir):
+    task = prepare(toy_config(**{'model.pack': 2}), devices=jax.devices()[:1]).task
+    points = jnp.arange(8.0).reshape(4, 2)
+    np.testing.assert_array_equal(task._pack(points), [[0, 1, 2, 3], [4, 5, 6, 7]])
+    task = prepare(digits_config(tfds_dir, **{'model.pack': 2}), devices=jax.devices()[:1]).task
+    images = jnp.arange(4 * 2 * 2 * 3.0).reshape(4, 2, 2, 3)
+    packed = task._pack(images)
+    assert packed.shape == (2, 2, 2, 6)
+    np.testing.assert_array_equal(packed[1, 0, 1], jnp.concatenate([images[2, 0, 1],
+                                                                    images[3, 0, 1]]))
 
 
 def test_conv_players_shapes_and_levels(tfds_dir):
@@ -234,6 +252,8 @@ def test_params_shard_on_the_usual_meshes(mesh, tfds_dir):
     ({'model.d_steps': 3}, 'cannot be split into the 3 discriminator updates'),
     ({'optim.groups': {'critic': {'lr': 1.0}}}, 'names no parameter group'),
     ({'optim.groups': {'generator': {'momentum': 0.9}}}, 'is not an optim setting'),
+    ({'model.pack': 3}, 'whole packs of model.pack'),
+    ({'model.pack': 2, 'model.class_conditional': True}, 'packs examples of different classes'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
     cfg = digits_config(tfds_dir)
@@ -249,10 +269,11 @@ def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir)
 
 # ---- a tiny run on the 2-D toy ---------------------------------------------------------------
 
-def test_tiny_wgan_gp_run_resumes_bit_identically(tmp_path):
+def test_tiny_packed_wgan_gp_run_resumes_bit_identically(tmp_path):
     cfg = toy_config(**{
         'model.loss': 'wasserstein', 'model.gradient_penalty': 10.0, 'model.r1': 1.0,
-        'model.spectral_norm': True, 'model.d_steps': 2, 'train.ckpt_every': 10,
+        'model.spectral_norm': True, 'model.d_steps': 2, 'model.pack': 2,
+        'train.ckpt_every': 10,
         'optim.ema_decay': 0.9, 'eval.modes.num': 500, 'sample.num': 200})
     final = loop.train(cfg, str(tmp_path))
     assert set(final) == {'modes', 'high_quality'} and 0 <= final['high_quality'] <= 1
@@ -269,3 +290,6 @@ def test_tiny_wgan_gp_run_resumes_bit_identically(tmp_path):
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(a, b)
     assert jax.tree.leaves(whole.model_state)   # the spectral-norm vectors were checkpointed
+    assert set(whole.ema_params) == {'generator'}   # the discriminator is not averaged
+    # packs of 2 points: the discriminator's first layer takes 4 inputs
+    assert whole.params['discriminator']['dense_0']['kernel'].shape[0] == 4

@@ -134,6 +134,10 @@ class Task:
         (optim.groups.GROUP overrides optim.*); () trains all params with one optimizer."""
         return ()
 
+    def ema_groups(self) -> tuple[str, ...] | None:
+        """The top-level param groups an EMA (optim.ema_decay) follows; None: all params."""
+        return None
+
     def init_model_state(self, rng: jax.Array, batch: Batch) -> Any:
         """Variables the forward pass updates rather than the optimizer (spectral norm's
         power-iteration vectors), kept in TrainState.model_state and checkpointed with it."""
@@ -142,6 +146,11 @@ class Task:
     def after_update(self, params, model_state, step: jax.Array) -> Any:
         """The model state after each optimizer update, from the updated params and the step
         before it (BYOL's target network: an EMA of the online network's new params)."""
+        raise NotImplementedError
+
+    def assign_params(self, params, model_state) -> Any:
+        """Params after each update with those the task sets itself, from its new model state
+        (the VQ-VAE's EMA codebook): the optimizer's step on them is overwritten."""
         raise NotImplementedError
 
     def validate(self) -> None:

@@ -37,6 +37,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.gradient_penalty = 0.0       # WGAN-GP's lambda (10 in the paper); 0 = off
     m.r1 = 0.0                     # R1's gamma (the penalty is gamma / 2 E||grad||^2); 0 = off
     m.d_steps = 1                  # discriminator updates per generator update
+    m.pack = 1                     # PacGAN: the discriminator judges groups of this many examples
     m.z_dim = 64
     m.g_channels = 64              # conv: the generator's width (its first map has 2x)
     m.d_channels = 64              # conv: the discriminator's first width (then 2x, 4x)
@@ -71,8 +72,15 @@ class GANTask(Task):
             check(spec.kind == 'points', f'model.arch="mlp" generates points, but "{spec.name}" '
                   f'is {spec.kind}; set --config.data.name to a toy set such as toy:grid25, or '
                   '--config.model.arch=conv for images.')
-        check(m.d_steps >= 1 and m.z_dim >= 1, f'model.d_steps and model.z_dim must be >= 1, '
-              f'got {m.d_steps} and {m.z_dim}.')
+        check(m.d_steps >= 1 and m.z_dim >= 1 and m.pack >= 1, f'model.d_steps, model.z_dim '
+              f'and model.pack must be >= 1, got {m.d_steps}, {m.z_dim} and {m.pack}.')
+        check(m.pack == 1 or not self.conditional, 'model.pack > 1 packs examples of different '
+              'classes together, which a projection discriminator cannot judge; set '
+              '--config.model.pack=1 or --config.model.class_conditional=False.')
+        batch = self.cfg.train.batch_size
+        check(m.pack == 1 or batch % (m.d_steps * m.pack) == 0,
+              f'train.batch_size ({batch}) must split into model.d_steps ({m.d_steps}) '
+              f'discriminator batches of whole packs of model.pack ({m.pack}) examples.')
         check(m.gradient_penalty >= 0 and m.r1 >= 0, 'model.gradient_penalty and model.r1 must '
               f'be >= 0, got {m.gradient_penalty} and {m.r1}.')
         check(m.loss != 'wasserstein' or m.gradient_penalty > 0 or m.spectral_norm,
@@ -96,6 +104,10 @@ class GANTask(Task):
     def phases(self):
         return (Phase('discriminator', self.cfg.model.d_steps), Phase('generator'))
 
+    def ema_groups(self):
+        """Only the generator is averaged (it alone samples); the discriminator trains on."""
+        return ('generator',)
+
     def example_size(self):
         return int(np.prod(self.spec.shape))
 
@@ -117,8 +129,18 @@ class GANTask(Task):
         z = jax.random.normal(rng, (num, self.cfg.model.z_dim))
         return self.generator.apply({'params': params['generator']}, z, labels)
 
+    def _pack(self, x):
+        """PacGAN (Lin et al. 2018): examples i*m .. i*m+m-1 side by side on the last axis
+        (a point's coordinates, an image's channels), so the discriminator sees B/m packs."""
+        m = self.cfg.model.pack
+        if m == 1:
+            return x
+        x = x.reshape((x.shape[0] // m, m) + x.shape[1:])
+        return jnp.moveaxis(x, 1, -2).reshape(x.shape[:1] + x.shape[2:-1] + (-1,))
+
     def _discriminate(self, params, model_state, x, labels, update=False):
-        """(logits, new model state); the spectral norm's vectors advance only with `update`."""
+        """(logits, new model state) of packed examples `x` (see _pack); the spectral norm's
+        vectors advance only with `update`."""
         variables = {'params': params['discriminator']}
         if not self.cfg.model.spectral_norm:
             return self.discriminator.apply(variables, x, labels), model_state
@@ -137,7 +159,8 @@ class GANTask(Task):
                 'discriminator': self._init_discriminator(d_rng, x, labels)['params']}
 
     def _init_discriminator(self, rng, x, labels):
-        return self.discriminator.init(jax.random.fold_in(rng, 1), x, labels)
+        x = jnp.concatenate([x] * self.cfg.model.pack)   # a batch of one still makes a pack
+        return self.discriminator.init(jax.random.fold_in(rng, 1), self._pack(x), labels)
 
     def init_model_state(self, rng, batch):
         """The discriminator's spectral-norm vectors u ({} without spectral norm)."""
@@ -159,10 +182,11 @@ class GANTask(Task):
         z_rng, gp_rng = jax.random.split(rng)
         fake = jax.lax.stop_gradient(self.generate(params, z_rng, num, labels))
         both_labels = None if labels is None else jnp.concatenate([labels, labels])
+        real, fake = self._pack(real), self._pack(fake)   # the penalties see packs too
         logits, model_state = self._discriminate(params, model_state,
                                                  jnp.concatenate([real, fake]), both_labels,
                                                  update=True)
-        d_real, d_fake = logits[:num], logits[num:]
+        d_real, d_fake = logits[:len(real)], logits[len(real):]
         loss = gan_losses.discriminator_loss(m.loss, d_real, d_fake)
         metrics = {'d_real': jnp.mean(d_real), 'd_fake': jnp.mean(d_fake)}
 
@@ -182,7 +206,7 @@ class GANTask(Task):
         z_rng, y_rng = jax.random.split(rng)
         labels = self._random_labels(y_rng, num)
         fake = self.generate(params, z_rng, num, labels)
-        logits, _ = self._discriminate(params, model_state, fake, labels)
+        logits, _ = self._discriminate(params, model_state, self._pack(fake), labels)
         loss = gan_losses.generator_loss(self.cfg.model.loss, logits)
         return loss, ({'loss': loss, 'd_fake': jnp.mean(logits)}, model_state)
 

@@ -94,7 +94,8 @@ class Setup:
                 self.task.data_init, out_shardings=self.state_shardings.params)
             params = init(state.params, self.put_batch(host_batch), rng)
         # the EMA copy needs buffers of its own: the train step donates both
-        ema = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+        ema = None if state.ema_params is None else \
+            jax.tree.map(jnp.copy, {k: params[k] for k in state.ema_params})
         return state.replace(params=params, ema_params=ema)
 
     def to_step_form(self, state: TrainState) -> TrainState:
@@ -229,5 +230,6 @@ def _init_boxed(task, tx, cfg, rng) -> TrainState:
     params = task.init(param_rng, batch)
     model_state = task.init_model_state(param_rng, batch) \
         if implements(task, 'init_model_state') else None
-    return create_state(params, tx, state_rng, cfg.optim.ema_decay, model_state)
+    return create_state(params, tx, state_rng, cfg.optim.ema_decay, model_state,
+                        task.ema_groups())
 

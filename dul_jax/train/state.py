@@ -16,7 +16,7 @@ class TrainState:
     step: jax.Array        # int32 scalar: optimizer steps taken
     params: Any            # float32
     opt_state: Any
-    ema_params: Any        # None unless optim.ema_decay > 0
+    ema_params: Any        # None unless optim.ema_decay > 0; the task's ema_groups only
     rng: jax.Array         # raw uint32 key data (checkpoints hold plain arrays); see step_rng
     # Variables the forward pass updates, not the optimizer (spectral norm's power-iteration
     # vectors); None unless the task implements init_model_state.
@@ -28,15 +28,21 @@ def step_rng(state: TrainState) -> jax.Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
+def averaged(params, groups: tuple[str, ...] | None):
+    """The params an EMA follows: all of them (groups None), or those top-level groups."""
+    return params if groups is None else {g: params[g] for g in groups}
+
+
 def create_state(params, tx, rng_seed_key: jax.Array, ema_decay: float,
-                 model_state=None) -> TrainState:
+                 model_state=None, ema_groups: tuple[str, ...] | None = None) -> TrainState:
     """The state at step 0: `params`, the initial optimizer state (of each group's transform
-    where `tx` is a dict of them), an EMA copy of the params if ema_decay > 0, the raw data of
-    `rng_seed_key` (a typed key) as the run's key, and `model_state`."""
+    where `tx` is a dict of them), an EMA copy of the params (or of the `ema_groups`) if
+    ema_decay > 0, the raw data of `rng_seed_key` (a typed key) as the run's key, and
+    `model_state`."""
     opt_state = {g: t.init(params[g]) for g, t in tx.items()} if isinstance(tx, dict) \
         else tx.init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      ema_params=params if ema_decay > 0 else None,
+                      ema_params=averaged(params, ema_groups) if ema_decay > 0 else None,
                       rng=jax.random.key_data(rng_seed_key), model_state=model_state)
 
 
@@ -81,6 +87,8 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
     phases = task.phases()
     stateful = implements(task, 'init_model_state')
     follows_update = implements(task, 'after_update')
+    assigns = implements(task, 'assign_params')
+    ema_groups = task.ema_groups()
 
     def update(state: TrainState, batch, rng, group: str | None):
         """One optimizer update on `batch` of `group`'s params (None: all of them)."""
@@ -110,6 +118,8 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
             opt_state = {**state.opt_state, group: opt_state}
         if follows_update:
             model_state = task.after_update(params, model_state, state.step)
+        if assigns:
+            params = task.assign_params(params, model_state)
         state = state.replace(params=params, opt_state=opt_state,
                               model_state=model_state if stateful else state.model_state)
         return state, dict(metrics, grad_norm=optax.global_norm(grads))
@@ -143,15 +153,21 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
         ema = new_state.ema_params
         if ema is not None:
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema,
-                               new_state.params)
+                               averaged(new_state.params, ema_groups))
         return new_state.replace(step=state.step + 1, ema_params=ema), metrics
 
     return train_step
 
 
 def eval_params(state: TrainState):
-    """EMA params where the run keeps them (they sample and evaluate better), else the params."""
-    return state.ema_params if state.ema_params is not None else state.params
+    """EMA params where the run keeps them (they sample and evaluate better), else the params;
+    where the EMA follows some groups only (a GAN's generator), the others as they are."""
+    return with_ema(state.params, state.ema_params)
+
+
+def with_ema(params, ema):
+    """`params` with the groups `ema` holds replaced by it (all of them, or some)."""
+    return params if ema is None else {**params, **ema}
 
 
 def eval_key(seed: int, batch_index: int) -> jax.Array:

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 
 from dul_jax import storage
 from dul_jax.errors import UserError
+from dul_jax.train.state import with_ema
 
 
 def _checkpoint_folder(source: str):
@@ -45,7 +46,7 @@ def source_params(source: str) -> dict[str, np.ndarray]:
     except Exception as e:  # orbax raises many types for unreadable files
         raise UserError(f'init_from checkpoint {folder} could not be read ({type(e).__name__}); '
                         'set --config.init_from to an intact run.') from e
-    params = saved.get('ema_params') or saved['params']
+    params = with_ema(saved['params'], saved.get('ema_params'))
     return {name: np.asarray(leaf) for name, leaf in _flat(params).items()}
 
 
@@ -79,7 +80,8 @@ def warm_start(state, source: str, pattern: str = ''):
 
     params = jax.tree_util.tree_map_with_path(replace, state.params)
     # a copy: the train step donates the state, and one buffer cannot be donated twice
-    ema = jax.tree.map(lambda x: x.copy(), params) if state.ema_params is not None else None
+    ema = None if state.ema_params is None else \
+        jax.tree.map(lambda x: x.copy(), {k: params[k] for k in state.ema_params})
     model_state = None if state.model_state is None else \
         jax.tree_util.tree_map_with_path(replace, state.model_state)
     return state.replace(params=params, ema_params=ema, model_state=model_state), len(chosen)

@@ -201,6 +201,8 @@ def test_exported_codes_are_the_models_argmin_and_train_the_prior(task_and_param
     ({'model.stages': 0}, 'model.stages (stride-2 stages) must be >= 1'),
     ({'model.code_dim': 0}, 'must be positive'),
     ({'model.beta': -1.0}, 'must be >= 0'),
+    ({'model.codebook_update': 'kmeans'}, 'model.codebook_update must be'),
+    ({'model.restart_threshold': 1.0}, 'needs a value >= 0 and --config.model.codebook_update'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
     with pytest.raises(UserError, match=re.escape(fragment)):
@@ -212,3 +214,60 @@ def test_an_arrays_folder_without_info_is_a_user_error(tmp_path):
     cfg.name = f'arrays:{tmp_path}'
     with pytest.raises(UserError, match='holds no info.json'):
         data.describe(cfg)
+
+
+# ---- the codebook as running averages -------------------------------------------------------
+
+def test_ema_codebook_is_the_running_mean_of_the_assigned_vectors():
+    rng = np.random.default_rng(3)
+    codebook = rng.normal(size=(4, 3)).astype(np.float32)
+    stats = vq.ema_init(jnp.asarray(codebook))
+    np.testing.assert_allclose(vq.ema_codebook(stats, 0.0), codebook, rtol=1e-6)
+    size, total = np.ones(4), codebook.astype(np.float64)
+    for _ in range(3):   # codes 0 and 1 take every vector, 2 and 3 none
+        z = rng.normal(size=(2, 5, 3)).astype(np.float32)
+        indices = rng.integers(0, 2, size=(2, 5))
+        stats = vq.ema_update(stats, jnp.asarray(z), jnp.asarray(indices), 0.9)
+        for k in range(4):
+            chosen = z[indices == k]
+            size[k] = 0.9 * size[k] + 0.1 * len(chosen)
+            total[k] = 0.9 * total[k] + 0.1 * chosen.sum(0)
+    np.testing.assert_allclose(stats['cluster_size'], size, rtol=1e-5)
+    np.testing.assert_allclose(stats['embed_sum'], total, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vq.ema_codebook(stats, 0.0), total / size[:, None], rtol=1e-5)
+    # a code no one picks keeps its place (count and sum decay together); Laplace smoothing
+    # changes the division by at most (n + K eps) / n
+    np.testing.assert_allclose(vq.ema_codebook(stats)[2:], codebook[2:], rtol=1e-3)
+    # restarts: codes 2 and 3 counted 0.729 < 1 times per step move onto vectors of the batch
+    z = rng.normal(size=(6, 3)).astype(np.float32)
+    moved, count = vq.restart_dead_codes(stats, jnp.asarray(z), jax.random.key(0), 1.0)
+    assert int(count) == 2
+    np.testing.assert_allclose(moved['cluster_size'], [size[0], size[1], 1.0, 1.0], rtol=1e-6)
+    for k in (2, 3):
+        assert any(np.allclose(moved['embed_sum'][k], row) for row in z)
+    np.testing.assert_array_equal(moved['embed_sum'][:2], stats['embed_sum'][:2])
+
+
+def test_an_ema_step_sets_the_codebook_from_the_averages_and_restarts_dead_codes(tfds_dir):
+    cfg = tiny_config(tfds_dir, **{'model.codebook_update': 'ema',
+                                   'model.restart_threshold': 1.0, 'model.ema_decay': 0.5})
+    setup = prepare(cfg, devices=jax.devices()[:1])
+    batch = next(data.train_iterator(cfg.data, cfg.train.batch_size, seed=0))
+    with setup.context():
+        state = setup.init_state(0)
+        start = jax.device_get(state.params['codebook'])
+        np.testing.assert_allclose(vq.ema_codebook(state.model_state, 0.0), start, rtol=1e-6)
+        z_e, _ = setup.task._encode(state.params, jnp.asarray(batch['image']))
+        new, metrics = setup.train_step()(state, setup.put_batch(batch))   # donates state
+    z = np.asarray(z_e).reshape(-1, 8)
+    codes = vq.nearest_codes(jnp.asarray(z), jnp.asarray(start))
+    used = np.bincount(np.asarray(codes), minlength=16)
+    # codes assigned 0 times average 0.5 < 1 per step: every one of them restarts
+    assert int(metrics['restarted']) == (used == 0).sum() > 0
+    np.testing.assert_allclose(new.params['codebook'], vq.ema_codebook(new.model_state),
+                               rtol=1e-6)
+    for k in np.flatnonzero(used):   # the others are the mean of old place and assigned vectors
+        want = (0.5 * start[k] + 0.5 * z[codes == k].sum(0)) / (0.5 + 0.5 * used[k])
+        np.testing.assert_allclose(new.params['codebook'][k], want, rtol=1e-3, atol=1e-4)
+    for k in np.flatnonzero(used == 0):
+        assert np.abs(z - np.asarray(new.params['codebook'][k])).max(-1).min() < 1e-3

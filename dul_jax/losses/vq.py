@@ -70,3 +70,46 @@ def perplexity(frequencies: jax.Array) -> jax.Array:
     p = frequencies.astype(jnp.float32)
     entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0))
     return jnp.exp(entropy)
+
+
+# ---- the codebook as running averages (VQ-VAE paper, appendix A.1; Sonnet's VectorQuantizerEMA)
+
+def ema_init(codebook: jax.Array) -> dict:
+    """Running averages whose ratio is `codebook`: every code counted once at its place. (Sonnet
+    debiases averages that start at zero instead, which moves a code no one picks to 0.)"""
+    return {'cluster_size': jnp.ones(codebook.shape[:1], jnp.float32),
+            'embed_sum': codebook.astype(jnp.float32)}
+
+
+def ema_update(stats: dict, z_e: jax.Array, indices: jax.Array, decay: float) -> dict:
+    """One step of N_k <- decay N_k + (1 - decay) n_k and m_k <- decay m_k + (1 - decay) sum of
+    the z_e assigned to code k, over every vector of the batch (z_e (..., D), indices (...))."""
+    num_codes = stats['cluster_size'].shape[0]
+    one_hot = jax.nn.one_hot(indices.reshape(-1), num_codes, dtype=jnp.float32)
+    z = jax.lax.stop_gradient(z_e).reshape(-1, z_e.shape[-1]).astype(jnp.float32)
+    mix = lambda old, new: decay * old + (1.0 - decay) * new
+    return {'cluster_size': mix(stats['cluster_size'], one_hot.sum(0)),
+            'embed_sum': mix(stats['embed_sum'], one_hot.T @ z)}
+
+
+def ema_codebook(stats: dict, epsilon: float = 1e-5) -> jax.Array:
+    """e_k = m_k / N_k, with N_k Laplace-smoothed (N_k + eps) / (n + K eps) n so that a code
+    with no assignments never divides by zero (Sonnet's epsilon, 1e-5)."""
+    size = stats['cluster_size']
+    n = size.sum()
+    smoothed = (size + epsilon) / (n + size.shape[0] * epsilon) * n
+    return stats['embed_sum'] / smoothed[:, None]
+
+
+def restart_dead_codes(stats: dict, z_e: jax.Array, rng: jax.Array,
+                       threshold: float) -> tuple[dict, jax.Array]:
+    """Codes whose running count N_k is below `threshold` (assignments per step) move to encoder
+    outputs of this batch drawn at random (Jukebox, Dhariwal et al. 2020) and count once again.
+    Returns the new stats and how many codes moved."""
+    z = jax.lax.stop_gradient(z_e).reshape(-1, z_e.shape[-1]).astype(jnp.float32)
+    size = stats['cluster_size']
+    dead = size < threshold
+    picks = z[jax.random.randint(rng, size.shape, 0, z.shape[0])]
+    return ({'cluster_size': jnp.where(dead, 1.0, size),
+             'embed_sum': jnp.where(dead[:, None], picks, stats['embed_sum'])},
+            dead.sum())

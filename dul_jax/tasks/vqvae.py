@@ -5,9 +5,12 @@ discrete levels (Bernoulli for 2 levels, categorical, or a discretized logistic 
 Training minimises -log p(x | z_q) in nats per dimension, plus the codebook loss
 ||sg(z_e) - e||^2 and the commitment loss beta ||z_e - sg(e)||^2, each averaged over the latent
 grid's elements (as in the paper's code), with the straight-through estimator carrying the
-decoder's gradient to the encoder (losses/vq.py). The codebook is learnt by gradient only: EMA
-updates and dead-code restarts would need non-gradient state in the train step, which the trainer
-does not have.
+decoder's gradient to the encoder (losses/vq.py). The codebook is learnt by that gradient
+(`model.codebook_update = 'gradient'`) or, as in the paper's appendix and Sonnet, set after each
+step from running averages of the encoder outputs each code is assigned (`'ema'`, no codebook
+loss; the averages are the train state's model state). With `'ema'`, `model.restart_threshold`
+moves codes used less than that many times per step (on average) to random encoder outputs of the
+batch (Jukebox's restarts), so that the codebook does not collapse.
 
 Eval reports per example the decoder's -log p(x | z_q) in nats per image and bits/dim (a
 reconstruction cost, not a likelihood of x: that needs a prior over the codes), the MSE of the
@@ -19,6 +22,7 @@ data set (data/arrays.py), on which the `autoregressive` task trains unchanged a
 `images_from_codes` decodes the prior's samples (experiments/vqvae_two_stage.py).
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,6 +38,7 @@ from dul_jax.models.vqvae import VQVAE
 from dul_jax.tasks.base import Task, jit_method
 
 MAX_CODES = 65536   # code grids are exported as uint16 levels at most
+CODEBOOK_UPDATES = ('gradient', 'ema')
 DECODE_CHUNK = 8    # examples whose level probabilities are made at once
 
 
@@ -46,6 +51,9 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.code_dim = 32                # D, the dimension of each code vector
     m.num_codes = 128              # K, the codebook size (the prior's vocabulary)
     m.beta = 0.25                  # weight of the commitment loss (the paper's 0.25)
+    m.codebook_update = 'gradient'  # 'gradient' (codebook loss) or 'ema' (running averages)
+    m.ema_decay = 0.99             # 'ema': the averages' decay (Sonnet's 0.99)
+    m.restart_threshold = 0.0      # 'ema': restart codes used less often per step; 0 = never
     m.likelihood = 'logistic_mixture'  # 'bernoulli' (2 levels), 'categorical', 'logistic_mixture'
     m.mixtures = 5                 # logistic components per pixel value
     m.dtype = 'float32'            # compute dtype; params stay float32
@@ -66,6 +74,12 @@ class VQVAETask(Task):
               'model.code_dim, model.hidden and model.res_channels must be positive.')
         check(m.res_blocks >= 0 and m.beta >= 0, 'model.res_blocks and model.beta must be >= 0.')
         check(m.stages >= 1, f'model.stages (stride-2 stages) must be >= 1, got {m.stages}.')
+        check(m.codebook_update in CODEBOOK_UPDATES, 'model.codebook_update must be "gradient" '
+              f'or "ema", got "{m.codebook_update}".')
+        check(0 < m.ema_decay < 1, f'model.ema_decay must be in (0, 1), got {m.ema_decay}.')
+        check(m.restart_threshold >= 0 and (m.restart_threshold == 0 or self.ema),
+              f'model.restart_threshold={m.restart_threshold} needs a value >= 0 and '
+              '--config.model.codebook_update=ema (restarts reset running averages).')
         h, w, _ = spec.shape
         scale = 2 ** m.stages
         check(m.hidden % scale == 0, f'model.hidden={m.hidden} must be a multiple of '
@@ -90,8 +104,27 @@ class VQVAETask(Task):
         h, w, _ = self.spec.shape
         return h // 2 ** self.cfg.model.stages, w // 2 ** self.cfg.model.stages
 
+    @property
+    def ema(self) -> bool:
+        return self.cfg.model.codebook_update == 'ema'
+
     def init(self, rng, batch):
         return self.model.init(rng, self._unit(batch['image']))['params']
+
+    def init_model_state(self, rng, batch):
+        """The codebook's running averages ({} when it learns by gradient). `rng` is init's, so
+        they start at the codebook param."""
+        if not self.ema:
+            return {}
+        return vq.ema_init(nn.meta.unbox(self.init(rng, batch)['codebook']))
+
+    def assign_params(self, params, model_state):
+        """The codebook param set from the running averages (unchanged when learnt by gradient:
+        the optimizer's step on it is the codebook loss's)."""
+        if not self.ema:
+            return params
+        return {**params, 'codebook': vq.ema_codebook(model_state).astype(
+            params['codebook'].dtype)}
 
     # ---- the model's pieces ---------------------------------------------------------------
 
@@ -133,9 +166,10 @@ class VQVAETask(Task):
 
         return jax.lax.map(one, out, batch_size=DECODE_CHUNK)
 
-    def _forward(self, params, levels):
+    def _forward(self, params, levels, with_z_e=False):
         """Everything one pass computes: the decoder's output at the straight-through z_q, the
-        per-example VQ terms (B,) averaged over latent elements, and the codes (B, h, w)."""
+        per-example VQ terms (B,) averaged over latent elements, the codes (B, h, w), and if
+        asked the encoder's outputs z_e (B, h, w, D)."""
         z_e, codebook = self._encode(params, levels)
         z_q, codes = vq.quantize(z_e, codebook)
         out = self._decode(params, vq.straight_through(z_e, z_q))
@@ -143,20 +177,27 @@ class VQVAETask(Task):
         per_example = lambda t: t.reshape(t.shape[0], -1).mean(-1) / d
         terms = {'codebook': per_example(vq.codebook_loss(z_e, z_q)),
                  'commitment': per_example(vq.commitment_loss(z_e, z_q, self.cfg.model.beta))}
-        return out, terms, codes
+        return (out, terms, codes, z_e) if with_z_e else (out, terms, codes)
 
     # ---- training and eval ----------------------------------------------------------------
 
-    def loss(self, params, batch, rng):
-        levels = batch['image']
-        out, terms, codes = self._forward(params, levels)
+    def loss(self, params, batch, rng, model_state):
+        m, levels = self.cfg.model, batch['image']
+        out, terms, codes, z_e = self._forward(params, levels, with_z_e=True)
         rec = self._nll(out, levels) / self.example_size()     # nats/dim per example
-        loss = (rec + terms['codebook'] + terms['commitment']).mean()
-        usage = vq.perplexity(vq.code_frequencies(codes, self.cfg.model.num_codes))
-        return loss, {'loss': loss, 'reconstruction': rec.mean(),
-                      'bits_per_dim': bits_per_dim(rec.mean(), 1),
-                      'codebook': terms['codebook'].mean(),
-                      'commitment': terms['commitment'].mean(), 'perplexity': usage}
+        # with 'ema' the codebook term is only reported: the averages move the codes
+        loss = (rec + terms['commitment'] + (0.0 if self.ema else terms['codebook'])).mean()
+        usage = vq.perplexity(vq.code_frequencies(codes, m.num_codes))
+        metrics = {'loss': loss, 'reconstruction': rec.mean(),
+                   'bits_per_dim': bits_per_dim(rec.mean(), 1),
+                   'codebook': terms['codebook'].mean(),
+                   'commitment': terms['commitment'].mean(), 'perplexity': usage}
+        if self.ema:
+            model_state = vq.ema_update(model_state, z_e, codes, m.ema_decay)
+            if m.restart_threshold:
+                model_state, metrics['restarted'] = vq.restart_dead_codes(
+                    model_state, z_e, rng, m.restart_threshold)
+        return loss, (metrics, model_state)
 
     def eval_metrics(self, params, batch, rng):
         levels = batch['image']
@@ -169,7 +210,8 @@ class VQVAETask(Task):
         mask = batch.get('mask', jnp.ones(levels.shape[:1], jnp.float32))
         usage = vq.perplexity(vq.code_frequencies(codes, self.cfg.model.num_codes,
                                                   mask[:, None, None]))
-        return {'loss': nll / dims + terms['codebook'] + terms['commitment'],
+        codebook = 0.0 if self.ema else terms['codebook']   # the trained objective
+        return {'loss': nll / dims + codebook + terms['commitment'],
                 'nats_per_image': nll, 'bits_per_dim': bits_per_dim(nll, dims), 'mse': mse,
                 'perplexity': jnp.broadcast_to(usage, nll.shape), **terms}
 

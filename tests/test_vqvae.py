@@ -202,7 +202,7 @@ def test_exported_codes_are_the_models_argmin_and_train_the_prior(task_and_param
     ({'model.code_dim': 0}, 'must be positive'),
     ({'model.beta': -1.0}, 'must be >= 0'),
     ({'model.codebook_update': 'kmeans'}, 'model.codebook_update must be'),
-    ({'model.restart_threshold': 1.0}, 'needs a value >= 0 and --config.model.codebook_update'),
+    ({'model.codebook_update': 'gradient'}, 'needs a value >= 0 and --config.model.codebook'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):
     with pytest.raises(UserError, match=re.escape(fragment)):

@@ -20,6 +20,8 @@ def get_config():
     c.model.res_blocks = 1
     c.model.code_dim = 16
     c.model.num_codes = 32
+    c.model.codebook_update = 'ema'   # running averages, and restarts of unused codes
+    c.model.restart_threshold = 1.0
     c.model.mixtures = 3
     c.optim.lr = 2e-3
     c.optim.warmup_steps = 100

@@ -26,6 +26,8 @@ def get_config():
     c.model.res_blocks = 2
     c.model.code_dim = 32
     c.model.num_codes = 128
+    c.model.codebook_update = 'ema'   # running averages, and restarts of unused codes
+    c.model.restart_threshold = 1.0
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 100
     c.train.steps = 3000

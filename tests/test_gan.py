@@ -205,6 +205,30 @@ def test_a_step_on_a_2x2x2_mesh_matches_one_device():
     assert float(difference) < 0.05 * float(optax.global_norm(update_1))
 
 
+def test_the_pmap_path_keeps_the_replicas_of_both_players_equal():
+    cfg = toy_config(**{'model.d_steps': 2, 'model.pack': 2, 'optim.ema_decay': 0.9,
+                        'parallelism': 'pmap', 'mesh.data': 8})
+    setup = prepare(cfg)
+    batch = {'point': np.random.default_rng(3).normal(size=(32, 2)).astype(np.float32),
+             'label': np.zeros(32, np.int32)}
+    with setup.context():
+        state = setup.to_step_form(setup.init_state(0))
+        start = jax.device_get(state.params)
+        step = setup.train_step()
+        for _ in range(2):   # 4 points a device: 2 discriminator updates on one pack each
+            state, metrics = step(state, setup.put_train_batch(batch))
+        stacked = jax.device_get(state)
+    assert math.isfinite(float(metrics['loss'])) and set(stacked.ema_params) == {'generator'}
+    for tree in (stacked.params, stacked.opt_state, stacked.ema_params, stacked.model_state):
+        for leaf in jax.tree.leaves(tree):   # gradients (and power iterations) averaged
+            assert leaf.shape[0] == 8
+            np.testing.assert_allclose(leaf, np.broadcast_to(leaf[:1], leaf.shape), rtol=1e-6)
+    for group in ('generator', 'discriminator'):
+        moved = [np.abs(a[0] - b[0]).max() for a, b in zip(
+            jax.tree.leaves(stacked.params[group]), jax.tree.leaves(start[group]))]
+        assert max(moved) > 1e-5, group
+
+
 def test_packing_puts_consecutive_examples_side_by_side(tfds_dir):
     task = prepare(toy_config(**{'model.pack': 2}), devices=jax.devices()[:1]).task
     points = jnp.arange(8.0).reshape(4, 2)

@@ -276,7 +276,7 @@ def test_params_shard_on_the_usual_meshes(mesh, tfds_dir):
     ({'model.d_steps': 3}, 'cannot be split into the 3 discriminator updates'),
     ({'optim.groups': {'critic': {'lr': 1.0}}}, 'names no parameter group'),
     ({'optim.groups': {'generator': {'momentum': 0.9}}}, 'is not an optim setting'),
-    ({'model.pack': 3}, 'whole packs of model.pack'),
+    ({'model.pack': 3}, 'batch shards x groups of 3 examples'),
     ({'model.pack': 2, 'model.class_conditional': True}, 'packs examples of different classes'),
 ])
 def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir):

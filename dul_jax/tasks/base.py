@@ -33,9 +33,11 @@ REMAT_CHOICES = ('none', 'full', 'dots')
 @dataclasses.dataclass(frozen=True)
 class Phase:
     """One player's turn in a training step: `repeats` optimizer updates of the params under the
-    top-level key `group`, each on its own 1/repeats of the batch (e.g. a GAN's n critic steps)."""
+    top-level key `group`, each on its own 1/repeats of the batch (e.g. a GAN's n critic steps),
+    whose every batch shard holds whole groups of `unit` examples (PacGAN's packs)."""
     group: str
     repeats: int = 1
+    unit: int = 1
 
 
 def builtin_families() -> list[str]:

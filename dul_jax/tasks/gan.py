@@ -77,10 +77,6 @@ class GANTask(Task):
         check(m.pack == 1 or not self.conditional, 'model.pack > 1 packs examples of different '
               'classes together, which a projection discriminator cannot judge; set '
               '--config.model.pack=1 or --config.model.class_conditional=False.')
-        batch = self.cfg.train.batch_size
-        check(m.pack == 1 or batch % (m.d_steps * m.pack) == 0,
-              f'train.batch_size ({batch}) must split into model.d_steps ({m.d_steps}) '
-              f'discriminator batches of whole packs of model.pack ({m.pack}) examples.')
         check(m.gradient_penalty >= 0 and m.r1 >= 0, 'model.gradient_penalty and model.r1 must '
               f'be >= 0, got {m.gradient_penalty} and {m.r1}.')
         check(m.loss != 'wasserstein' or m.gradient_penalty > 0 or m.spectral_norm,
@@ -102,7 +98,8 @@ class GANTask(Task):
         return self.generator
 
     def phases(self):
-        return (Phase('discriminator', self.cfg.model.d_steps), Phase('generator'))
+        m = self.cfg.model   # whole packs per discriminator update: then B / d_steps fakes pack too
+        return (Phase('discriminator', m.d_steps, m.pack), Phase('generator'))
 
     def ema_groups(self):
         """Only the generator is averaged (it alone samples); the discriminator trains on."""

@@ -188,10 +188,12 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     groups = tuple(phase.group for phase in task.phases())
     check_groups(cfg.optim, groups)
     for phase in task.phases():   # each of a phase's updates takes its share of every shard
-        parts = ways * accum * phase.repeats
+        parts = ways * accum * phase.repeats * phase.unit
+        units = f' x groups of {phase.unit} examples' if phase.unit > 1 else ''
         check(cfg.train.batch_size % parts == 0, f'train.batch_size={cfg.train.batch_size} '
               f'cannot be split into the {phase.repeats} {phase.group} updates x {accum} '
-              f'microbatches x {ways} batch shards of a step; set it to a multiple of {parts}.')
+              f'microbatches x {ways} batch shards{units} of a step; set it to a multiple of '
+              f'{parts}.')
     if not eager and cfg.parallelism == 'jit':
         mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
     tx, schedule = make_group_optimizers(cfg.optim, cfg.train.steps, groups) if groups else \

@@ -166,10 +166,10 @@ class VQVAETask(Task):
 
         return jax.lax.map(one, out, batch_size=DECODE_CHUNK)
 
-    def _forward(self, params, levels, with_z_e=False):
+    def _forward(self, params, levels):
         """Everything one pass computes: the decoder's output at the straight-through z_q, the
-        per-example VQ terms (B,) averaged over latent elements, the codes (B, h, w), and if
-        asked the encoder's outputs z_e (B, h, w, D)."""
+        per-example VQ terms (B,) averaged over latent elements, the codes (B, h, w) and the
+        encoder's outputs z_e (B, h, w, D)."""
         z_e, codebook = self._encode(params, levels)
         z_q, codes = vq.quantize(z_e, codebook)
         out = self._decode(params, vq.straight_through(z_e, z_q))
@@ -177,13 +177,13 @@ class VQVAETask(Task):
         per_example = lambda t: t.reshape(t.shape[0], -1).mean(-1) / d
         terms = {'codebook': per_example(vq.codebook_loss(z_e, z_q)),
                  'commitment': per_example(vq.commitment_loss(z_e, z_q, self.cfg.model.beta))}
-        return (out, terms, codes, z_e) if with_z_e else (out, terms, codes)
+        return out, terms, codes, z_e
 
     # ---- training and eval ----------------------------------------------------------------
 
     def loss(self, params, batch, rng, model_state):
         m, levels = self.cfg.model, batch['image']
-        out, terms, codes, z_e = self._forward(params, levels, with_z_e=True)
+        out, terms, codes, z_e = self._forward(params, levels)
         rec = self._nll(out, levels) / self.example_size()     # nats/dim per example
         # with 'ema' the codebook term is only reported: the averages move the codes
         loss = (rec + terms['commitment'] + (0.0 if self.ema else terms['codebook'])).mean()
@@ -201,7 +201,7 @@ class VQVAETask(Task):
 
     def eval_metrics(self, params, batch, rng):
         levels = batch['image']
-        out, terms, codes = self._forward(params, levels)
+        out, terms, codes, _ = self._forward(params, levels)
         nll = self._nll(out, levels)
         dims = self.example_size()
         mean = self._decoded(out)[1]

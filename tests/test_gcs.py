@@ -2,6 +2,7 @@
 (gcp-storage-emulator, with the behaviours of GCS it lacks added in tests/gcs_emulator.py): train,
 Ctrl-C save, bit-identical resume, eval, sample, TensorBoard, the lease lock, a two-run sweep."""
 
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from etils import epath
 import dul_jax
 from dul_jax import config as config_lib
 from dul_jax import data
+from dul_jax.data import catalog
 from dul_jax.errors import UserError
 from dul_jax.scaling import sweep
 from dul_jax.train import loop, workdir_lock
@@ -54,6 +56,7 @@ def bucket():
             time.sleep(0.1)
     url = f'http://127.0.0.1:{port}'
     env = {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+           'CLOUD_STORAGE_EMULATOR_ENDPOINT': url,   # array_record's reader (TFDS data sets)
            'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -135,6 +138,39 @@ def test_train_interrupt_resume_eval_sample_on_gcs(bucket, tfds_dir, tmp_path, m
     for x, y in zip(jax.tree.leaves(exported['params']), jax.tree.leaves(opened.params),
                     strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+READ_BACK = """
+import hashlib, sys
+from dul_jax import config, data
+cfg = config.load_config(sys.argv[1], ['data.tfds_dir=' + sys.argv[2]]).data
+batch = next(data.eval_batches(cfg, 64, max_examples=64))
+print(data.describe(cfg).num_train, hashlib.sha256(batch['image'].tobytes()).hexdigest())
+"""
+
+
+def test_a_tfds_dir_in_the_bucket_is_prepared_once_then_read_from_there(bucket, tmp_path,
+                                                                       monkeypatch):
+    # TFDS (without TensorFlow) writes array_record files to local folders only: the data set is
+    # made in the local staging folder, uploaded, and read from the bucket from then on
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(catalog, 'DEFAULT_TFDS_DIR', str(tmp_path / 'staging'))
+    tfds_dir = f'{bucket}/tfds'
+    cfg = tiny(tfds_dir).data
+    spec = data.describe(cfg)
+    remote = epath.Path(tfds_dir) / 'dul_digits' / '1.0.0'
+    names = {p.name for p in remote.iterdir()}
+    assert 'dataset_info.json' in names and any('train.array_record' in n for n in names)
+    assert (tmp_path / 'staging' / 'dul_digits').is_dir() and not os.path.exists('gs:')
+    batch = next(data.eval_batches(cfg, 64, max_examples=64))
+    # another process with an empty home reads the bucket's copy and prepares nothing locally
+    home = tmp_path / 'home'
+    home.mkdir()
+    out = subprocess.run([sys.executable, '-c', READ_BACK, DEMO, tfds_dir], check=True,
+                         capture_output=True, text=True, cwd=home,
+                         env={**os.environ, 'HOME': str(home)}).stdout.split()
+    assert out == [str(spec.num_train), hashlib.sha256(batch['image'].tobytes()).hexdigest()]
+    assert list(home.iterdir()) == []
 
 
 def test_lease_refuses_a_second_trainer_and_expires(bucket, monkeypatch):

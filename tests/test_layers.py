@@ -11,7 +11,7 @@ ALLOWED = {
     'errors': set(), 'accounting': set(), 'losses': set(), 'storage': set(),
     'images': {'storage'},
     'config': {'errors'},
-    'data': {'errors'},
+    'data': {'errors', 'storage'},
     'sharding': {'errors'},
     'ops': {'errors', 'losses'},               # each kernel's plain reference
     'models': {'ops'},

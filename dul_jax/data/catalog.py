@@ -1,10 +1,14 @@
 """Finding a prepared TFDS builder for a data set name: our local builders, else the catalog."""
 
 import functools
+import os
+import shutil
 import socket
 
 import tensorflow_datasets as tfds
+from etils import epath
 
+from dul_jax import storage
 from dul_jax.data.image_builders import DulBinarizedMnist, DulDigits, DulMnistTest
 from dul_jax.data.text_builders import DulPythonSource, DulTinyShakespeare
 from dul_jax.errors import UserError
@@ -16,20 +20,47 @@ CATALOG_PREFIX = 'tfds:'
 LOCAL_BUILDERS = {cls.LOCAL_NAME: cls for cls in
                   (DulDigits, DulBinarizedMnist, DulMnistTest, DulTinyShakespeare, DulPythonSource)}
 TEXT_DATA_SETS = {DulTinyShakespeare.LOCAL_NAME, DulPythonSource.LOCAL_NAME}
+DEFAULT_TFDS_DIR = '~/.cache/dul_jax/tfds'   # also where data sets for a URL tfds_dir are made
 
 
 @functools.cache
 def prepared_builder(name, source_dir, tfds_dir, data_url=''):
     """A builder whose files exist under `tfds_dir`; a local data set is prepared on first use, its
     missing raw files fetched from `data_url` (a mirror; '' = their canonical URLs)."""
+    if storage.is_url(tfds_dir):
+        return _prepared_at_url(name, source_dir, tfds_dir, data_url)
+    builder = _builder(name, source_dir, tfds_dir, data_url)
+    if name not in LOCAL_BUILDERS:
+        return _prepared_catalog_builder(builder, catalog_name(name), tfds_dir)
+    if not builder.is_prepared():
+        builder.source_paths()  # fetched and verified before TFDS starts writing
+        builder.download_and_prepare()
+    return builder
+
+
+def _builder(name, source_dir, tfds_dir, data_url):
+    """The builder of `name` over `tfds_dir`, prepared or not."""
     if name in LOCAL_BUILDERS:
-        builder = LOCAL_BUILDERS[name](data_dir=tfds_dir, source_dir=source_dir,
-                                       data_url=data_url, file_format='array_record')
-        if not builder.is_prepared():
-            builder.source_paths()  # fetched and verified before TFDS starts writing
-            builder.download_and_prepare()
+        return LOCAL_BUILDERS[name](data_dir=tfds_dir, source_dir=source_dir, data_url=data_url,
+                                    file_format='array_record')
+    return _catalog_builder(catalog_name(name), tfds_dir)
+
+
+def _prepared_at_url(name, source_dir, url, data_url):
+    """TFDS without TensorFlow cannot write array_record files to a URL (gs://...): a data set
+    missing there is prepared in the local DEFAULT_TFDS_DIR and uploaded, dataset_info.json last
+    (TFDS takes a folder without it for unprepared, so a cut upload is redone), then read there."""
+    builder = _builder(name, source_dir, url, data_url)
+    if builder.is_prepared():
         return builder
-    return _prepared_catalog_builder(catalog_name(name), tfds_dir)
+    local_dir = os.path.abspath(os.path.expanduser(DEFAULT_TFDS_DIR))
+    local = epath.Path(prepared_builder(name, source_dir, local_dir, data_url).data_dir)
+    target = storage.path(builder.data_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    for f in sorted(local.iterdir(), key=lambda f: f.name == 'dataset_info.json'):
+        with f.open('rb') as src, (target / f.name).open('wb') as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+    return _builder(name, source_dir, url, data_url)   # a new builder reads the uploaded info
 
 
 def catalog_name(name):
@@ -42,9 +73,9 @@ def catalog_name(name):
     return name[len(CATALOG_PREFIX):]
 
 
-def _prepared_catalog_builder(name, tfds_dir):
+def _catalog_builder(name, tfds_dir):
     try:
-        builder = tfds.builder(name, data_dir=tfds_dir, file_format='array_record')
+        return tfds.builder(name, data_dir=tfds_dir, file_format='array_record')
     except tfds.core.registered.DatasetNotFoundError:
         raise UserError(
             f"data set {name!r} is neither a local data set ({', '.join(sorted(LOCAL_BUILDERS))}) "
@@ -53,6 +84,9 @@ def _prepared_catalog_builder(name, tfds_dir):
         raise UserError(f'data set {name!r} is not a valid TFDS name (NAME[/CONFIG][:VERSION]); '
                         f'set --config.data.name to a name like mnist or {CATALOG_PREFIX}mnist.'
                         ) from None
+
+
+def _prepared_catalog_builder(builder, name, tfds_dir):
     if not builder.is_prepared():
         _download_and_prepare(name, builder, tfds_dir)
     file_format = builder.info.file_format

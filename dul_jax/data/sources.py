@@ -7,8 +7,10 @@ import pathlib
 
 import numpy as np
 
+from dul_jax import storage
 from dul_jax.data import arrays, download, toy
 from dul_jax.data.catalog import (
+    DEFAULT_TFDS_DIR,
     LOCAL_BUILDERS,
     data_source,
     is_text,
@@ -20,7 +22,6 @@ from dul_jax.errors import UserError
 
 DATA_DIR_VARIABLE = 'DUL_JAX_DATA_DIR'   # where data.dir is empty: the raw corpora's folder
 DEFAULT_DATA_DIR = '~/.cache/dul_jax/data'
-DEFAULT_TFDS_DIR = '~/.cache/dul_jax/tfds'
 TEXT_VOCABS = ('bytes', 'chars')
 LEVELS_OF_DTYPE = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
 
@@ -44,7 +45,7 @@ def settings(data_cfg):
     # Relative folders resolve against the current directory, like any command-line path.
     source_dir = pathlib.Path(data_cfg.get('dir') or os.environ.get(DATA_DIR_VARIABLE)
                               or DEFAULT_DATA_DIR).expanduser().resolve()
-    tfds_dir = pathlib.Path(data_cfg.get('tfds_dir') or DEFAULT_TFDS_DIR).expanduser().resolve()
+    tfds_dir = str(storage.path(data_cfg.get('tfds_dir') or DEFAULT_TFDS_DIR))   # or a URL
     text_vocab = data_cfg.get('text_vocab') or 'bytes'
     if text_vocab not in TEXT_VOCABS:
         raise UserError(f"data.text_vocab={text_vocab!r} is not known; "

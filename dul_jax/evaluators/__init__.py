@@ -10,6 +10,7 @@ import importlib
 import os
 import pkgutil
 
+from dul_jax import data
 from dul_jax.errors import UserError
 
 
@@ -36,3 +37,10 @@ def evaluate(task, params) -> dict[str, float]:
     for name in task.cfg.eval.evaluators:
         metrics.update(_module(name).evaluate(task, params))
     return metrics
+
+
+def first_examples(data_cfg, batch_size: int, examples: int):
+    """Eval batches over the first `examples` eval examples (0: all), no larger than that count:
+    a batch padded to eval.batch_size would cost as much as a full one."""
+    return data.eval_batches(data_cfg, min(batch_size, examples) if examples else batch_size,
+                             examples or None)

@@ -7,7 +7,7 @@ terms; a VAE's reconstruction and KL). Each term is reported too, in bits/dim.
 import jax
 import numpy as np
 
-from dul_jax import data
+from dul_jax import evaluators
 from dul_jax.config import check
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.tasks.base import implements
@@ -25,8 +25,8 @@ def evaluate(task, params) -> dict[str, float]:
     terms_fn = jax.jit(task.bound_terms)
     rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0xB0D)
     sums, count = {}, 0.0
-    for i, batch in enumerate(data.eval_batches(task.cfg.data, task.cfg.eval.batch_size,
-                                                task.cfg.eval.bound.examples or None)):
+    for i, batch in enumerate(evaluators.first_examples(task.cfg.data, task.cfg.eval.batch_size,
+                                                        task.cfg.eval.bound.examples)):
         mask = batch.pop('mask')
         terms = jax.device_get(terms_fn(params, batch, jax.random.fold_in(rng, i)))
         for name, value in terms.items():

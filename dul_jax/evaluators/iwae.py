@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dul_jax import data
+from dul_jax import evaluators
 from dul_jax.config import check
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.tasks.base import implements
@@ -43,8 +43,8 @@ def evaluate(task, params) -> dict[str, float]:
     bound = jax.jit(lambda p, b, r: log_likelihood_bound(task, p, b, r, c.k, c.chunk))
     rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0x1BAE)
     start, total, count = time.perf_counter(), 0.0, 0.0
-    for i, batch in enumerate(data.eval_batches(task.cfg.data, c.batch_size,
-                                                c.examples or None)):
+    for i, batch in enumerate(evaluators.first_examples(task.cfg.data, c.batch_size,
+                                                        c.examples)):
         mask = batch.pop('mask')
         log_p = np.asarray(jax.device_get(bound(params, batch, jax.random.fold_in(rng, i))))
         total += float(np.sum(log_p * mask))

@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 
 from dul_jax import config as config_lib
 from dul_jax import data
+from dul_jax.sharding import rendezvous
 from dul_jax.sharding.inspect import bytes_per_device, collectives, compiled_train_step, total_bytes
 from dul_jax.train.checkpoint import Checkpointer
 from dul_jax.train.setup import prepare
@@ -226,14 +229,37 @@ def test_processes_started_with_different_configs_are_refused_on_every_process(t
     assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
-def test_a_process_that_never_arrives_ends_the_wait_after_the_timeout(tmp_path):
-    # JAX 0.10 aborts in C++ once the timeout passes (no Python exception to turn into one
-    # sentence); the line before the abort names what was awaited and the key to raise.
-    port = _free_port()
-    proc = _launch_cli(str(tmp_path / 'run'), port, 0,
-                       ['--config.distributed.initialization_timeout_s=3'])
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert (f'joining the other processes (coordinator 127.0.0.1:{port}, process 0 of 2); '
-            'waiting up to 3 s (--config.distributed.initialization_timeout_s)') in err
-    assert 'DEADLINE_EXCEEDED' in err
+def test_a_process_that_never_arrives_is_named_in_one_sentence_after_the_timeout(tmp_path):
+    # process 0 waits for process 1 of 2, and process 1 of another pair for its process 0
+    ports = _free_port(), _free_port()
+    alone = [_launch_cli(str(tmp_path / f'run{i}'), ports[i], i,
+                         ['--config.distributed.initialization_timeout_s=3']) for i in (0, 1)]
+    (_, err0), (_, err1) = (p.communicate(timeout=120) for p in alone)
+    assert [p.returncode for p in alone] == [2, 2], err0[-2000:] + err1[-2000:]
+    assert (f'joining the other processes (coordinator 127.0.0.1:{ports[0]}, process 0 of 2); '
+            'waiting up to 3 s (--config.distributed.initialization_timeout_s)') in err0
+    assert 'error: process(es) 1 of 2 did not arrive within 3 s; start them' in err0
+    assert (f'error: process 0 (the coordinator, 127.0.0.1:{ports[1]}) did not arrive within '
+            '3 s') in err1
+    assert 'Traceback' not in err0 + err1 and 'DEADLINE_EXCEEDED' not in err0 + err1
+
+
+def test_the_roll_call_returns_on_every_process_once_all_have_come(tmp_path):
+    port, errors = _free_port(), []
+
+    def late(pid, delay):
+        time.sleep(delay)
+        try:
+            rendezvous.roll_call(f'127.0.0.1:{port}', 3, pid, 20)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=late, args=(pid, delay)) for pid, delay in
+               ((2, 0.0), (0, 0.5), (1, 1.0))]   # the coordinator neither first nor last
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    with socket.create_server(('127.0.0.1', port)):   # the port is free again for JAX's service
+        pass

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from dul_jax.errors import UserError
+from dul_jax.sharding import rendezvous
 
 
 def initialize(dist_cfg) -> None:
@@ -44,12 +45,11 @@ def initialize(dist_cfg) -> None:
                         f'seconds, got {timeout!r}.')
     where = (f'coordinator {coordinator or "(found by JAX)"}, process {pid if pid >= 0 else "?"} '
              f'of {num or "?"}')
-    # JAX 0.10 does not raise when a process never arrives: after the timeout its C++ client
-    # aborts the process (SIGABRT, "DEADLINE_EXCEEDED ... RegisterTask"). Said first, so the
-    # line above that abort names what was awaited and the key that waits longer.
     print(f'joining the other processes ({where}); waiting up to {timeout} s '
           '(--config.distributed.initialization_timeout_s) for all of them to start.',
           file=sys.stderr, flush=True)
+    if coordinator and num and pid >= 0:   # where JAX finds the cluster itself, it waits alone
+        rendezvous.roll_call(coordinator, num, pid, timeout)
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
     except (RuntimeError, ValueError) as e:

@@ -23,7 +23,7 @@ from dul_jax import data
 from dul_jax.data import catalog
 from dul_jax.errors import UserError
 from dul_jax.scaling import sweep
-from dul_jax.train import loop, workdir_lock
+from dul_jax.train import checkpoint, loop, workdir_lock
 from dul_jax.train import run as run_lib
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
@@ -138,6 +138,12 @@ def test_train_interrupt_resume_eval_sample_on_gcs(bucket, tfds_dir, tmp_path, m
     for x, y in zip(jax.tree.leaves(exported['params']), jax.tree.leaves(opened.params),
                     strict=True):
         np.testing.assert_array_equal(x, y)
+    # a checkpoint's bytes are checked in the bucket before orbax reads them: a cut-off copy
+    state = root / 'checkpoints' / '6' / 'state'
+    assert (state / 'manifest.ocdbt').exists() and checkpoint._unreadable(state) is None
+    for blob in (state / 'd').iterdir():
+        blob.write_bytes(b'')
+    assert 'Error reading Byte range' in checkpoint._unreadable(state)
 
 
 READ_BACK = """

@@ -5,6 +5,7 @@ processes; restore places every array straight into the shardings of the current
 checkpoint written on one mesh loads on any other.
 """
 
+import os
 import sys
 
 import jax
@@ -79,9 +80,11 @@ class Checkpointer:
         """(state, None), or (None, why the files are damaged); UserError if the checkpoint
         records other shapes. Every process gets the same answer (one that fails fails all), so
         all resume from the same step."""
-        # Shapes first, from the checkpoint's own record: a mismatch is named without orbax
-        # failing midway through its concurrent reads (which leaves tasks failing unobserved).
-        mismatch, damage = self._compare_shapes(step, abstract_state)
+        # The bytes first, a window at a time (see _unreadable), as orbax reads both the record
+        # and the arrays concurrently; then the shapes in the record, before any array is read.
+        mismatch, damage = None, _unreadable(self.directory / str(step) / 'state')
+        if damage is None:
+            mismatch, damage = self._compare_shapes(step, abstract_state)
         if mismatch is None and damage is None:
             items = {'state': ocp.args.StandardRestore(abstract_state)}
             if data_iterator is not None:
@@ -153,6 +156,28 @@ class Checkpointer:
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any process received SIGTERM (multi-process sync point)."""
         return self.manager.reached_preemption(step)
+
+
+def _unreadable(state_dir, window: int = 64) -> str | None:
+    """Why a stored value of the checkpoint's OCDBT store cannot be read, or None. Read first,
+    `window` values at a time through TensorStore's own futures: orbax's concurrent restore, when
+    one read fails, leaves the others to finish into its closed event loop, a traceback each.
+    Each process reads its share of the values."""
+    import tensorstore as ts
+    if not (state_dir / 'manifest.ocdbt').exists():   # not an OCDBT checkpoint: orbax alone
+        return None
+    url = os.fspath(state_dir)
+    if '://' not in url:
+        url = 'file://' + os.path.abspath(url)
+    try:
+        store = ts.KvStore.open({'driver': 'ocdbt', 'base': url.rstrip('/') + '/'}).result()
+        keys = store.list().result()[jax.process_index()::jax.process_count()]
+        for start in range(0, len(keys), window):
+            for read in [store.read(key) for key in keys[start:start + window]]:
+                read.result()
+    except Exception as e:  # noqa: BLE001 (TensorStore raises ValueError and others)
+        return _cause(e)
+    return None
 
 
 def _cause(error: Exception) -> str:

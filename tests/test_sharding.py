@@ -161,7 +161,7 @@ def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, t
     common = [f'--config.{o}' for o in MODEL] + [
         f'--config.data.tfds_dir={tfds_dir}', '--config.train.steps=4',
         '--config.train.log_every=1',
-        '--config.train.ckpt_every=4', '--config.eval.max_examples=64', '--config.sample.num=8',
+        '--config.train.ckpt_every=2', '--config.eval.max_examples=64', '--config.sample.num=8',
         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
 
     def launch(workdir, devices, extra=(), process_id=None):
@@ -172,15 +172,21 @@ def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, t
             stderr=subprocess.PIPE, text=True)
 
     two = str(tmp_path / 'two')
-    port = _free_port()
-    procs = [launch(two, 4, ['--config.distributed.enabled=true',
-                             f'--config.distributed.coordinator=127.0.0.1:{port}',
-                             '--config.distributed.num_processes=2',
-                             f'--config.distributed.process_id={i}']) for i in range(2)]
+
+    def launch_two(extra=()):
+        port = _free_port()
+        procs = [launch(two, 4, ['--config.distributed.enabled=true',
+                                 f'--config.distributed.coordinator=127.0.0.1:{port}',
+                                 '--config.distributed.num_processes=2',
+                                 f'--config.distributed.process_id={i}', *extra])
+                 for i in range(2)]
+        outputs = [p.communicate(timeout=600) for p in procs]
+        for p, (_, err) in zip(procs, outputs):
+            assert p.returncode == 0, err[-3000:]
+        return outputs
+
+    launch_two()
     one = str(tmp_path / 'one')
-    outputs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
     single = launch(one, 8)
     _, err = single.communicate(timeout=600)
     assert single.returncode == 0, err[-3000:]
@@ -204,6 +210,18 @@ def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, t
     for got, want in zip(jax.tree.leaves(jax.device_get(state.params)),
                          jax.tree.leaves(jax.device_get(expected.params))):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
+    # a damaged newest checkpoint: both processes set it aside, agree on step 2 and go on
+    ckpts = os.path.join(two, 'checkpoints')
+    for root, _, files in os.walk(os.path.join(ckpts, '4', 'state')):
+        for name in files:
+            if root.endswith(os.sep + 'd'):
+                open(os.path.join(root, name), 'wb').close()
+    (out0, err0), _ = launch_two(['--config.train.steps=6'])
+    assert f'moved it to {ckpts}_corrupt/4' in err0
+    assert f'resumed from {ckpts}/2' in out0
+    assert sorted(os.listdir(ckpts)) == ['2', '4', '6'] and os.listdir(ckpts + '_corrupt') == ['4']
+    with open(os.path.join(two, 'metrics.jsonl')) as f:   # no step logged twice
+        assert [r['step'] for r in map(json.loads, f) if 'loss' in r] == [1, 2, 3, 4, 5, 6]
 
 
 def _launch_cli(workdir, port, process_id, extra=(), num_processes=2):

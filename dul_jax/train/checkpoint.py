@@ -83,6 +83,10 @@ class Checkpointer:
         # The bytes first, a window at a time (see _unreadable), as orbax reads both the record
         # and the arrays concurrently; then the shapes in the record, before any array is read.
         mismatch, damage = None, _unreadable(self.directory / str(step) / 'state')
+        if jax.process_count() > 1:   # each read only its share: all must agree (collective)
+            found = multihost_utils.process_allgather(np.array(damage is not None, np.int32))
+            if damage is None and found.any():
+                damage = 'another process could not read its part of it'
         if damage is None:
             mismatch, damage = self._compare_shapes(step, abstract_state)
         if mismatch is None and damage is None:

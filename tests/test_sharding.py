@@ -281,3 +281,14 @@ def test_the_roll_call_returns_on_every_process_once_all_have_come(tmp_path):
     assert not errors and not any(t.is_alive() for t in threads)
     with socket.create_server(('127.0.0.1', port)):   # the port is free again for JAX's service
         pass
+    # one id started twice: process 0 names it; the others are told it stopped
+    threads = [threading.Thread(target=late, args=(pid, delay)) for pid, delay in
+               ((0, 0.0), (1, 0.2), (1, 0.4))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(str(e).split(' (its log')[0].split(';')[0] for e in errors) == [
+        f'process 0 (127.0.0.1:{port}) ended the roll call without a start',
+        f'process 0 (127.0.0.1:{port}) ended the roll call without a start',
+        'two processes were started as process 1 of 3']

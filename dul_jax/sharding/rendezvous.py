@@ -49,10 +49,16 @@ def _gather(port, num_processes, deadline, timeout_s) -> None:
                 conn, _ = server.accept()
                 conn.settimeout(max(deadline - time.monotonic(), 0.001))
                 said = conn.recv(32).decode(errors='replace').strip()
-                if said.isdigit() and 0 < int(said) < num_processes:
+                if not (said.isdigit() and 0 < int(said) < num_processes):
+                    conn.close()   # not one of ours (a port scanner, a stale client): not counted
+                elif int(said) in arrived:
+                    for other in (conn, *arrived.values()):
+                        other.close()
+                    raise UserError(f'two processes were started as process {said} of '
+                                    f'{num_processes}; give each its own '
+                                    '--config.distributed.process_id.')
+                else:
                     arrived[int(said)] = conn
-                else:   # not one of ours (a port scanner, a stale client): not counted
-                    conn.close()
         except TimeoutError:
             for conn in arrived.values():
                 conn.close()   # the others see the call end without "go"
@@ -94,6 +100,6 @@ def _report(host, port, process_id, deadline, timeout_s) -> None:
         except TimeoutError:
             pass
     if answer != GO:
-        raise UserError(f'process 0 ({host}:{port}) gave up waiting for the other processes '
-                        f'within {timeout_s:g} s (its log names the missing ones); raise '
-                        f'{TIMEOUT_KEY} if some start late.')
+        raise UserError(f'process 0 ({host}:{port}) ended the roll call without a start (its '
+                        f'log says why: a process missing after {timeout_s:g} s, or one id given '
+                        f'twice); raise {TIMEOUT_KEY} if some start late.')

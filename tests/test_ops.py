@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dul_jax import ops
 from dul_jax.config import base_config
@@ -18,6 +19,7 @@ from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.ops.gelu import gelu
 from dul_jax.ops.matmul import dense_dot_general, matmul
 from dul_jax.ops.positions import add_positions
+from dul_jax.sharding.mesh import DEFAULT_RULES
 
 F32 = {'atol': 2e-5, 'rtol': 2e-5}
 # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-8 = 0.4%): both forms round their
@@ -125,6 +127,45 @@ def test_attention_auto_resolves_per_backend():
         resolve('flash', jnp.float32, 256)
 
 
+@pytest.mark.parametrize('causal', [True, False])
+def test_splash_attention_in_interpret_mode_matches_reference(causal):
+    """The TPU kernel run by Pallas's interpreter on the CPU, forward and its custom VJP; 128 is
+    the shortest length it takes."""
+    q, k, v = _inputs((3, 2, 128, 2, 64), 7)
+    assert_same_values_and_gradients(lambda *a: ops.attention.splash(*a, causal, interpret=True),
+                                     lambda *a: attention(*a, causal, impl='reference'),
+                                     (q, k, v), F32)
+
+
+def test_splash_attention_refuses_other_backends_and_lengths():
+    q = jnp.zeros((1, 128, 1, 8))
+    with pytest.raises(ValueError, match='splash runs on TPUs only, not on cpu'):
+        attention(q, q, q, True, impl='splash')
+    q = jnp.zeros((1, 100, 1, 8))
+    with pytest.raises(ValueError, match='multiple of 128, got 100'):
+        ops.attention.splash(q, q, q, True, interpret=True)
+
+
+def test_splash_attention_compiles_for_a_tpu_mesh():
+    """Ahead of time for 4 TPU v5e chips (libtpu compiles on this host): under the mesh the kernel
+    runs in a shard_map over the batch axis, forward and backward, with no collectives."""
+    pytest.importorskip('libtpu', reason='compiling for a TPU topology needs libtpu')
+    from jax.experimental import topologies
+    topology = topologies.get_topology_desc(platform='tpu', topology_name='v5e:2x2')
+    mesh = jax.make_mesh((4, 1, 1), ('data', 'fsdp', 'tensor'), devices=topology.devices,
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    x = jax.ShapeDtypeStruct((8, 256, 4, 128), jnp.bfloat16,
+                             sharding=NamedSharding(mesh, PartitionSpec(('data', 'fsdp'))))
+    loss = lambda *a: attention(*a, causal=True, impl='splash').astype(jnp.float32).sum()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        assert ops.attention.resolve('auto', jnp.bfloat16, 256) == 'reference'   # not the host's
+        hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile().as_text()
+    kernels = [line for line in hlo.splitlines() if 'custom_call_target="tpu_custom_call"' in line]
+    assert len(kernels) == 3                       # forward, dK/dV and dQ kernels
+    assert all('bf16[2,4,256,128]' in line for line in kernels)   # one device's 8 / 4 sequences
+    assert not any(op in hlo for op in ('all-gather', 'all-reduce', 'all-to-all'))
+
+
 # ---- matmul ----
 
 @pytest.mark.parametrize('k,n,dtype,tolerance', [  # x or g is the smaller one to transpose
@@ -220,7 +261,7 @@ def test_kernels_from_config_and_validate():
                                                                   for op in ops.IMPLS}))
     cfg.ops.attention = 'x'
     with pytest.raises(UserError, match=r'^ops.attention must be one of auto, reference, blocked, '
-                                        r'cudnn, got "x".$'):
+                                        r'cudnn, splash, got "x".$'):
         ops.validate(cfg.ops)
     with pytest.raises(UserError, match='ops.gelu must be one of auto, reference, recomputed'):
         Kernels(gelu='blocked')

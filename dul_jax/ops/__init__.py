@@ -17,11 +17,10 @@ call each op with `impl=kernels.<op>`:
 import dataclasses
 from collections.abc import Mapping
 
-import jax
 import jax.numpy as jnp
 
 from dul_jax.errors import UserError
-from dul_jax.ops import attention, cross_entropy, gelu, matmul, positions
+from dul_jax.ops import attention, choice, cross_entropy, gelu, matmul, positions
 
 _MODULES = {'attention': attention, 'matmul': matmul, 'gelu': gelu, 'positions': positions,
             'cross_entropy': cross_entropy}
@@ -65,14 +64,14 @@ def validate(ops_cfg: Mapping | None) -> None:
 
 def resolved(kernels: Kernels = Kernels(), backend: str | None = None,
              dtype=jnp.float32) -> dict[str, str]:
-    """What each op runs on `backend` (default: jax's) for inputs of `dtype`, for logs and
-    benchmarks. Attention's choice also depends on the sequence length: both cases are named
-    where they differ."""
-    backend = backend or jax.default_backend()
-    choice = {op: _MODULES[op].resolve(getattr(kernels, op), backend=backend)
+    """What each op runs on `backend` (default: `choice.current_backend()`) for inputs of
+    `dtype`, for logs and benchmarks. Attention's choice also depends on the sequence length:
+    both cases are named where they differ."""
+    backend = backend or choice.current_backend()
+    chosen = {op: _MODULES[op].resolve(getattr(kernels, op), backend=backend)
               for op in IMPLS if op != 'attention'}
     aligned = attention.resolve(kernels.attention, dtype, 64, backend)
     other = attention.resolve(kernels.attention, dtype, 65, backend)
-    choice['attention'] = aligned if aligned == other else (
+    chosen['attention'] = aligned if aligned == other else (
         f'{aligned} (length % 64 == 0), else {other}')
-    return {op: choice[op] for op in IMPLS}
+    return {op: chosen[op] for op in IMPLS}

@@ -2,18 +2,22 @@
 
 impls: `reference` is XLA's `jax.nn.dot_product_attention`; `blocked` is causal attention in
 query blocks with a hand-written backward pass (fastest on XLA:CPU); `cudnn` is cuDNN's fused
-(flash) attention, 16-bit inputs on NVIDIA GPUs only. Measurements: benchmarks/README.md,
-"Kernels (dul_jax/ops/)".
+(flash) attention, 16-bit inputs on NVIDIA GPUs only; `splash` is jax's Pallas splash
+attention kernel, TPUs only (lengths a multiple of 128). Measurements: benchmarks/README.md,
+"Kernels (dul_jax/ops/)". `auto` stays `reference` on TPUs: splash's speed is not measured yet.
 """
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
+from jax.sharding import PartitionSpec
 
 from dul_jax.ops import choice
 
-IMPLS = ('auto', 'reference', 'blocked', 'cudnn')
+IMPLS = ('auto', 'reference', 'blocked', 'cudnn', 'splash')
 CAUSAL_BLOCK = 128
 
 
@@ -21,7 +25,7 @@ def resolve(impl: str, dtype, length: int, backend: str | None = None) -> str:
     """The implementation `impl` names for these inputs: `auto` -> cudnn on a GPU for 16-bit
     inputs whose length is a multiple of 64 (cuDNN refuses some others, e.g. MAE's 13 visible
     tokens), else blocked on CPU and GPU, reference on other backends (TPU)."""
-    backend = backend or jax.default_backend()
+    backend = backend or choice.current_backend()
     if backend == 'gpu' and impl == 'auto':
         sixteen_bit = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
         return 'cudnn' if sixteen_bit and length % 64 == 0 else 'blocked'
@@ -37,11 +41,60 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, causal: bool,
         return blocked(q, k, v, causal)
     if impl == 'cudnn':
         return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
+    if impl == 'splash':
+        return splash(q, k, v, causal)
     return reference(q, k, v, causal)
 
 
 def reference(q, k, v, causal):
     return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+
+
+SPLASH_BLOCKS = (512, 256, 128)   # the kernel's blocks are multiples of 128 lanes
+LAYOUT = ('batch', 'length', 'heads', 'kv')   # the logical axes of q, k, v (models/transformer.py)
+
+
+def splash(q, k, v, causal, interpret=False):
+    """Splash attention (jax.experimental.pallas.ops.tpu.splash_attention) on (B, T, H, D), for
+    lengths T that are a multiple of 128. Under a mesh it runs per device in a shard_map (XLA
+    cannot partition a Pallas call) with the specs the logical axis rules give LAYOUT.
+    `interpret=True` runs the kernel in Pallas's interpreter, on any backend (for tests)."""
+    length = q.shape[1]
+    if not interpret and choice.current_backend() != 'tpu':
+        raise ValueError(f'attention impl splash runs on TPUs only, not on '
+                         f'{choice.current_backend()}; use another ops.attention.')
+    if length % SPLASH_BLOCKS[-1]:
+        raise ValueError(f'attention impl splash needs a length that is a multiple of '
+                         f'{SPLASH_BLOCKS[-1]}, got {length}.')
+    local = functools.partial(_splash_per_device, causal=causal, interpret=interpret)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return local(q, k, v)
+    spec = PartitionSpec(*nn.logical_to_mesh_axes(LAYOUT))
+    if spec[1] is not None or spec[3] is not None:   # each device needs whole rows of scores
+        raise ValueError(f'attention impl splash cannot split the length or depth axes of '
+                         f'(batch, length, heads, kv) over the mesh, got {spec}.')
+    # check_vma=False: the kernel's output shapes do not say how they vary over the mesh
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                         check_vma=False)(q, k, v)
+
+
+def _splash_per_device(q, k, v, causal, interpret):
+    """The kernel on one device's (B, T, H, D) block: it takes (H, T, D), so vmap over B."""
+    _, length, heads, depth = q.shape
+    block = next(b for b in SPLASH_BLOCKS if length % b == 0)
+    head_mask = (splash_lib.CausalMask((length, length)) if causal
+                 else splash_lib.FullMask((length, length)))
+    sizes = splash_lib.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+        block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+    kernel = splash_lib.make_splash_mha(
+        splash_lib.MultiHeadMask([head_mask] * heads), block_sizes=sizes, head_shards=1,
+        q_seq_shards=1, interpret=interpret)
+    heads_first = lambda x: jnp.swapaxes(x, 1, 2)   # (B, T, H, D) <-> (B, H, T, D)
+    q = q * jnp.asarray(depth ** -0.5, q.dtype)
+    out = jax.vmap(kernel)(heads_first(q), heads_first(k), heads_first(v))
+    return heads_first(out).astype(q.dtype)
 
 
 def _query_blocks(length: int, causal: bool) -> list[tuple[int, int, int]]:

@@ -26,24 +26,15 @@ import numpy as np
 from dul_jax import config as config_lib
 from dul_jax import runtime
 from dul_jax.accounting import count_params, xla_flops
-from dul_jax.data import DataSpec
+from dul_jax.data import DataSpec, synthetic
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
 
 
 def synthetic_spec(cfg) -> DataSpec:
-    """The spec of random data: `data.synthetic_shape` (H, W, C) with `synthetic_levels` and
-    `synthetic_classes` for images, else text of cfg.data.seq_len tokens over `synthetic_vocab`."""
-    shape = tuple(cfg.data.get('synthetic_shape', ()))
-    if len(shape) == 3:
-        return DataSpec(name='synthetic', kind='image', shape=shape,
-                        num_levels=int(cfg.data.synthetic_levels),
-                        num_classes=int(cfg.data.get('synthetic_classes', 0)), vocab=None,
-                        train_split='train', eval_split='test', num_train=0, num_eval=0)
-    vocab = int(cfg.data.get('synthetic_vocab', 256))
-    return DataSpec(name='synthetic', kind='text', shape=(cfg.data.seq_len,), num_levels=vocab,
-                    num_classes=0, vocab=None, train_split='train', eval_split='validation',
-                    num_train=0, num_eval=0)
+    """The spec of the config's random data (`data.name='synthetic'`, dul_jax/data/synthetic.py),
+    whatever data set the config names."""
+    return synthetic.describe(cfg.data)
 
 
 def random_batch(spec: DataSpec, batch_size: int, seed: int) -> dict:

@@ -439,3 +439,27 @@ def test_iterator_round_trips_through_an_orbax_checkpoint(make_cfg, tmp_path):
 def test_decode_text_with_bytes_replaces_invalid_utf8():
     spec = data.DataSpec('t', 'text', (4,), 256, 0, None, 'train', 'validation', 4, 4)
     assert data.decode_text(np.array([104, 105, 0xFF, 33]), spec) == 'hi\ufffd!'
+
+
+def test_synthetic_data_has_the_stated_shape_and_each_example_is_a_function_of_its_index():
+    text = ml_collections.ConfigDict({'name': 'synthetic', 'seq_len': 32, 'synthetic_vocab': 50})
+    spec = data.describe(text)
+    assert (spec.kind, spec.shape, spec.num_levels) == ('text', (32,), 50)
+    images = ml_collections.ConfigDict({'name': 'synthetic', 'synthetic_shape': (6, 5, 3),
+                                        'synthetic_levels': 4, 'synthetic_classes': 10})
+    image_spec = data.describe(images)
+    assert (image_spec.kind, image_spec.shape, image_spec.num_classes) == ('image', (6, 5, 3), 10)
+    reader = sources.split_reader(images, image_spec, 'train', training=True)
+    batch = reader.read(np.array([7, 3]))
+    assert batch['image'].shape == (2, 6, 5, 3) and batch['image'].dtype == np.uint8
+    assert batch['image'].max() < 4 and batch['label'].max() < 10
+    np.testing.assert_array_equal(reader.read(np.array([3]))['image'][0], batch['image'][1])
+    other = sources.split_reader(images, image_spec, 'test', training=False)
+    assert not np.array_equal(other.read(np.array([3]))['image'], reader.read([3])['image'])
+    batches = pipeline.train_iterator(text, 4, seed=0)
+    assert next(batches)['tokens'].shape == (4, 32)
+    for bad, match in (({'synthetic_shape': (6, 5)}, 'not an image shape'),
+                       ({'synthetic_shape': (6, 5, 3), 'synthetic_levels': 1}, 'between 2'),
+                       ({'synthetic_vocab': 1}, 'synthetic_vocab >= 2')):
+        with pytest.raises(UserError, match=match):
+            data.describe(ml_collections.ConfigDict({**text.to_dict(), **bad}))

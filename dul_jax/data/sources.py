@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 
 from dul_jax import storage
-from dul_jax.data import arrays, download, toy
+from dul_jax.data import arrays, download, synthetic, toy
 from dul_jax.data.catalog import (
     DEFAULT_TFDS_DIR,
     LOCAL_BUILDERS,
@@ -63,6 +63,8 @@ def settings(data_cfg):
 def describe(data_cfg):
     """The DataSpec of the configured data set; prepares a local data set on first use."""
     s = settings(data_cfg)
+    if s.name == synthetic.NAME:
+        return synthetic.describe(data_cfg)
     if toy.is_toy(s.name):
         return _describe_toy(s)
     if arrays.is_arrays(s.name):
@@ -268,6 +270,8 @@ def _image_arrays(name, source_dir, tfds_dir, split):
 def split_reader(data_cfg, spec, split, training):
     """The reader for one split: len() examples (or windows), read(indices) -> batch dict."""
     s = settings(data_cfg)
+    if s.name == synthetic.NAME:
+        return synthetic.RandomExamples(spec, split)
     if toy.is_toy(s.name):
         # Points have no levels to check, and describe refuses data.num_levels for them.
         return PointArrays(*toy.split_arrays(s.name, split))

@@ -15,6 +15,7 @@ import pytest
 
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
+from dul_jax.sharding.inspect import bytes_per_device
 from dul_jax.train import loop, workdir_lock
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
@@ -275,3 +276,63 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(tmp_pa
     assert 'delete' not in str(e.value)
     assert sorted(os.listdir(ckpts + '_corrupt')) == ['2', '4', '4.1', '6']
     assert os.listdir(ckpts) == []
+
+
+def _param_dtype_setup(tfds_dir, param_dtype, devices=None, **extra):
+    return prepare(config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{
+        'model.param_dtype': param_dtype, 'optim.ema_decay': 0.99, **extra})), devices=devices)
+
+
+def _is_matrix(path):
+    return str(path[-1].key).endswith(('kernel', 'embedding', 'embed'))
+
+
+def test_bfloat16_params_halve_the_state_and_keep_vectors_float32(tfds_dir):
+    """Matrices, embedding tables and their Adam moments in bf16; biases, LayerNorm scales (2-D
+    under the scanned stack) and the EMA in f32; params + opt_state bytes about half."""
+    states = {d: _param_dtype_setup(tfds_dir, d).abstract_state() for d in ('float32', 'bfloat16')}
+    half = states['bfloat16']
+    adam = half.opt_state[1][0]
+    for tree in (half.params, adam.mu, adam.nu):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            assert leaf.dtype == (jax.numpy.bfloat16 if _is_matrix(path) else np.float32), path
+    assert half.params['stack']['blocks']['ln_attn']['scale'].ndim == 2
+    assert {x.dtype for x in jax.tree.leaves(half.ema_params)} == {np.dtype(np.float32)}
+    full = bytes_per_device((states['float32'].params, states['float32'].opt_state))
+    shards = jax.tree.leaves(jax.tree_util.tree_map_with_path(
+        lambda path, x: _is_matrix(path) * int(np.prod(x.sharding.shard_shape(x.shape))),
+        (half.params, adam.mu, adam.nu)))
+    assert bytes_per_device((half.params, half.opt_state)) == full - 2 * sum(shards)
+    assert 0.5 < bytes_per_device((half.params, half.opt_state)) / full < 0.55
+
+
+def test_bfloat16_params_train_like_float32_and_keep_their_dtypes(tfds_dir):
+    """Three steps from the same init (the f32 one, cast: what the bf16 init is) on one device."""
+    batch = {'image': np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), np.uint8),
+             'label': np.arange(16, dtype=np.int32) % 10}
+    setups = {d: _param_dtype_setup(tfds_dir, d, **{'optim.lr': 3e-3, 'optim.warmup_steps': 0},
+                                    devices=jax.devices()[:1]) for d in ('float32', 'bfloat16')}
+    half = setups['bfloat16'].abstract_state()
+    with setups['float32'].context():
+        full = jax.device_get(setups['float32'].init_state(0))
+    # a device copy for each run: the train step donates its state
+    like = {'float32': full, 'bfloat16': half}
+    states = {d: jax.device_put(jax.tree.map(lambda x, a: x.astype(a.dtype), full, like[d]),
+                                s.state_shardings) for d, s in setups.items()}
+    dtypes = lambda tree: jax.tree.map(lambda x: x.dtype, tree)
+    losses = {}
+    for dtype, setup in setups.items():
+        with setup.context():
+            state, step, losses[dtype] = states[dtype], setup.train_step(), []
+            for _ in range(3):
+                state, metrics = step(state, setup.put_batch(batch))
+                losses[dtype].append(float(metrics['loss']))
+        assert dtypes(state) == dtypes(setup.abstract_state())
+    assert losses['float32'][-1] < 0.9 * losses['float32'][0]
+    np.testing.assert_allclose(losses['bfloat16'], losses['float32'], rtol=1e-3)
+
+
+def test_an_unknown_param_dtype_is_refused_in_one_sentence(tfds_dir):
+    with pytest.raises(UserError) as e:   # str(e): what the CLI prints, without jax's notes
+        _param_dtype_setup(tfds_dir, 'float16')
+    assert str(e.value) == 'model.param_dtype must be one of float32, bfloat16, got "float16".'

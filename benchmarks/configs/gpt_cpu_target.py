@@ -14,6 +14,7 @@ def get_config():
     c.data.synthetic_vocab = 256
     c.model = default_model_config()
     c.model.num_layers = 4
+    c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4
     c.model.embed_dim = 256
     c.model.mlp_dim = 1024

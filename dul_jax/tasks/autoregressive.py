@@ -31,12 +31,13 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.embed_dim = 128
     m.mlp_dim = 512
     m.dropout = 0.0
-    m.dtype = 'float32'          # compute dtype; params stay float32
+    m.dtype = 'float32'          # compute dtype
+    m.param_dtype = 'float32'    # or 'bfloat16': matrices and their Adam moments (cast_params)
     m.remat = 'none'             # 'none', 'full' or 'dots'
-    # Layers per step of the scan over layers; 0 = all of them, a plain unrolled stack: the fastest
-    # step on CPU (+20% for 4 layers) and GPU (+28% for GPT-125M), at a compile time that grows
-    # with depth (12 layers: 5.3 s against 3.1 s on the 2-core CPU). 1 = a rolled scan.
-    m.scan_unroll = 0
+    # Layers per step of the scan over layers: 1 (a rolled scan) keeps compile time flat in depth;
+    # more, up to 0 = all (a plain unrolled stack), buys a faster step with compile time that
+    # grows with depth (both measured in benchmarks/README.md).
+    m.scan_unroll = 1
     m.class_conditional = False  # condition on the data set's labels (images)
     return m
 

@@ -40,7 +40,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.label_dropout = 0.1         # P(label -> null class) in training: classifier-free guidance
     m.image_size = 0              # pad images with background to this size; 0: the data's size
     m.dropout = 0.0
-    m.dtype = 'float32'           # compute dtype; params stay float32
+    m.dtype = 'float32'           # compute dtype
+    m.param_dtype = 'float32'     # or 'bfloat16': matrices and their Adam moments (cast_params)
     m.num_heads = 4
     # U-Net
     m.channels = 64

@@ -38,7 +38,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     m.decoder_mlp_dim = 256
     m.mask_ratio = 0.75
     m.norm_pix_loss = False        # targets normalised per patch (mean 0, variance 1)
-    m.dtype = 'float32'            # compute dtype; params stay float32
+    m.dtype = 'float32'            # compute dtype
+    m.param_dtype = 'float32'      # or 'bfloat16': matrices and their Adam moments (cast_params)
     m.remat = 'none'               # 'none', 'full' or 'dots'
     m.scan_unroll = 1              # layers per scan step; 0 = all (unrolled)
     m.probe_pool = 'cls'           # probe features: the cls token, or the mean of patch tokens

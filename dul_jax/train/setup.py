@@ -22,7 +22,14 @@ from dul_jax.sharding import pmap as pmap_lib
 from dul_jax.tasks import make_task
 from dul_jax.tasks.base import implements
 from dul_jax.train.optim import check_groups, make_group_optimizers, make_optimizer
-from dul_jax.train.state import TrainState, create_state, make_eval_step, make_train_step
+from dul_jax.train.state import (
+    TrainState,
+    cast_params,
+    create_state,
+    make_eval_step,
+    make_train_step,
+    param_dtype,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,9 +100,10 @@ class Setup:
             init = self.task.data_init if self.eager else jax.jit(
                 self.task.data_init, out_shardings=self.state_shardings.params)
             params = init(state.params, self.put_batch(host_batch), rng)
-        # the EMA copy needs buffers of its own: the train step donates both
-        ema = None if state.ema_params is None else \
-            jax.tree.map(jnp.copy, {k: params[k] for k in state.ema_params})
+        # the EMA copy needs buffers of its own (the train step donates both), in float32
+        ema = None if state.ema_params is None else jax.tree.map(
+            lambda x: jnp.array(x, jnp.float32, copy=True),
+            {k: params[k] for k in state.ema_params})
         return state.replace(params=params, ema_params=ema)
 
     def to_step_form(self, state: TrainState) -> TrainState:
@@ -170,12 +178,14 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
               'parallelism="pmap" is pure data parallelism in one process here; use the default '
               'parallelism="jit" for FSDP, tensor parallelism or several processes.')
     ways = mesh_lib.batch_divisor(mesh, rules)
+    # the mesh's own hosts: this run's processes, or a topology's when compiling ahead of time
+    processes = len({d.process_index for d in mesh.devices.flat})
     for key in ('train', 'eval'):
         size = cfg[key].batch_size
-        check(size % ways == 0 and size % jax.process_count() == 0,
+        check(size % ways == 0 and size % processes == 0,
               f'{key}.batch_size={size} cannot be split over the {ways} batch shards of mesh '
-              f'{dict(mesh.shape)} and {jax.process_count()} process(es); set '
-              f'--config.{key}.batch_size to a multiple of {np.lcm(ways, jax.process_count())}.')
+              f'{dict(mesh.shape)} and {processes} process(es); set '
+              f'--config.{key}.batch_size to a multiple of {np.lcm(ways, processes)}.')
     accum = cfg.train.grad_accum
     check(accum >= 1 and cfg.train.batch_size % (ways * accum) == 0,
           f'train.grad_accum={accum} must be >= 1 and divide the {cfg.train.batch_size // ways} '
@@ -229,7 +239,7 @@ def _init_boxed(task, tx, cfg, rng) -> TrainState:
     """A fresh train state with boxed (logically partitioned) params."""
     param_rng, state_rng = jax.random.split(rng)
     batch = dummy_batch(task.spec, 1)
-    params = task.init(param_rng, batch)
+    params = cast_params(task.init(param_rng, batch), param_dtype(cfg))
     model_state = task.init_model_state(param_rng, batch) \
         if implements(task, 'init_model_state') else None
     return create_state(params, tx, state_rng, cfg.optim.ema_decay, model_state,

@@ -2,19 +2,22 @@
 
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 
-from dul_jax.tasks.base import implements
+from dul_jax.config import check
+from dul_jax.tasks.base import DTYPES, implements
+from dul_jax.train.optim import decay_mask
 
 
 @flax.struct.dataclass
 class TrainState:
     """Everything a step updates and a checkpoint holds; a pytree (flax struct)."""
     step: jax.Array        # int32 scalar: optimizer steps taken
-    params: Any            # float32
+    params: Any            # float32, or matrices in bfloat16 (model.param_dtype, cast_params)
     opt_state: Any
     ema_params: Any        # None unless optim.ema_decay > 0; the task's ema_groups only
     rng: jax.Array         # raw uint32 key data (checkpoints hold plain arrays); see step_rng
@@ -33,16 +36,40 @@ def averaged(params, groups: tuple[str, ...] | None):
     return params if groups is None else {g: params[g] for g in groups}
 
 
+def param_dtype(cfg):
+    """model.param_dtype (float32 where the model config has no such key); UserError otherwise."""
+    name = cfg.model.get('param_dtype', 'float32')
+    check(name in DTYPES, f'model.param_dtype must be one of {", ".join(DTYPES)}, got "{name}".')
+    return DTYPES[name]
+
+
+def cast_params(params, dtype):
+    """`params` (boxed or not) with the weight matrices and embedding tables in `dtype`; optax
+    then keeps their Adam moments in it too. Chosen by name, as for weight decay (`decay_mask`):
+    under nn.scan a LayerNorm scale is 2-D as well. Vectors stay float32: bf16 rounding swamps
+    small updates to those few, sensitive params, and the matrices are what fills memory."""
+    def cast(leaf, is_matrix):
+        if not is_matrix:
+            return leaf
+        if isinstance(leaf, nn.meta.AxisMetadata):   # keep the logical-partitioning box
+            return leaf.replace_boxed(leaf.unbox().astype(dtype))
+        return leaf.astype(dtype)
+    return jax.tree.map(cast, params, decay_mask(nn.meta.unbox(params)),
+                        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
 def create_state(params, tx, rng_seed_key: jax.Array, ema_decay: float,
                  model_state=None, ema_groups: tuple[str, ...] | None = None) -> TrainState:
     """The state at step 0: `params`, the initial optimizer state (of each group's transform
     where `tx` is a dict of them), an EMA copy of the params (or of the `ema_groups`) if
     ema_decay > 0, the raw data of `rng_seed_key` (a typed key) as the run's key, and
-    `model_state`."""
+    `model_state`. The EMA is float32 whatever the params' dtype: a decay near 1 moves it by less
+    than bf16 resolves."""
     opt_state = {g: t.init(params[g]) for g, t in tx.items()} if isinstance(tx, dict) \
         else tx.init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      ema_params=averaged(params, ema_groups) if ema_decay > 0 else None,
+                      ema_params=cast_params(averaged(params, ema_groups), jnp.float32)
+                      if ema_decay > 0 else None,
                       rng=jax.random.key_data(rng_seed_key), model_state=model_state)
 
 

@@ -10,6 +10,7 @@ The optimizer starts afresh, at step 0.
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -81,7 +82,8 @@ def warm_start(state, source: str, pattern: str = ''):
     params = jax.tree_util.tree_map_with_path(replace, state.params)
     # a copy: the train step donates the state, and one buffer cannot be donated twice
     ema = None if state.ema_params is None else \
-        jax.tree.map(lambda x: x.copy(), {k: params[k] for k in state.ema_params})
+        jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True),
+                     {k: params[k] for k in state.ema_params})
     model_state = None if state.model_state is None else \
         jax.tree_util.tree_map_with_path(replace, state.model_state)
     return state.replace(params=params, ema_params=ema, model_state=model_state), len(chosen)

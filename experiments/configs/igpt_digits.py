@@ -9,6 +9,7 @@ def get_config():
     c.data.name = 'digits'
     c.model = default_model_config()
     c.model.num_layers = 4
+    c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.embed_dim = 128
     c.model.mlp_dim = 512
     c.model.dropout = 0.1

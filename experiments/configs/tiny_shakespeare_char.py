@@ -15,6 +15,7 @@ def get_config():
     c.data.seq_len = 64
     c.model = default_model_config()
     c.model.num_layers = 4
+    c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4
     c.model.embed_dim = 128
     c.model.mlp_dim = 512

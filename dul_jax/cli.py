@@ -8,6 +8,8 @@
   dul-jax decompress --workdir DIR --input FILE --output FILE
   dul-jax export --workdir DIR --output FILE.msgpack [--step N]   # eval params + config + spec
   dul-jax inspect --config experiments/configs/NAME.py [--config.KEY=VALUE ...]
+  dul-jax compile --config C [--topology v5e:16x16|h100:8] [--save FILE] [--config.KEY=VALUE ...]
+  dul-jax plan   --config C --chips N --kind v5e [--max-compiles K] [--config.KEY=VALUE ...]
   dul-jax sweep  --sweep experiments/scaling/NAME.py --workdir DIR [--shard I/N] [--no-report]
 
 A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
@@ -40,6 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument('--workdir', required=True)
     inspect = sub.add_parser('inspect', help='print shardings, bytes per device, collectives')
     inspect.add_argument('--config', required=True, help='a config file with get_config()')
+    aot = sub.add_parser(
+        'compile', help='compile a run ahead of time for a TPU slice or GPU node; say if it fits',
+        description='Compile the train and eval steps of `dul-jax train` for TOPOLOGY on this '
+                    'host (no accelerator needed: libtpu or the CUDA plugin compiles), and print '
+                    'per-chip memory, FLOPs, collectives and a roofline estimate of step time '
+                    'and MFU. Exits 2 with one sentence when the run does not fit.')
+    aot.add_argument('--config', required=True, help='a config file with get_config()')
+    aot.add_argument('--topology', default='',
+                     help="KIND:SHAPE, e.g. v5e:16x16, v5p:4x4x8, v6e:8x8, v4:4x4x4, h100:8 "
+                          "(default: the config's `target`)")
+    aot.add_argument('--save', default='', help='write the serialized train step to FILE')
+    plan = sub.add_parser(
+        'plan', help='rank meshes, remat and microbatching for N chips by compiling each',
+        description='Try the meshes (data x fsdp x tensor), remat policies and microbatch counts '
+                    'that N chips of KIND allow, rule out analytically those whose state cannot '
+                    'fit, compile the most promising ahead of time, and print a ranked table.')
+    plan.add_argument('--config', required=True, help='a config file with get_config()')
+    plan.add_argument('--chips', required=True, type=int, help='number of chips, e.g. 256')
+    plan.add_argument('--kind', required=True, help='chip kind: v4, v5e, v5p, v6e, h100, h200')
+    plan.add_argument('--max-compiles', type=int, default=6,
+                      help='compile at most this many candidates (the best by the analytic '
+                           'estimate)')
     sample = sub.add_parser('sample', help='write samples from the latest checkpoint')
     sample.add_argument('--workdir', required=True)
     sample.add_argument('--num', type=int, default=16)
@@ -92,6 +116,37 @@ def _sweep(args) -> None:
         print(f'report: {outdir}/report.md and its plots')
 
 
+def _compile_or_plan(args, cfg) -> None:
+    """`dul-jax compile` and `dul-jax plan`: deviceless, so this process runs JAX on the CPU
+    platform and never touches (or waits for) a local accelerator or driver; the target's
+    compiler does the work."""
+    from dul_jax.sharding import targets
+    if args.command == 'compile':
+        name = args.topology or cfg.get('target', '')
+        if not name:
+            raise UserError('the config names no target; pass --topology, e.g. v5e:16x16.')
+        target = targets.parse(name)
+    else:
+        target = targets.for_chips(args.kind, args.chips)
+    import os
+    # no TPU is attached to lock: let several deviceless compiles (plan, CI workers) share libtpu
+    os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+    import jax
+    jax.config.update('jax_platforms', 'cpu')
+    from dul_jax.train import aot
+    if args.command == 'plan':
+        from dul_jax.train import plan
+        print(plan.format_plan(plan.plan(cfg, target, args.max_compiles)))
+        return
+    report = aot.compile_run(cfg, target)
+    print(aot.format_report(report))
+    if args.save:
+        aot.save_executable(report.compiled, args.save)
+        print(f'serialized train step -> {args.save}')
+    if not report.fits:
+        raise UserError(aot.remedy(report, cfg))
+
+
 def _split_overrides(extra: list[str]) -> list[str]:
     overrides = []
     for item in extra:
@@ -112,10 +167,13 @@ def run(argv: list[str]) -> int:
         _sweep(args)
         return 0
     from dul_jax import config as config_lib
-    if args.command in ('train', 'inspect'):
+    if args.command in ('train', 'inspect', 'compile', 'plan'):
         # before the trainer's imports (jax, flax, orbax: seconds), so a wrong path or key is
         # said at once
         cfg = config_lib.load_config(args.config, overrides)
+    if args.command in ('compile', 'plan'):
+        _compile_or_plan(args, cfg)
+        return 0
     from dul_jax import runtime
     from dul_jax.train import loop
     if args.command not in ('train', 'inspect'):

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallelism = 'jit'  # or 'pmap': pure data parallelism with jax.pmap
     c.init_from = ''       # warm start: a run's workdir or WORKDIR/checkpoints/STEP to take params
     c.init_params = ''     # with init_from: a regex on param names to take ('': all of them)
+    c.target = ''          # the slice or node the run is sized for (`dul-jax compile`'s default)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = 'digits'
@@ -106,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
     # False runs CPU computations on the calling thread, whose heap keeps a large step's memory
     # under benchmarks/cpu_env.sh; True (jax's default) overlaps Python with the step.
     c.runtime.cpu_async_dispatch = True
+    # JAX's persistent compilation cache, so a restarted run (every host of a pod) skips its
+    # compiles: 'auto' is ~/.cache/dul_jax/jax_cache on TPUs and GPUs and off on the CPU, '' is
+    # off, anything else a folder (local or gs://). $JAX_COMPILATION_CACHE_DIR takes precedence.
+    c.runtime.compilation_cache = 'auto'
 
     c.distributed = ml_collections.ConfigDict()  # multi-process runs; see sharding/distributed.py
     c.distributed.enabled = False

@@ -5,6 +5,8 @@ import os
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Deviceless TPU compiles in several test workers at once: no TPU is attached to lock.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 # One persistent compilation cache for the session and its subprocesses: tests that build the
 # same tiny model in several runs (train, resume, eval, sample) compile it once.
 _CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'dul_jax_test_jit_cache_{os.getpid()}')

@@ -1,5 +1,9 @@
 """Config loading and overrides: every user mistake is one clear UserError."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from dul_jax import config as config_lib
@@ -102,3 +106,27 @@ def test_broken_config_files_are_one_sentence(tmp_path, text, fragment):
     path.write_text(text)
     with pytest.raises(UserError, match=fragment):
         config_lib.load_config(str(path))
+
+
+def test_compilation_cache_is_on_for_accelerators_and_where_asked():
+    from dul_jax import runtime
+    home = os.path.expanduser('~/.cache/dul_jax/jax_cache')
+    assert runtime.compilation_cache_dir('auto', 'tpu') == home
+    assert runtime.compilation_cache_dir('auto', 'gpu') == home
+    assert runtime.compilation_cache_dir('auto', 'cpu') == ''
+    assert runtime.compilation_cache_dir('', 'tpu') == ''
+    assert runtime.compilation_cache_dir('gs://b/cache', 'cpu') == 'gs://b/cache'
+    assert runtime.compilation_cache_dir('~/c', 'cpu') == os.path.expanduser('~/c')
+
+
+def test_runtime_start_fills_the_compilation_cache_it_names(tmp_path):
+    # a fresh process without the test session's cache variable: the config's folder is used
+    env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}
+    code = ('import jax, jax.numpy as jnp\n'
+            'from dul_jax import config, runtime\n'
+            'c = config.base_config()\n'
+            f'c.runtime.compilation_cache = {str(tmp_path / "cache")!r}\n'
+            'runtime.start(c)\n'
+            'jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n')
+    subprocess.run([sys.executable, '-c', code], env=env, check=True, capture_output=True)
+    assert any((tmp_path / 'cache').iterdir())

@@ -27,17 +27,42 @@ def _shape_bytes(text: str) -> int:
 
 
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
-_WHILE = re.compile(r'body=%([\w.\-]+).*?known_trip_count":\{"n":"(\d+)"')
+_WHILE = re.compile(r' while\(.*?condition=%([\w.\-]+), body=%([\w.\-]+)')
+_TRIPS = re.compile(r'known_trip_count":\{"n":"(\d+)"')
+# a loop condition `counter < N` (a scan from 0): the s32 constant N and the LT compare
+_CONSTANT = re.compile(r'= s32\[\]\S* constant\((\d+)\)')
 _CALLS = re.compile(r'(?:calls|to_apply|branch_computations)=\{?%([\w.\-]+)')
+# `replica_groups={{0,1,2,3},{4,5,6,7}}`, or the iota form `replica_groups=[2,4]<=[8]`
+_GROUPS = re.compile(r'replica_groups=(?:\{\{([\d,]*)\}|\[[\d,]*?(\d+)\]<=)')
+# Bytes one device sends per byte of the result, for a group of n devices (ring algorithms).
+_SENT_PER_RESULT_BYTE = {
+    'all-reduce': lambda n: 2 * (n - 1) / n,
+    'all-gather': lambda n: (n - 1) / n,
+    'reduce-scatter': lambda n: n - 1,      # the result is one device's 1/n shard
+    'all-to-all': lambda n: (n - 1) / n,
+    'collective-permute': lambda n: 1,
+}
 
 
-def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
-    """{collective: {'count': n, 'bytes': bytes of results}} executed by one run of the module.
+def _group_size(line: str, num_devices: int) -> int:
+    match = _GROUPS.search(line)
+    if match is None:
+        return num_devices           # `replica_groups={}`: every device
+    if match.group(1) is not None:
+        return len(match.group(1).split(','))
+    return int(match.group(2))
+
+
+def collectives(hlo_text: str, num_devices: int | None = None) -> dict[str, dict[str, int]]:
+    """{collective: {'count': n, 'bytes': bytes of results}} executed by one run of the module,
+    and with `num_devices` (the module's device count) also 'sent': the bytes each device sends
+    for them by ring algorithms, from each op's replica group size.
 
     A collective inside a while loop (the scanned layer stack) runs once per iteration, so it is
-    counted trip-count times where XLA knows the trip count.
+    counted trip-count times: XLA's known trip count, or else the limit N of a loop condition
+    `counter < N` (what the TPU compiler leaves of a scan).
     """
-    own, loops, calls, entry, current = {}, {}, {}, None, None
+    own, loops, calls, limits, entry, current = {}, {}, {}, {}, None, None
     for line in hlo_text.splitlines():
         header = _COMPUTATION.match(line)
         if header:
@@ -47,27 +72,43 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
             continue
         if current is None or line.startswith('}'):
             continue
+        constant = _CONSTANT.search(line)
+        if constant:
+            limits.setdefault(current, []).append(int(constant.group(1)))
         loop = _WHILE.search(line)
         if loop:
-            loops[current].append((loop.group(1), int(loop.group(2))))
+            trips = _TRIPS.search(line)
+            loops[current].append((loop.group(2), int(trips.group(1)) if trips else loop.group(1)))
         else:
             calls[current].extend(_CALLS.findall(line))
         match = _OP.search(line)
         if match and '-done(' not in line:  # an async pair is counted at its -start
-            own[current][(match.group(2), 'count')] += 1
-            own[current][(match.group(2), 'bytes')] += _shape_bytes(match.group(1))
+            op, nbytes = match.group(2), _shape_bytes(match.group(1))
+            own[current][(op, 'count')] += 1
+            own[current][(op, 'bytes')] += nbytes
+            if num_devices:
+                own[current][(op, 'sent')] += nbytes * _SENT_PER_RESULT_BYTE[op](
+                    _group_size(line, num_devices))
+
+    def trip_count(trips) -> int:
+        """XLA's known trip count, else the one constant of a `counter < N` condition."""
+        if isinstance(trips, int):
+            return trips
+        found = limits.get(trips, [])
+        return found[0] if len(found) == 1 else 1
 
     def total(name: str) -> collections.Counter:
         result = collections.Counter(own.get(name, {}))
         for body, trips in loops.get(name, ()):
             for key, value in total(body).items():
-                result[key] += trips * value
+                result[key] += trip_count(trips) * value
         for callee in calls.get(name, ()):
             result.update(total(callee))
         return result
 
     counts = total(entry) if entry else collections.Counter()
-    return {op: {'count': counts[(op, 'count')], 'bytes': counts[(op, 'bytes')]}
+    fields = ('count', 'bytes', 'sent') if num_devices else ('count', 'bytes')
+    return {op: {field: int(counts[(op, field)]) for field in fields}
             for op in COLLECTIVES if counts[(op, 'count')]}
 
 

@@ -64,8 +64,16 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.shar
     """A (data, fsdp, tensor) mesh with Auto axes (linen's logical constraints need Auto)."""
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(mesh_cfg, len(devices))
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    mesh = jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+    processes = [d.process_index for d in mesh.devices.flat]
+    if processes != sorted(processes):
+        # A multi-host TPU slice in physical order interleaves the hosts; each process loads a
+        # contiguous block of the batch, so keep its devices together (in make_mesh's order).
+        by_process = sorted(mesh.devices.flat, key=lambda d: d.process_index)
+        mesh = jax.sharding.Mesh(np.array(by_process).reshape(shape), MESH_AXES,
+                                 axis_types=axis_types)
+    return mesh
 
 
 def rules_from_config(cfg) -> tuple:
@@ -113,16 +121,20 @@ def batch_divisor(mesh: jax.sharding.Mesh, rules) -> int:
 
 def check_process_rows(sharding: NamedSharding, global_batch: int) -> None:
     """The data pipeline gives process i rows [i*b, (i+1)*b) of each global batch; the batch
-    sharding must place exactly those rows on process i's devices."""
-    per_process = global_batch // jax.process_count()
-    start = jax.process_index() * per_process
-    owned = set()
-    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
-        owned.update(range(*index[0].indices(global_batch)))
-    if owned != set(range(start, start + per_process)):
-        raise UserError(f'process {jax.process_index()} holds batch rows {sorted(owned)[:4]}..., '
-                        f'not the block starting at {start} that it loads; order the mesh devices '
-                        'by process (the default) or change --config.mesh.rules for batch.')
+    sharding must place exactly those rows on process i's devices. Checked for every process of
+    the mesh, so an ahead-of-time compile for a multi-host topology checks each of its hosts."""
+    owned = {}
+    for device, index in sharding.devices_indices_map((global_batch,)).items():
+        owned.setdefault(device.process_index, set()).update(
+            range(*index[0].indices(global_batch)))
+    per_process = global_batch // len(owned)
+    for rank, process in enumerate(sorted(owned)):
+        start = rank * per_process
+        if owned[process] != set(range(start, start + per_process)):
+            raise UserError(
+                f'process {process} holds batch rows {sorted(owned[process])[:4]}..., not the '
+                f'block starting at {start} that it loads; order the mesh devices by process '
+                '(the default) or change --config.mesh.rules for batch.')
 
 
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:

@@ -202,18 +202,19 @@ def format_report(report: Report) -> str:
                  f'{chip.hbm_bytes / GIB:.2f}: {verdict} '
                  f'({100 * report.total_bytes / chip.hbm_bytes:.0f}%)')
     model = 'unknown' if report.model_flops is None else f'{report.model_flops:.4g}'
+    compiled = (f'{report.xla_flops:.4g} (a scanned layer counted once)' if report.xla_flops
+                else 'none (no cost analysis for this target)')
     lines.append(f'FLOPs per chip per step: model {model} (analytic where the task has a count, '
-                 f'else XLA on the unrolled step), XLA on the compiled step {report.xla_flops:.4g}'
-                 ' (a scanned layer counted once)')
+                 f'else XLA on the unrolled step); XLA on the compiled step {compiled}')
     lines.append('collectives per step (count, bytes of results, bytes sent per chip):')
     for name, op in report.collectives.items():
         lines.append(f'  {name:<20} {op["count"]:>5} {op["bytes"]:>16,} {op["sent"]:>16,}')
     if not report.collectives:
         lines.append('  none')
     r, (low, high) = report.roofline, report.mfu_range
-    lines.append(f'roofline per step: compute {r.compute_s * 1e3:.3f} ms, memory '
-                 f'{r.memory_s * 1e3:.3f} ms, collectives {r.collective_s * 1e3:.3f} ms '
-                 f'({r.bound}-bound)')
+    memory = f'{r.memory_s * 1e3:.3f} ms' if report.bytes_accessed else 'unknown'
+    lines.append(f'roofline per step: compute {r.compute_s * 1e3:.3f} ms, memory {memory}, '
+                 f'collectives {r.collective_s * 1e3:.3f} ms ({r.bound}-bound)')
     lines.append(f'estimated step {r.step_s * 1e3:.3f}-{r.serial_s * 1e3:.3f} ms (full to no '
                  f'overlap), MFU {low:.1%}-{high:.1%}')
     return '\n'.join(lines)

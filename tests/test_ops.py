@@ -139,10 +139,10 @@ def test_splash_attention_in_interpret_mode_matches_reference(causal):
 
 def test_splash_attention_refuses_other_backends_and_lengths():
     q = jnp.zeros((1, 128, 1, 8))
-    with pytest.raises(ValueError, match='splash runs on TPUs only, not on cpu'):
+    with pytest.raises(UserError, match='splash runs on TPUs only, not on cpu'):
         attention(q, q, q, True, impl='splash')
     q = jnp.zeros((1, 100, 1, 8))
-    with pytest.raises(ValueError, match='multiple of 128, got 100'):
+    with pytest.raises(UserError, match='multiple of 128, got 100'):
         ops.attention.splash(q, q, q, True, interpret=True)
 
 

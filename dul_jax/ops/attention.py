@@ -12,9 +12,9 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 from jax.sharding import PartitionSpec
 
+from dul_jax.errors import UserError
 from dul_jax.ops import choice
 
 IMPLS = ('auto', 'reference', 'blocked', 'cudnn', 'splash')
@@ -61,10 +61,10 @@ def splash(q, k, v, causal, interpret=False):
     `interpret=True` runs the kernel in Pallas's interpreter, on any backend (for tests)."""
     length = q.shape[1]
     if not interpret and choice.current_backend() != 'tpu':
-        raise ValueError(f'attention impl splash runs on TPUs only, not on '
+        raise UserError(f'attention impl splash runs on TPUs only, not on '
                          f'{choice.current_backend()}; use another ops.attention.')
     if length % SPLASH_BLOCKS[-1]:
-        raise ValueError(f'attention impl splash needs a length that is a multiple of '
+        raise UserError(f'attention impl splash needs a length that is a multiple of '
                          f'{SPLASH_BLOCKS[-1]}, got {length}.')
     local = functools.partial(_splash_per_device, causal=causal, interpret=interpret)
     mesh = jax.sharding.get_abstract_mesh()
@@ -72,7 +72,7 @@ def splash(q, k, v, causal, interpret=False):
         return local(q, k, v)
     spec = PartitionSpec(*nn.logical_to_mesh_axes(LAYOUT))
     if spec[1] is not None or spec[3] is not None:   # each device needs whole rows of scores
-        raise ValueError(f'attention impl splash cannot split the length or depth axes of '
+        raise UserError(f'attention impl splash cannot split the length or depth axes of '
                          f'(batch, length, heads, kv) over the mesh, got {spec}.')
     # check_vma=False: the kernel's output shapes do not say how they vary over the mesh
     return jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
@@ -81,6 +81,8 @@ def splash(q, k, v, causal, interpret=False):
 
 def _splash_per_device(q, k, v, causal, interpret):
     """The kernel on one device's (B, T, H, D) block: it takes (H, T, D), so vmap over B."""
+    # imported here: Pallas's TPU modules are only needed by runs that ask for this kernel
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
     _, length, heads, depth = q.shape
     block = next(b for b in SPLASH_BLOCKS if length % b == 0)
     head_mask = (splash_lib.CausalMask((length, length)) if causal

@@ -29,9 +29,14 @@ def transformer_flops_per_token(matmul_params: int, num_layers: int, context: in
     return 6.0 * matmul_params + 12.0 * num_layers * context * embed_dim
 
 
-def xla_flops(compiled) -> float:
-    """FLOPs of a compiled computation by XLA's cost analysis (0.0 where it reports none)."""
+def xla_cost(compiled) -> dict:
+    """XLA's cost analysis of a lowered or compiled computation ({} where it gives none)."""
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older JAX returned one dict per computation
         analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get('flops', 0.0))
+    return analysis or {}
+
+
+def xla_flops(compiled) -> float:
+    """FLOPs of a compiled computation by XLA's cost analysis (0.0 where it reports none)."""
+    return float(xla_cost(compiled).get('flops', 0.0))

@@ -9,6 +9,7 @@ import time
 import jax
 import numpy as np
 
+from dul_jax.accounting import xla_cost
 from dul_jax.errors import UserError
 from dul_jax.sharding import targets
 from dul_jax.sharding.inspect import bytes_per_device, collectives
@@ -128,9 +129,7 @@ def _report(setup, target, compiled, abstract, batch, seconds) -> Report:
     total = int(stats.argument_size_in_bytes + stats.output_size_in_bytes
                 - stats.alias_size_in_bytes + stats.temp_size_in_bytes
                 + stats.generated_code_size_in_bytes)
-    analysis = compiled.cost_analysis() or {}
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
+    analysis = xla_cost(compiled)
     xla_flops = float(analysis.get('flops', 0.0))
     bytes_accessed = float(analysis.get('bytes accessed', 0.0))
     # the task's analytic count, else XLA's count of the step lowered with its layers unrolled

@@ -47,7 +47,6 @@ def configure(cfg, candidate: Candidate):
     for key, value in candidate.overrides.items():
         section, name = key.split('.')
         out[section][name] = value
-    out.mesh.rules = cfg.mesh.rules
     return out
 
 

@@ -1,8 +1,11 @@
 # The two commands a newcomer needs: `make demo` and `make test`. Both create .venv if absent.
 PYTHON ?= python3
 VENV ?= .venv
+# '' (CPU), tpu or cuda12: the accelerator wheels at the locked jax (pyproject's extras)
+ACCEL ?=
+comma := ,
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed$(ACCEL)
 
 .PHONY: demo test lint venv clean
 
@@ -12,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,dev$(if $(ACCEL),$(comma)$(ACCEL))]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -3,6 +3,7 @@ stop."""
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import numpy as np
 import pytest
 
 from dul_jax import config as config_lib
+from dul_jax import data as data_lib
 from dul_jax.errors import UserError
 from dul_jax.sharding.inspect import bytes_per_device
 from dul_jax.train import loop, workdir_lock
-from dul_jax.train.checkpoint import restore_state
+from dul_jax.train.checkpoint import restore_position, restore_state
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import accumulated_grads
 
@@ -276,6 +278,47 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(tmp_pa
     assert 'delete' not in str(e.value)
     assert sorted(os.listdir(ckpts + '_corrupt')) == ['2', '4', '4.1', '6']
     assert os.listdir(ckpts) == []
+
+
+def test_a_checkpoint_saved_by_other_process_counts_resumes_at_the_same_global_batch(
+        tmp_path, tfds_dir, capsys):
+    """The data position is global (every process at the same global batch), so a checkpoint
+    written by 2 processes resumes in 1 exactly where an unbroken run goes on, and one written by
+    4 puts the iterator at the same batch; positions that disagree are refused; neither case
+    moves a readable checkpoint aside."""
+    # a constant LR after a 1-step warmup: the schedule does not depend on train.steps
+    base = tiny_overrides(tfds_dir, **{'train.ckpt_every': 2, 'train.log_every': 1,
+                                       'optim.schedule': 'constant', 'optim.warmup_steps': 1})
+    unbroken, workdir = str(tmp_path / 'unbroken'), str(tmp_path / 'saved_by_2')
+    loop.train(config_lib.load_config(DEMO, base + ['train.steps=6']), unbroken)
+    loop.train(config_lib.load_config(DEMO, base + ['train.steps=4']), workdir)
+    data = pathlib.Path(workdir, 'checkpoints', '4', 'data')
+    position = (data / 'process_0-of-1.json').read_text()
+    (data / 'process_0-of-1.json').unlink()
+    for i in range(2):   # what each process of a 2-process run writes
+        (data / f'process_{i}-of-2.json').write_text(position)
+    capsys.readouterr()
+    loop.train(config_lib.load_config(DEMO, base + ['train.steps=6']), workdir)
+    assert 'saved by 2 process(es) and is resumed by 1' in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(workdir, 'checkpoints_corrupt'))
+    losses = [[r['loss'] for r in read_metrics(w) if 'loss' in r and 'eval/loss' not in r]
+              for w in (workdir, unbroken)]
+    np.testing.assert_array_equal(losses[0], losses[1])
+    # saved by 4 processes: the iterator resumes at their common global batch
+    cfg = config_lib.load_config(DEMO, base)
+    four = tmp_path / 'four'
+    four.mkdir()
+    for i in range(4):
+        (four / f'process_{i}-of-4.json').write_text(json.dumps({'next_index': 3}))
+    resumed, fresh = (data_lib.train_iterator(cfg.data, 16, seed=0) for _ in range(2))
+    restore_position(four, resumed)
+    for _ in range(3):
+        next(fresh)
+    np.testing.assert_array_equal(next(resumed)['image'], next(fresh)['image'])
+    (four / 'process_3-of-4.json').write_text(json.dumps({'next_index': 4}))
+    with pytest.raises(UserError, match=r'were at different data positions .* resume it with '
+                                        r'the process count it was saved with\.$'):
+        restore_position(four, resumed)
 
 
 def _param_dtype_setup(tfds_dir, param_dtype, devices=None, **extra):

@@ -5,6 +5,7 @@ processes; restore places every array straight into the shardings of the current
 checkpoint written on one mesh loads on any other.
 """
 
+import json
 import os
 import sys
 
@@ -90,12 +91,13 @@ class Checkpointer:
         if damage is None:
             mismatch, damage = self._compare_shapes(step, abstract_state)
         if mismatch is None and damage is None:
-            items = {'state': ocp.args.StandardRestore(abstract_state)}
-            if data_iterator is not None:
-                import grain
-                items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                restored = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state)))
+                if data_iterator is not None:
+                    restore_position(self.directory / str(step) / 'data', data_iterator)
+            except UserError:
+                raise
             except Exception as e:  # noqa: BLE001 (orbax raises many types for unreadable files)
                 damage = _cause(e)
         if jax.process_count() > 1:
@@ -160,6 +162,30 @@ class Checkpointer:
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any process received SIGTERM (multi-process sync point)."""
         return self.manager.reached_preemption(step)
+
+
+def restore_position(data_dir, data_iterator) -> None:
+    """Move the data iterator to where the checkpoint's processes were. The pipeline's position
+    is global (every process is at the same global batch; data/pipeline.py), so a run saved by
+    another number of processes resumes at the same global batch: no example is skipped or
+    repeated. Processes that were saved at different positions are refused in one sentence."""
+    mine = data_dir / f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    saved = sorted(data_dir.glob('process_*-of-*.json'))
+    if not saved:
+        raise FileNotFoundError(f'{data_dir} holds no data position')
+    texts = {path.name: path.read_text() for path in ([mine] if mine.exists() else saved)}
+    states = {name: json.loads(text) for name, text in texts.items()}
+    if len({json.dumps(state, sort_keys=True) for state in states.values()}) > 1:
+        raise UserError(f'the processes that saved {data_dir.parent} were at different data '
+                        f'positions ({states}); resume it with the process count it was saved '
+                        'with.')
+    if not mine.exists() and jax.process_index() == 0:
+        print(f'warning: {data_dir.parent} was saved by {len(saved)} process(es) and is resumed '
+              f'by {jax.process_count()}; the data position (the same global batch for all of '
+              'them) carries over.', file=sys.stderr)
+    data_iterator.set_state(next(iter(states.values())))
+    if hasattr(data_iterator, 'start_prefetch'):   # as grain's own restore does
+        data_iterator.start_prefetch()
 
 
 def _unreadable(state_dir, window: int = 64) -> str | None:

@@ -111,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
     # compiles: 'auto' is ~/.cache/dul_jax/jax_cache on TPUs and GPUs and off on the CPU, '' is
     # off, anything else a folder (local or gs://). $JAX_COMPILATION_CACHE_DIR takes precedence.
     c.runtime.compilation_cache = 'auto'
+    # '' runs on what JAX finds; 'tpu' or 'gpu' refuses to start on anything else (the launch
+    # recipes ask for theirs), so a pod run without its accelerator wheels never trains on CPUs
+    c.runtime.platform = ''
 
     c.distributed = ml_collections.ConfigDict()  # multi-process runs; see sharding/distributed.py
     c.distributed.enabled = False

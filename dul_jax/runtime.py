@@ -7,6 +7,8 @@ Library code never calls this behind the user's back: `dul-jax` and the benchmar
 import os
 import sys
 
+from dul_jax.errors import UserError
+
 
 def start(cfg, debug: bool = False) -> None:
     """Join the other processes (`distributed.*`), set how CPU computations are dispatched
@@ -27,9 +29,31 @@ def start(cfg, debug: bool = False) -> None:
     if debug:
         jax.config.update('jax_debug_nans', True)
         chex.enable_asserts()
-    if jax.process_index() == 0 and jax.default_backend() == 'cpu':
-        print(f'no accelerator found: running on the CPU ({jax.device_count()} device(s)).',
+    check_platform(cfg.runtime.get('platform', ''), jax.default_backend())
+    if jax.process_index() == 0:
+        device = jax.devices()[0]
+        print(f'platform {device.platform}, device kind {device.device_kind}: '
+              f'{jax.device_count()} device(s) in {jax.process_count()} process(es).',
               file=sys.stderr)
+        if jax.default_backend() == 'cpu':
+            print('no accelerator found: running on the CPU.', file=sys.stderr)
+
+
+PLATFORM_EXTRAS = {'tpu': 'tpu', 'gpu': 'cuda12'}
+
+
+def check_platform(asked: str, found: str) -> None:
+    """UserError, naming the extra to install, when `runtime.platform` asks for another
+    platform than the one JAX found."""
+    if asked not in ('', 'cpu', *PLATFORM_EXTRAS):
+        raise UserError(f"runtime.platform={asked!r} is not one of '', cpu, tpu, gpu; set "
+                        '--config.runtime.platform to one of those.')
+    if asked and asked != found:
+        extra = PLATFORM_EXTRAS.get(asked)
+        fix = (f"install JAX for it on this host (pip install -e '.[{extra}]', or make venv "
+               f'ACCEL={extra})' if extra else 'run without accelerators')
+        raise UserError(f'runtime.platform={asked} but JAX found {found} devices only; {fix}, or '
+                        "set --config.runtime.platform='' to run on what is here.")
 
 
 DEFAULT_COMPILATION_CACHE = '~/.cache/dul_jax/jax_cache'

@@ -130,3 +130,17 @@ def test_runtime_start_fills_the_compilation_cache_it_names(tmp_path):
             'jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready()\n')
     subprocess.run([sys.executable, '-c', code], env=env, check=True, capture_output=True)
     assert any((tmp_path / 'cache').iterdir())
+
+
+def test_a_run_that_asks_for_an_accelerator_is_refused_on_the_cpu():
+    from dul_jax import runtime
+    runtime.check_platform('', 'cpu')
+    runtime.check_platform('tpu', 'tpu')
+    with pytest.raises(UserError, match=r"^runtime.platform=tpu but JAX found cpu devices only; "
+                                        r"install JAX for it on this host \(pip install -e "
+                                        r"'\.\[tpu\]', or make venv ACCEL=tpu\), or set"):
+        runtime.check_platform('tpu', 'cpu')
+    with pytest.raises(UserError, match=r"pip install -e '\.\[cuda12\]'"):
+        runtime.check_platform('gpu', 'cpu')
+    with pytest.raises(UserError, match="is not one of '', cpu, tpu, gpu"):
+        runtime.check_platform('cuda', 'cpu')

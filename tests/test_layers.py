@@ -23,7 +23,7 @@ ALLOWED = {
     'train': {'accounting', 'config', 'data', 'errors', 'evaluators', 'images', 'sharding',
               'storage', 'tasks'},
     'scaling': {'accounting', 'config', 'errors', 'storage', 'train'},
-    'runtime': {'sharding'},
+    'runtime': {'errors', 'sharding'},
     'compress': {'errors', 'storage', 'tasks', 'train'},
     'cli': {'compress', 'config', 'errors', 'runtime', 'scaling', 'sharding', 'storage', 'train'},
 }

@@ -238,3 +238,33 @@ def test_compile_for_an_h100_node_where_the_cuda_plugin_is_installed():
     report = aot.compile_run(cfg, targets.parse('h100:8'), with_eval=False)
     assert report.fits and report.memory['params'] > 0
     assert report.model_flops > 0   # XLA's GPU path gives no cost analysis; the analytic count
+
+
+def test_a_missing_toolchain_is_named_in_one_sentence(monkeypatch):
+    monkeypatch.setitem(__import__('sys').modules, 'libtpu', None)   # import libtpu fails
+    with pytest.raises(UserError, match=r"needs libtpu; install the tpu extra: pip install -e "
+                                        r"'\.\[tpu\]'\.$"):
+        targets.devices(targets.parse('v5e:2x2'))
+    monkeypatch.setitem(__import__('sys').modules, 'jax_plugins.xla_cuda12', None)
+    with pytest.raises(UserError, match='needs the CUDA plugin; install the cuda12 extra'):
+        targets.devices(targets.parse('h100:8'))
+
+
+def test_remat_keeps_the_step_and_shrinks_the_tpu_temporaries(slices, tmp_path):
+    # activation-heavy: 4 layers over 512 positions, so what the backward keeps dominates
+    base = ['model.num_layers=4', 'model.embed_dim=128', 'model.num_heads=4',
+            'model.mlp_dim=512', 'model.scan_unroll=1', 'data.seq_len=512',
+            'data.synthetic_vocab=256', 'train.batch_size=16', 'mesh.data=-1']
+    target = targets.parse('v5e:2x2')
+    devices = targets.devices(target)
+    temporaries = {}
+    for remat in ('none', 'full'):
+        cfg = config_lib.load_config(GPT, base + [f'model.remat={remat}'])
+        report = aot.compile_run(cfg, target, devices, with_eval=False)
+        temporaries[remat] = report.memory['temporaries']
+        if remat == 'full':   # the serialized step can be written for the target to load
+            aot.save_executable(report.compiled, str(tmp_path / 'step.pkl'))
+    assert temporaries['full'] < 0.5 * temporaries['none']
+    serialized, in_tree, out_tree = __import__('pickle').loads((tmp_path / 'step.pkl').read_bytes())
+    assert isinstance(serialized, bytes) and len(serialized) > 1000
+    assert in_tree.num_leaves > 0 and out_tree.num_leaves > 0

@@ -114,3 +114,19 @@ class ForwardVariantsTest(chex.TestCase):
     def test_a_wrongly_shaped_input_is_refused_at_the_boundary(self):
         with pytest.raises(AssertionError, match='rank'):
             self.model.apply({'params': self.params}, jnp.zeros((LENGTH,), jnp.int32))
+
+
+@pytest.mark.parametrize('remat', ['dots', 'full'])
+def test_remat_gives_the_same_loss_and_gradients(model_and_params, remat):
+    model, params = model_and_params
+    recomputing = model.clone(remat=remat)
+    x, labels = _tokens(2), jnp.array([2, 0])
+
+    def loss(module):
+        def f(p):
+            logits = module.apply({'params': p}, shift_right(x, VOCAB), labels)
+            return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+                logits, x[..., None], -1)[..., 0])
+        return jax.jit(jax.value_and_grad(f))(params)
+
+    chex.assert_trees_all_close(loss(recomputing), loss(model), rtol=1e-5, atol=1e-6)

@@ -137,6 +137,11 @@ def test_a_multi_host_slice_keeps_each_hosts_devices_together(slices):
     assert [d.process_index for d in interleaved.devices.flat] != processes
     with pytest.raises(UserError, match='holds batch rows'):
         mesh.check_process_rows(mesh.batch_sharding(interleaved, mesh.DEFAULT_RULES), 64)
+    # tensor=8 over hosts of 4 chips: two hosts would load the same rows
+    wide = mesh.make_mesh({'data': 2, 'fsdp': 1, 'tensor': 8}, devices)
+    with pytest.raises(UserError, match=r'^processes 0 and 1 hold the same batch rows: .* '
+                                        r'keep --config.mesh.tensor at most 4\.$'):
+        mesh.check_process_rows(mesh.batch_sharding(wide, mesh.DEFAULT_RULES), 64)
 
 
 def test_kernels_follow_the_compile_targets_platform(slices):

@@ -128,6 +128,12 @@ def check_process_rows(sharding: NamedSharding, global_batch: int) -> None:
         owned.setdefault(device.process_index, set()).update(
             range(*index[0].indices(global_batch)))
     per_process = global_batch // len(owned)
+    first, second = sorted(owned)[:2] if len(owned) > 1 else (None, None)
+    if first is not None and owned[first] & owned[second]:
+        local = sum(d.process_index == first for d in sharding.mesh.devices.flat)
+        raise UserError(f'processes {first} and {second} hold the same batch rows: a mesh axis '
+                        f'that does not split the batch (tensor) spans hosts of {local} devices; '
+                        f'keep --config.mesh.tensor at most {local}.')
     for rank, process in enumerate(sorted(owned)):
         start = rank * per_process
         if owned[process] != set(range(start, start + per_process)):

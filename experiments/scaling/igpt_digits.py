@@ -20,6 +20,7 @@ def get_sweep():
     c = base_config()
     c.data.name = 'digits'
     c.model = default_model_config()
+    c.model.scan_unroll = 0       # unrolled, as the published sweep ran: the faster CPU step
     c.optim.warmup_steps = 60
     c.optim.min_lr_ratio = 0.1
     c.train.update(steps=600, batch_size=32, log_every=100, eval_every=0, ckpt_every=300,

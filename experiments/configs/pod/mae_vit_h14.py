@@ -1,42 +1,19 @@
-"""MAE with a ViT-H/14 encoder (32 layers, width 1280, 16 heads) and the paper's decoder
-(8 layers, width 512, 16 heads) on 224x224 RGB images, 75% of the 256 patches masked, for a
-TPU v5p-128 slice: 4096 images a step (He et al. 2022 pre-train at 4096), bf16 compute, the
-state split over all 128 chips (FSDP).
+"""MAE with a ViT-H/14 encoder (32 layers, width 1280, 16 heads) and the decoder of
+mae_vit_l16.py on 224x224 RGB images, 75% of the 256 patches masked, for a TPU v5p-128 slice:
+4096 images a step, bf16 compute, the state split over all 128 chips (FSDP)."""
 
-Data: synthetic images of ImageNet's training shape (see gpt_1b.py); `target` is the slice.
-"""
+import os
 
-from dul_jax.config import base_config
-from dul_jax.tasks.mae import default_model_config
+from dul_jax.config import load_config
 
 
 def get_config():
-    c = base_config()
-    c.task = 'mae'
+    c = load_config(os.path.join(os.path.dirname(__file__), 'mae_vit_l16.py'))
     c.target = 'v5p:4x4x8'
-    c.data.name = 'synthetic'
-    c.data.synthetic_shape = (224, 224, 3)
-    c.data.synthetic_levels = 256
-    c.data.synthetic_classes = 1000
-    c.model = default_model_config()
     c.model.patch_size = 14
     c.model.num_layers = 32
     c.model.embed_dim = 1280
-    c.model.num_heads = 16
     c.model.mlp_dim = 5120
-    c.model.decoder_layers = 8
-    c.model.decoder_embed_dim = 512
-    c.model.decoder_heads = 16
-    c.model.decoder_mlp_dim = 2048
-    c.model.norm_pix_loss = True
-    c.model.dtype = 'bfloat16'
-    c.optim.lr = 2.4e-3        # 1.5e-4 x 4096 / 256, the paper's scaling rule
-    c.optim.b2 = 0.95
-    c.optim.weight_decay = 0.05
-    c.optim.warmup_steps = 12000
-    c.train.steps = 250000
-    c.train.batch_size = 4096
-    c.eval.batch_size = 1024
     c.mesh.data = 1
     c.mesh.fsdp = -1
     return c

@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    c.mesh.slices = 1                           # TPU slices over DCN (or GPU node groups)
     c.mesh.rules = ()                           # (logical, mesh axis) pairs before the defaults
 
     # The kernel of each op (dul_jax/ops): `auto` picks the measured-fastest per backend,

@@ -32,6 +32,8 @@ MESHES = {
     'fsdp=8': {'mesh.data': 1, 'mesh.fsdp': 8},
     'tensor=8': {'mesh.data': 1, 'mesh.tensor': 8},
     'data=2,fsdp=2,tensor=2': {'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2},
+    # two slices of 4: data across the slices (DCN), fsdp inside each
+    'slices=2,data=2,fsdp=2': {'mesh.slices': 2, 'mesh.data': 2, 'mesh.fsdp': 2},
 }
 # pmap draws dropout noise per device for its sub-batch, so it can only match without dropout
 PMAP = {'mesh.data': 8, 'parallelism': 'pmap', 'model.dropout': 0.0}
@@ -157,6 +159,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.integration
 def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, tfds_dir):
     common = [f'--config.{o}' for o in MODEL] + [
         f'--config.data.tfds_dir={tfds_dir}', '--config.train.steps=4',
@@ -235,6 +238,7 @@ def _launch_cli(workdir, port, process_id, extra=(), num_processes=2):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.integration
 def test_processes_started_with_different_configs_are_refused_on_every_process(tmp_path):
     port = _free_port()
     procs = [_launch_cli(str(tmp_path / 'run'), port, i, [f'--config.train.steps={10 + i}'])
@@ -247,6 +251,7 @@ def test_processes_started_with_different_configs_are_refused_on_every_process(t
     assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 
+@pytest.mark.integration
 def test_a_process_that_never_arrives_is_named_in_one_sentence_after_the_timeout(tmp_path):
     # process 0 waits for process 1 of 2, and process 1 of another pair for its process 0
     ports = _free_port(), _free_port()

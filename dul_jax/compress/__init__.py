@@ -131,6 +131,8 @@ def load_codec(cfg, workdir: str, ema: bool = True, step: int | None = None) -> 
     from dul_jax.train.workdir import kept_spec
     cfg = cfg.copy_and_resolve_references()
     cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 1, 1
+    if 'slices' in cfg.mesh:
+        cfg.mesh.slices = 1
     cfg.train.batch_size = cfg.eval.batch_size = cfg.train.grad_accum = 1   # one device
     setup = prepare(cfg, devices=jax.devices()[:1], spec=kept_spec(cfg, workdir))  # no data
     directory = storage.path(workdir) / 'checkpoints'

@@ -16,6 +16,11 @@ _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16
 # `-start` variants are the asynchronous forms of the same collectives.
 _OP = re.compile(r'=\s*(\(.*?\)|\S+)\s+(' + '|'.join(COLLECTIVES) + r')(?:-start)?\(')
 _SHAPE = re.compile(r'(\w+)\[([\d,]*)\]')
+# Across TPU slices the compiler hands the data-parallel reduction to the DCN runtime as host
+# transfers: `send((bf16[..], u32[], token[]) ...) ... _xla_megascale_transfer_type="ALL_REDUCE"`.
+DCN = 'dcn all-reduce'
+_DCN_SEND = re.compile(r'=\s*\((\w+\[[\d,]*\]).*?\ssend\(.*_xla_megascale_transfer_type='
+                       r'"ALL_REDUCE"')
 
 
 def _shape_bytes(text: str) -> int:
@@ -56,7 +61,8 @@ def _group_size(line: str, num_devices: int) -> int:
 def collectives(hlo_text: str, num_devices: int | None = None) -> dict[str, dict[str, int]]:
     """{collective: {'count': n, 'bytes': bytes of results}} executed by one run of the module,
     and with `num_devices` (the module's device count) also 'sent': the bytes each device sends
-    for them by ring algorithms, from each op's replica group size.
+    for them by ring algorithms, from each op's replica group size. Reductions across TPU
+    slices count as `DCN`, their 'sent' being the bytes each device hands to the network.
 
     A collective inside a while loop (the scanned layer stack) runs once per iteration, so it is
     counted trip-count times: XLA's known trip count, or else the limit N of a loop condition
@@ -89,6 +95,11 @@ def collectives(hlo_text: str, num_devices: int | None = None) -> dict[str, dict
             if num_devices:
                 own[current][(op, 'sent')] += nbytes * _SENT_PER_RESULT_BYTE[op](
                     _group_size(line, num_devices))
+        dcn = _DCN_SEND.search(line)
+        if dcn:
+            nbytes = _shape_bytes(dcn.group(1))
+            for field in ('count', 'bytes', 'sent'):
+                own[current][(DCN, field)] += 1 if field == 'count' else nbytes
 
     def trip_count(trips) -> int:
         """XLA's known trip count, else the one constant of a `counter < N` condition."""
@@ -109,7 +120,7 @@ def collectives(hlo_text: str, num_devices: int | None = None) -> dict[str, dict
     counts = total(entry) if entry else collections.Counter()
     fields = ('count', 'bytes', 'sent') if num_devices else ('count', 'bytes')
     return {op: {field: int(counts[(op, field)]) for field in fields}
-            for op in COLLECTIVES if counts[(op, 'count')]}
+            for op in COLLECTIVES + (DCN,) if counts[(op, 'count')]}
 
 
 def bytes_per_device(tree) -> int:

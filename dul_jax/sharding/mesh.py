@@ -6,7 +6,9 @@ This is the only module that knows about devices. Models name their axes logical
   data=N               pure data parallelism (params replicated, batch split)
   fsdp=N               ZeRO-3: params and optimizer state split along `embed`, batch split too
   tensor=N             Megatron: attention heads and MLP hidden units split
-and any product of them.
+and any product of them. With `slices=S` (several TPU slices joined by the data-centre network,
+DCN, or groups of GPU nodes) the `data` axis also runs across slices, S times its size in one
+slice; `fsdp` and `tensor` stay inside a slice, on its fast interconnect (ICI or NVLink).
 """
 
 import math
@@ -41,7 +43,15 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) from config, with at most one -1 taking the remaining devices."""
+    """(data, fsdp, tensor) of the whole mesh from config: the sizes inside one slice, with at
+    most one -1 taking the slice's remaining devices, and `data` multiplied by the slices."""
+    slices = int(mesh_cfg.get('slices', 1))
+    if slices < 1 or num_devices % slices:
+        raise UserError(f'mesh.slices={slices} does not split the {num_devices} devices into '
+                        'equal slices; give a positive divisor of the device count.')
+    per_slice = num_devices // slices
+    where = f'{per_slice} devices of each of the {slices} slices' if slices > 1 else (
+        f'{num_devices} devices')
     sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
     fill = [i for i, s in enumerate(sizes) if s == -1]
     if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
@@ -49,31 +59,54 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
                         'sizes with at most one -1 (which takes the remaining devices).')
     known = math.prod(s for s in sizes if s != -1)
     if fill:
-        if num_devices % known:
+        if per_slice % known:
             raise UserError(f'the mesh axes other than -1 multiply to {known}, which does not '
-                            f'divide the {num_devices} devices; change --config.mesh.*.')
-        sizes[fill[0]] = num_devices // known
-    if math.prod(sizes) != num_devices:
+                            f'divide the {where}; change --config.mesh.*.')
+        sizes[fill[0]] = per_slice // known
+    if math.prod(sizes) != per_slice:
         raise UserError(f'mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but '
-                        f'{num_devices} are present; make --config.mesh.* multiply to '
-                        f'{num_devices}.')
-    return tuple(sizes)
+                        f'there are {where}; make --config.mesh.* multiply to {per_slice}.')
+    return (sizes[0] * slices, sizes[1], sizes[2])
+
+
+def split_slices(devices: Sequence[jax.Device], slices: int) -> list[list[jax.Device]]:
+    """The devices of each slice: by the TPU's own slice index where the devices carry several,
+    otherwise equal blocks of the devices in process order (GPU nodes, or CPU test devices)."""
+    found = sorted({getattr(d, 'slice_index', 0) for d in devices})
+    if len(found) > 1:
+        if len(found) != slices:
+            raise UserError(f'the devices form {len(found)} slices but mesh.slices={slices}; set '
+                            f'--config.mesh.slices={len(found)}.')
+        groups = [[d for d in devices if d.slice_index == i] for i in found]
+        if len({len(g) for g in groups}) > 1:
+            raise UserError(f'the {slices} slices have {sorted({len(g) for g in groups})} '
+                            'devices; mesh.slices needs slices of one size.')
+        return groups
+    if slices == 1:
+        return [list(devices)]
+    ordered = sorted(devices, key=lambda d: d.process_index)   # stable: keeps each host's order
+    size = len(ordered) // slices
+    return [ordered[i * size:(i + 1) * size] for i in range(slices)]
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axes (linen's logical constraints need Auto)."""
+    """A (data, fsdp, tensor) mesh with Auto axes (linen's logical constraints need Auto); with
+    several slices, each slice's mesh is laid out alone and the slices are stacked along data."""
     devices = list(devices if devices is not None else jax.devices())
-    shape = mesh_shape(mesh_cfg, len(devices))
+    data, fsdp, tensor = mesh_shape(mesh_cfg, len(devices))
+    slices = int(mesh_cfg.get('slices', 1))
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
-    mesh = jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
-    processes = [d.process_index for d in mesh.devices.flat]
-    if processes != sorted(processes):
-        # A multi-host TPU slice in physical order interleaves the hosts; each process loads a
-        # contiguous block of the batch, so keep its devices together (in make_mesh's order).
-        by_process = sorted(mesh.devices.flat, key=lambda d: d.process_index)
-        mesh = jax.sharding.Mesh(np.array(by_process).reshape(shape), MESH_AXES,
-                                 axis_types=axis_types)
-    return mesh
+    blocks = []
+    for group in split_slices(devices, slices):
+        shape = (data // slices, fsdp, tensor)
+        block = jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=group).devices
+        processes = [d.process_index for d in block.flat]
+        if processes != sorted(processes):
+            # A multi-host TPU slice in physical order interleaves the hosts; each process loads
+            # a contiguous block of the batch, so keep its devices together (in make_mesh's order).
+            block = np.array(sorted(block.flat, key=lambda d: d.process_index)).reshape(shape)
+        blocks.append(block)
+    return jax.sharding.Mesh(np.concatenate(blocks, axis=0), MESH_AXES, axis_types=axis_types)
 
 
 def rules_from_config(cfg) -> tuple:

@@ -1,8 +1,9 @@
 """Compile targets: accelerator chips by their published figures, and the devices of a named TPU
 topology or GPU node, made on any host (no accelerator needed) for ahead-of-time compilation.
 
-Names: TPU slices as `KIND:TOPOLOGY` (`v5e:16x16`, `v5p:4x4x8`, `v6e:8x8`, `v4:4x4x4`), GPU
-nodes as `KIND:COUNT` (`h100:8`, `h200:8`). TPU devices come from libtpu (the `tpu` extra), GPU
+Names: TPU slices as `KIND:TOPOLOGY` (`v5e:16x16`, `v5p:4x4x8`, `v6e:8x8`, `v4:4x4x4`), several
+slices joined by the data-centre network as `SxKIND:TOPOLOGY` (`2xv5e:16x16`), GPU nodes as
+`KIND:COUNT` (`h100:8`, `h200:8`). TPU devices come from libtpu (the `tpu` extra), GPU
 devices from the CUDA plugin (the `cuda12` extra) with a target description kept beside this
 file (`gpu_targets/KIND.txtpb`, the chip's facts as XLA's GpuTargetConfig text proto).
 """
@@ -55,7 +56,7 @@ CHIPS = {c.kind: c for c in (
 # libtpu's topology names for our chip kinds (`get_topology_desc(topology_name=...)`)
 _TPU_NAMES = {'v4': 'v4', 'v5e': 'v5e', 'v5p': 'v5p', 'v6e': 'v6e'}
 GPU_TARGETS = pathlib.Path(__file__).with_name('gpu_targets')
-EXAMPLES = 'v5e:16x16, v5p:4x4x8, v6e:8x8, v4:4x4x4, h100:8 or h200:8'
+EXAMPLES = 'v5e:16x16, 2xv5e:16x16, v5p:4x4x8, v6e:8x8, v4:4x4x4, h100:8 or h200:8'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,24 +65,27 @@ class Target:
     name: str
     chip: Chip
     shape: tuple[int, ...]    # TPU: the slice's chip grid; GPU: (count,)
+    slices: int = 1           # TPU slices joined by DCN, each of `shape`
 
     @property
     def num_chips(self) -> int:
-        return math.prod(self.shape)
+        return math.prod(self.shape) * self.slices
 
 
 def parse(name: str) -> Target:
-    """`v5e:16x16` or `h100:8` as a Target; one sentence naming the known forms otherwise."""
-    match = re.fullmatch(r'([a-z0-9]+):(\d+(?:x\d+){0,2})', name.strip().lower())
-    chip = CHIPS.get(match.group(1)) if match else None
+    """`v5e:16x16`, `2xv5e:16x16` or `h100:8` as a Target; one sentence naming the known forms
+    otherwise."""
+    match = re.fullmatch(r'(?:(\d+)x)?([a-z][a-z0-9]*):(\d+(?:x\d+){0,2})', name.strip().lower())
+    chip = CHIPS.get(match.group(2)) if match else None
     if chip is None:
         raise UserError(f'--topology {name!r} is not a known target; give KIND:SHAPE with KIND '
                         f'one of {", ".join(CHIPS)}, e.g. {EXAMPLES}.')
-    shape = tuple(int(n) for n in match.group(2).split('x'))
-    if chip.platform == 'gpu' and len(shape) != 1 or min(shape) < 1:
-        raise UserError(f'--topology {name!r}: a GPU node is KIND:COUNT (e.g. h100:8) and every '
-                        'size must be positive.')
-    return Target(name, chip, shape)
+    shape = tuple(int(n) for n in match.group(3).split('x'))
+    slices = int(match.group(1) or 1)
+    if chip.platform == 'gpu' and (len(shape) != 1 or slices != 1) or min(shape + (slices,)) < 1:
+        raise UserError(f'--topology {name!r}: GPUs are KIND:COUNT (e.g. h100:8, or h100:16 for '
+                        'two nodes) and every size must be positive.')
+    return Target(name, chip, shape, slices)
 
 
 def for_chips(kind: str, chips: int) -> Target:
@@ -114,7 +118,8 @@ def devices(target: Target) -> list:
                             "pip install -e '.[tpu]'.") from None
         topology = 'x'.join(map(str, target.shape))
         return list(topologies.get_topology_desc(
-            platform='tpu', topology_name=f'{_TPU_NAMES[target.chip.kind]}:{topology}').devices)
+            platform='tpu', topology_name=f'{_TPU_NAMES[target.chip.kind]}:{topology}',
+            num_slices=target.slices).devices)
     try:
         import jax_plugins.xla_cuda12  # noqa: F401
     except ImportError:

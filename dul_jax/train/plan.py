@@ -17,18 +17,20 @@ LEVERS = (('none', 1), ('dots', 1), ('full', 1), ('full', 2), ('full', 4))
 
 @dataclasses.dataclass
 class Candidate:
-    mesh: tuple[int, int, int]        # data, fsdp, tensor
+    mesh: tuple[int, int, int]        # data, fsdp, tensor inside one slice
     remat: str | None                 # None: the model has no layer stack to rematerialise
     grad_accum: int
     state_bytes: int = 0              # params + optimizer state + EMA per chip (analytic)
     report: aot.Report | None = None
     note: str = ''                    # why it was ruled out or not compiled
+    slices: int = 1                   # TPU slices; data runs across them too
 
     @property
     def overrides(self) -> dict:
         data, fsdp, tensor = self.mesh
         remat = {} if self.remat is None else {'model.remat': self.remat}
-        return {'mesh.data': data, 'mesh.fsdp': fsdp, 'mesh.tensor': tensor, **remat,
+        slices = {'mesh.slices': self.slices} if self.slices > 1 else {}
+        return {'mesh.data': data, 'mesh.fsdp': fsdp, 'mesh.tensor': tensor, **slices, **remat,
                 'train.grad_accum': self.grad_accum}
 
 
@@ -56,10 +58,10 @@ def plan(cfg, target: targets.Target, max_compiles: int, devices=None) -> list[C
     devices = targets.devices(target) if devices is None else devices
     levers = LEVERS if 'remat' in cfg.model else ((None, 1), (None, 2), (None, 4))
     hbm, compiles, done = target.chip.hbm_bytes, 0, []
-    for mesh in meshes(target.num_chips):
+    for mesh in meshes(target.num_chips // target.slices):
         fitted = False
         for remat, accum in levers:
-            candidate = Candidate(mesh, remat, accum)
+            candidate = Candidate(mesh, remat, accum, slices=target.slices)
             done.append(candidate)
             trial = configure(cfg, candidate)
             try:

@@ -116,6 +116,8 @@ def _load(cfg, workdir: str, step: int | None) -> Run:
     # for the params, so they are set to what fits one device.
     one.parallelism = 'jit'
     one.mesh.data, one.mesh.fsdp, one.mesh.tensor = 1, 1, 1
+    if 'slices' in one.mesh:
+        one.mesh.slices = 1
     one.train.batch_size = one.eval.batch_size = one.train.grad_accum = 1
     spec = kept_spec(cfg, workdir)
     setup = prepare(one, devices=jax.devices()[:1], spec=spec)

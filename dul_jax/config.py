@@ -123,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = -1               # -1: from the environment
     c.distributed.local_device_ids = ()         # e.g. (0,) for one GPU per process
     c.distributed.initialization_timeout_s = 300  # how long to wait for every process to join
+    c.distributed.heartbeat_timeout_s = 60      # a silent process ends the run after this
     return c
 
 

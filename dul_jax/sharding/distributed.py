@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from dul_jax.errors import UserError
-from dul_jax.sharding import rendezvous
+from dul_jax.sharding import liveness, rendezvous
 
 
 def initialize(dist_cfg) -> None:
@@ -40,9 +40,11 @@ def initialize(dist_cfg) -> None:
     if dist_cfg.local_device_ids:
         kwargs['local_device_ids'] = list(dist_cfg.local_device_ids)
     timeout = dist_cfg.initialization_timeout_s
-    if not (isinstance(timeout, int) and timeout > 0):
-        raise UserError(f'distributed.initialization_timeout_s must be a positive number of '
-                        f'seconds, got {timeout!r}.')
+    heartbeat = dist_cfg.get('heartbeat_timeout_s', 60)
+    for key, value in (('initialization_timeout_s', timeout), ('heartbeat_timeout_s', heartbeat)):
+        if not (isinstance(value, int) and value > 0):
+            raise UserError(f'distributed.{key} must be a positive number of seconds, got '
+                            f'{value!r}.')
     where = (f'coordinator {coordinator or "(found by JAX)"}, process {pid if pid >= 0 else "?"} '
              f'of {num or "?"}')
     print(f'joining the other processes ({where}); waiting up to {timeout} s '
@@ -51,7 +53,8 @@ def initialize(dist_cfg) -> None:
     if coordinator and num and pid >= 0:   # where JAX finds the cluster itself, it waits alone
         rendezvous.roll_call(coordinator, num, pid, timeout)
     try:
-        jax.distributed.initialize(**kwargs, initialization_timeout=timeout)
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=liveness.jax_heartbeat_s(heartbeat))
     except (RuntimeError, ValueError) as e:
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise UserError(f'the processes could not join ({where}: {reason}); check that every '

@@ -1,7 +1,7 @@
 """The training loop, evaluation and sampling of one run in one workdir.
 
-WORKDIR/ holds config.json, data_spec.json, metrics.jsonl, tensorboard/, checkpoints/ (orbax)
-and samples/.
+WORKDIR/ holds config.json, data_spec.json, metrics.jsonl, tensorboard/, checkpoints/ (orbax),
+samples/ and logs/process_<i>.log (each process's own log).
 Running `train` again on the same workdir resumes from the latest checkpoint. SIGTERM or SIGINT
 (Ctrl-C) saves a
 checkpoint and returns; a non-finite loss stops the run before any bad state is checkpointed.
@@ -23,6 +23,7 @@ from dul_jax import config as config_lib
 from dul_jax import data, evaluators, images, storage
 from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
+from dul_jax.sharding.liveness import Watchdog
 from dul_jax.sharding.mesh import to_host
 from dul_jax.tasks.base import implements
 from dul_jax.train import mfu, workdir_lock
@@ -31,7 +32,7 @@ from dul_jax.train.setup import Setup, prepare
 from dul_jax.train.state import eval_key, eval_params
 from dul_jax.train.warm_start import warm_start
 from dul_jax.train.workdir import kept_spec, load_config_of, write_spec  # noqa: F401 (cli's)
-from dul_jax.train.writers import MetricWriter
+from dul_jax.train.writers import HostLog, MetricWriter
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,10 +43,33 @@ def _is_main() -> bool:
     return jax.process_index() == 0
 
 
+_host_log: HostLog | None = None   # this process's log file while `train` runs
+
+
 def log(message: str) -> None:
-    """Print `message` above the progress bar, on process 0 only."""
+    """Print `message` above the progress bar on process 0, and write it to this process's log
+    file (every process) while a run trains."""
     if _is_main():
         tqdm.tqdm.write(message)
+    if _host_log is not None:
+        _host_log.write(message)
+
+
+@contextlib.contextmanager
+def _logging_to(host_log: HostLog):
+    global _host_log
+    _host_log = host_log
+    try:
+        yield
+    finally:
+        _host_log = None
+
+
+def _say_everywhere(message: str) -> None:
+    """A stop that every process must tell: to its own stderr and to its log file."""
+    print(message, file=sys.stderr, flush=True)
+    if _host_log is not None:
+        _host_log.write(message)
 
 
 class _StopSignals:
@@ -117,6 +141,8 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
         log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
     with workdir_lock.exclusive(workdir, enabled=_is_main()), \
+            contextlib.closing(HostLog(workdir)) as host_log, _logging_to(host_log), \
+            Watchdog(cfg.distributed.get('heartbeat_timeout_s', 60), _say_everywhere), \
             contextlib.closing(MetricWriter(workdir)) as writer, \
             contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
                                             keep=cfg.train.keep_checkpoints)) as ckpt:
@@ -203,6 +229,13 @@ class _Run:
             f'mesh {dict(setup.mesh.shape)}, global batch {tc.batch_size}, {tc.steps} steps, '
             + (f'{self.flops_per_step:.3g} FLOPs/step ({flops_source})' if self.flops_per_step
                else f'FLOPs/step {flops_source}, so no MFU'))
+        rows = setup.process_batch_size
+        first = jax.process_index() * rows
+        if _host_log is not None:
+            _host_log.write(f'process {jax.process_index()} of {jax.process_count()}: '
+                            f'{jax.local_device_count()} {jax.local_devices()[0].platform} '
+                            f'device(s), rows {first}-{first + rows - 1} of each global batch, '
+                            f'from step {step}')
         step_fn = setup.train_step(jit=not self.debug)
         # a bar only on a terminal; elsewhere (logs of batch jobs) a plain line per log interval
         self.bar = _is_main() and sys.stderr.isatty()
@@ -236,8 +269,8 @@ class _Run:
                     self._save(step, state)
                 if stopping:
                     self.ckpt.wait()
-                    log(f'{signals.name or "SIGTERM"}: saved a checkpoint at step {step} in '
-                        f'{self.ckpt.directory}; rerun the same command to resume.')
+                    log(f'{signals.name or "preemption notice"}: saved a checkpoint at step '
+                        f'{step} in {self.ckpt.directory}; rerun the same command to resume.')
                     return {}
             state = setup.from_step_form(state)
             final = evaluate(setup, state, self.cfg.eval.max_examples)

@@ -1,5 +1,5 @@
 """Where metrics go: WORKDIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events
-in WORKDIR/tensorboard/.
+in WORKDIR/tensorboard/; and what each process says, in WORKDIR/logs/process_<i>.log.
 
 Only process 0 writes; on other processes the writer is a no-op, so callers need no checks. A
 workdir on an object store (gs://) cannot be appended to, so both are written to a local staging
@@ -117,3 +117,43 @@ class MetricWriter:
             self.sync(force=True)
             if self._staging is not None:
                 self._staging.cleanup()
+
+
+class HostLog:
+    """This process's own log, WORKDIR/logs/process_<i>.log: every process writes one, so a
+    host's view of a multi-host run (its devices, its batch rows, why it stopped) is kept.
+    Timestamped lines, appended; on gs:// staged locally and uploaded as MetricWriter does."""
+
+    def __init__(self, workdir: str):
+        name = f'process_{jax.process_index()}.log'
+        self.remote = storage.path(workdir) / 'logs' / name
+        self._staging = None
+        if storage.is_url(self.remote):
+            self._staging = tempfile.TemporaryDirectory(prefix='dul_jax_log_')
+            local = os.path.join(self._staging.name, name)
+            if self.remote.is_file():   # a resumed run goes on in the same log
+                with open(local, 'wb') as f:
+                    f.write(self.remote.read_bytes())
+        else:
+            local = os.fspath(self.remote)
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+        self._file = open(local, 'a', encoding='utf-8')  # noqa: SIM115
+        self._last_sync = time.monotonic()
+
+    def write(self, message: str) -> None:
+        stamp = time.strftime('%Y-%m-%d %H:%M:%S')
+        self._file.write(''.join(f'{stamp} {line}\n' for line in message.splitlines()))
+        self._file.flush()
+        if self._staging is not None and time.monotonic() - self._last_sync > SYNC_S:
+            self._upload()
+
+    def _upload(self) -> None:
+        with open(self._file.name, 'rb') as f:
+            storage.write_atomic(self.remote, f.read())
+        self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._staging is not None:
+            self._upload()
+            self._staging.cleanup()

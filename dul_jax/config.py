@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tfds_dir = '~/.cache/dul_jax/tfds'  # where TFDS builders write prepared files
     c.data.seq_len = 64                        # text window length
     c.data.text_vocab = 'bytes'                # 'bytes' (256) or 'chars' (the corpus's own)
+    c.data.text_store = 'memory'  # text splits: 'memory' (whole) or 'array_record' (streamed)
     # image levels per channel; 0 = from the data set (its dtype for a catalog set), e.g. 2 for
     # tfds:binarized_mnist, whose uint8 pixels are 0 or 1
     c.data.num_levels = 0

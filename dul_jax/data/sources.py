@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 
 from dul_jax import storage
-from dul_jax.data import arrays, download, synthetic, toy
+from dul_jax.data import arrays, download, synthetic, token_store, toy
 from dul_jax.data.catalog import (
     DEFAULT_TFDS_DIR,
     LOCAL_BUILDERS,
@@ -23,6 +23,7 @@ from dul_jax.errors import UserError
 DATA_DIR_VARIABLE = 'DUL_JAX_DATA_DIR'   # where data.dir is empty: the raw corpora's folder
 DEFAULT_DATA_DIR = '~/.cache/dul_jax/data'
 TEXT_VOCABS = ('bytes', 'chars')
+TEXT_STORES = ('memory', 'array_record')   # whole splits in memory, or token_store's files
 LEVELS_OF_DTYPE = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
 
 
@@ -36,6 +37,7 @@ class Settings:
     text_vocab: str
     data_url: str = ''    # base URL of a mirror of data.dir's layout; '' = the canonical URLs
     num_levels: int = 0   # image levels; 0 = from the data set
+    text_store: str = 'memory'
 
 
 def settings(data_cfg):
@@ -50,6 +52,10 @@ def settings(data_cfg):
     if text_vocab not in TEXT_VOCABS:
         raise UserError(f"data.text_vocab={text_vocab!r} is not known; "
                         f"set --config.data.text_vocab to 'bytes' or 'chars'.")
+    text_store = data_cfg.get('text_store') or 'memory'
+    if text_store not in TEXT_STORES:
+        raise UserError(f"data.text_store={text_store!r} is not known; "
+                        f"set --config.data.text_store to 'memory' or 'array_record'.")
     seq_len = data_cfg.get('seq_len')
     num_levels = data_cfg.get('num_levels') or 0
     if not isinstance(num_levels, int) or num_levels < 0 or num_levels == 1:
@@ -57,7 +63,7 @@ def settings(data_cfg):
                         f'count of at least 2; set --config.data.num_levels to one of those.')
     return Settings(str(name), str(source_dir), str(tfds_dir),
                     None if seq_len is None else int(seq_len), text_vocab,
-                    download.base_url(data_cfg.get('url')), num_levels)
+                    download.base_url(data_cfg.get('url')), num_levels, text_store)
 
 
 def describe(data_cfg):
@@ -145,17 +151,27 @@ def _describe_text(s, builder):
         raise UserError(f'text data set {s.name!r} needs a positive data.seq_len; '
                         f'set --config.data.seq_len.')
     train_split, eval_split = _train_and_eval_splits(s.name, builder.info.splits)
-    train = text_tokens(s.name, s.source_dir, s.tfds_dir, train_split, s.text_vocab)
-    valid = text_tokens(s.name, s.source_dir, s.tfds_dir, eval_split, s.text_vocab)
-    shortest = min(len(train), len(valid))
+    if s.text_store == 'array_record':
+        # Counts and vocabulary from the stores' JSON (written here on first use), not the tokens.
+        train, valid = (token_store.ensure(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)[1]
+                        for split in (train_split, eval_split))
+        num_train, num_eval, vocab = train['num_tokens'], valid['num_tokens'], train['vocab']
+        if valid['vocab'] != vocab:
+            raise UserError(f"the token stores of {s.name!r} under {builder.data_dir} have "
+                            f"different vocabularies; delete its tokens-* files to rebuild them.")
+    else:
+        num_train, num_eval = (
+            len(text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab))
+            for split in (train_split, eval_split))
+        vocab = char_vocab(s.name, s.source_dir, s.tfds_dir) if s.text_vocab == 'chars' else None
+    shortest = min(num_train, num_eval)
     if s.seq_len > shortest:
         raise UserError(f'data.seq_len={s.seq_len} is longer than a split of {s.name!r} '
                         f'({shortest} tokens); set --config.data.seq_len to at most {shortest}.')
-    vocab = char_vocab(s.name, s.source_dir, s.tfds_dir) if s.text_vocab == 'chars' else None
     return DataSpec(
         name=s.name, kind='text', shape=(s.seq_len,),
         num_levels=256 if vocab is None else len(vocab), num_classes=0, vocab=vocab,
-        train_split=train_split, eval_split=eval_split, num_train=len(train), num_eval=len(valid))
+        train_split=train_split, eval_split=eval_split, num_train=num_train, num_eval=num_eval)
 
 
 # ---- text ----
@@ -195,7 +211,7 @@ def text_tokens(name, source_dir, tfds_dir, split, text_vocab):
     code_points = np.frombuffer(text.decode('utf-8').encode('utf-32-le'), dtype=np.uint32)
     vocab_points = np.frombuffer(vocab.encode('utf-32-le'), dtype=np.uint32)
     ids = np.searchsorted(vocab_points, code_points)
-    return ids.astype(np.uint8 if len(vocab) <= 256 else np.uint16)
+    return ids.astype(token_store.token_dtype(len(vocab)))
 
 
 class TextWindows:
@@ -276,9 +292,13 @@ def split_reader(data_cfg, spec, split, training):
         # Points have no levels to check, and describe refuses data.num_levels for them.
         return PointArrays(*toy.split_arrays(s.name, split))
     if spec.kind == 'text':
-        tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
         # Training may start a window at any token; eval tiles the split without overlap.
-        return TextWindows(tokens, spec.shape[0], stride=1 if training else spec.shape[0])
+        stride = 1 if training else spec.shape[0]
+        if s.text_store == 'array_record':
+            base, meta = token_store.ensure(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
+            return token_store.TokenWindows(base, meta, spec.shape[0], stride)
+        tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
+        return TextWindows(tokens, spec.shape[0], stride)
     if arrays.is_arrays(s.name):
         reader = ImageArrays(*arrays.split_arrays(s.name, split))
     elif s.name in LOCAL_BUILDERS:

@@ -12,6 +12,8 @@ from dul_jax.tasks.autoregressive import default_model_config
 def get_config():
     c = base_config()
     c.target = 'v5p:4x4x8'
+    # Real text: --config.data.name=tfds:NAME --config.data.text_store=array_record (streams
+    # token windows from files beside the prepared set, e.g. in a gs:// data.tfds_dir).
     c.data.name = 'synthetic'
     c.data.seq_len = 2048
     c.data.synthetic_vocab = 32768

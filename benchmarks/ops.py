@@ -5,9 +5,9 @@
 
 Defaults: the GPT CPU target's shapes (benchmarks/configs/gpt_cpu_target.py), one layer's worth
 of each op. Each implementation is jitted as value and VJP of a cotangent of ones; prints the
-best of `repeats` calls after 2 warm-up calls, and what `auto` resolves to on this backend. Like
-train_step.py it runs with the allocator settings and calling-thread dispatch of
-dul_jax/hostmem.py (DUL_JAX_NO_RELAUNCH=1 skips the re-execution).
+best of `repeats` calls after 2 warm-up calls, and what `auto` resolves to on this backend. The CPU
+figures in benchmarks/README.md use the allocator recipe, as train_step.py's do:
+`benchmarks/cpu_env.sh python benchmarks/ops.py ...`.
 """
 
 import argparse
@@ -15,7 +15,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-from dul_jax.hostmem import apply_dispatch_setting, relaunch_with_allocator_settings
 
 from dul_jax import ops
 from dul_jax.ops.attention import attention
@@ -66,7 +65,6 @@ def main():
         p.add_argument(f'--{name}', type=int, default=default)
     p.add_argument('--dtype', default='float32')
     a = p.parse_args()
-    apply_dispatch_setting(None)   # the ops' temporaries (up to ~100 MB) as a train step's
     dtype = jnp.dtype(a.dtype)
     auto = ops.resolved(dtype=dtype)
     print(f'{jax.devices()[0].device_kind} ({jax.default_backend()}), {a.dtype}, batch {a.batch}, '
@@ -75,8 +73,9 @@ def main():
     print('| op | impl | ms | vs reference |\n|---|---|---|---|')
     for op, (fn, diff, rest) in cases(a, dtype).items():
         impls = [i for i in ops.IMPLS[op] if i != 'auto']
-        if op == 'attention' and jax.default_backend() != 'gpu':
-            impls.remove('cudnn')
+        if op == 'attention':   # the kernels of other backends
+            impls = [i for i in impls if (i, jax.default_backend()) not in (
+                ('cudnn', 'cpu'), ('cudnn', 'tpu'), ('splash', 'cpu'), ('splash', 'gpu'))]
         times = {impl: time_impl(fn, impl, diff, rest, a.repeats) for impl in impls}
         for impl, seconds in times.items():
             mark = ' (auto)' if auto[op].split(' ')[0] == impl else ''
@@ -85,5 +84,4 @@ def main():
 
 
 if __name__ == '__main__':
-    relaunch_with_allocator_settings()
     main()

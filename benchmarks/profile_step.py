@@ -48,7 +48,7 @@ def op_times(trace_dir: str, hlo_ops: set[str]) -> dict[str, list[float]]:
     """Op name -> durations (s) from the newest trace: kernels on GPU/TPU device planes (the
     'XLA Ops' line where present), else the CPU's events named after one of `hlo_ops` (the
     step's HLO instructions) on any thread: XLA's worker threads, and the calling thread, which
-    runs some of a step's ops where jax's asynchronous dispatch is off (dul_jax/hostmem.py)."""
+    runs some of a step's ops where jax's asynchronous dispatch is off."""
     path = max(glob.glob(f'{trace_dir}/**/*.xplane.pb', recursive=True))
     data = ProfileData.from_file(path)
     times = collections.defaultdict(list)

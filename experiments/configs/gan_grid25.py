@@ -1,6 +1,7 @@
 """The lecture's toy: a GAN on the 2-D mixture of 25 Gaussians on a 5x5 grid (VEEGAN, PacGAN),
 where mode coverage is measurable (the `modes` evaluator, on 2,500 samples). MLP players of
-3 x 256 units; hinge loss with spectral norm by default. The other two of the README's table:
+3 x 256 units; hinge loss with spectral norm by default. The other two losses of
+experiments/results/gan_grid25's table:
   --config.model.loss=non_saturating --config.model.spectral_norm=False
   --config.model.loss=wasserstein --config.model.spectral_norm=False
       --config.model.gradient_penalty=10 --config.model.d_steps=5 --config.train.batch_size=1280

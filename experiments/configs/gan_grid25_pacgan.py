@@ -4,7 +4,7 @@ MLP players 4 x 400 (theirs: generator 4 x 400 with batch norm, as here; discrim
 maxout units of 5 pieces, here the same 4 x 400 leaky-ReLU MLP as the generator), Adam(1e-4,
 beta1 0.8), batch 100, 100,000 generator steps (theirs: 400 epochs of 100,000 points, 400,000).
 --config.model.pack=1 is the unpacked GAN of the same settings.
-Measured: see the README's GAN section (modes covered at 100k and 200k steps)."""
+Measured: experiments/results/gan_grid25 (modes covered at 100k and 200k steps)."""
 
 import os
 

@@ -2,8 +2,8 @@
 sized for about an hour on a 2-core CPU: a DCGAN-style generator (7x7 -> 14x14 -> 28x28) and
 SNGAN's standard CNN discriminator with a projection head, both 32 channels wide, one
 discriminator update per generator update, EMA of the generator. Score it with the domain FID
-(README, "GANs"): `python experiments/domain_fid.py score --workdir RUN --classifier DIR
---num 1000`."""
+(experiments/results/gan_mnist):
+`python experiments/domain_fid.py score --workdir RUN --classifier DIR --num 1000`."""
 
 from dul_jax.config import base_config
 from dul_jax.tasks.gan import default_model_config, optimizer_groups

@@ -6,7 +6,7 @@ Measured (this config, 12 min 21 s on the 2-core CPU beside a toy GAN run), on t
 images: decoder -log p(x|z_q) 1.240 bits/dim (674 nats/image), MSE of the decoder's mean 0.0041,
 codebook perplexity 106 of 128. The prior (vqvae_prior.py on its codes, 3,000 steps): 94.3 nats
 per 7x7 grid, so -log p(x) <= 768 nats/image (1.41 bits/dim). Two-stage samples: domain FID 17.66
-on 1,000 images (real 5.10, Gaussian fit 138.9). The README's VQ-VAE section compares the
+on 1,000 images (real 5.10, Gaussian fit 138.9). experiments/results/vqvae_mnist compares the
 codebook loss without EMA or restarts.
 """
 

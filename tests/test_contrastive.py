@@ -2,7 +2,6 @@
 loss and gradients equal on one device, data=8 and fsdp=8, BYOL's target outside the gradient
 and moved by its EMA after the update, bad configs, and a tiny BYOL run through the probes."""
 
-import functools
 import json
 import math
 import pathlib
@@ -17,6 +16,7 @@ import pytest
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
 from dul_jax.losses import contrastive
+from dul_jax.tasks.base import StepContext
 from dul_jax.train import loop
 from dul_jax.train.optim import make_optimizer
 from dul_jax.train.setup import prepare
@@ -85,6 +85,7 @@ def test_byol_regression_and_target_decay():
 
 # ---- the global batch on meshes --------------------------------------------------------------
 
+@pytest.mark.integration
 def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir, quick_compiles):
     batch, rng = digits_batch(32), jax.random.key(3)
     results, params = [], None
@@ -98,8 +99,9 @@ def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir, quic
         with setup.context():
             params = params or nn.meta.unbox(task.init(jax.random.key(0), batch))
             placed = jax.device_put(params, setup.state_shardings.params)
+            ctx = StepContext(jnp.int32(0), model_state={})
             (value, _), grads = jax.jit(jax.value_and_grad(
-                functools.partial(task.loss, rng=rng, model_state={}), has_aux=True))(
+                lambda p, b, task=task, ctx=ctx: task.loss(p, b, rng, ctx)[:2], has_aux=True))(
                 placed, setup.put_batch(batch))
             results.append(jax.device_get((value, grads)))
     (value_1, grads_1), grad_norm = results[0], float(optax.global_norm(results[0][1]))
@@ -136,7 +138,7 @@ def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfd
                             jax.tree.leaves(state.params[name])):
                 np.testing.assert_array_equal(a, b)
         loss, target_grads = jax.jit(jax.value_and_grad(lambda t: task.loss(
-            state.params, batch, rng, model_state=t)[0]))(state.model_state)
+            state.params, batch, rng, StepContext(state.step, t)).loss))(state.model_state)
         assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves(target_grads))
         assert 'predictor' in state.params and 'predictor' not in state.model_state
 
@@ -197,6 +199,7 @@ def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir)
     assert str(error.value).count('. ') == 0
 
 
+@pytest.mark.integration
 def test_tiny_byol_vit_run_ends_with_the_probes(tmp_path, tfds_dir):
     cfg = tiny_config(tfds_dir, **{
         'model.method': 'byol', 'model.encoder': 'vit', 'model.patch_size': 2,

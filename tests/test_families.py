@@ -26,7 +26,7 @@ FAMILY = textwrap.dedent('''
 
     from dul_jax.config import check
     from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
-    from dul_jax.tasks.base import Task
+    from dul_jax.tasks.base import LossOut, Task
 
 
     def default_model_config():
@@ -69,9 +69,9 @@ FAMILY = textwrap.dedent('''
             logits = self.model.apply({'params': params}, batch['image'].shape[0])
             return categorical_nll(logits, batch['image'].reshape(logits.shape[:2]))
 
-        def loss(self, params, batch, rng):
+        def loss(self, params, batch, rng, ctx):
             loss = self._nll(params, batch).mean()
-            return loss, {'loss': loss}
+            return LossOut(loss, {'loss': loss})
 
         def eval_metrics(self, params, batch, rng):
             nll = self._nll(params, batch).sum(-1)
@@ -138,6 +138,7 @@ CONFIG = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.integration
 def test_a_family_outside_the_package_runs_through_the_cli(tmp_path, tfds_dir, monkeypatch,
                                                            capsys):
     package = tmp_path / 'my_research'
@@ -236,3 +237,29 @@ def test_evaluators_over_a_few_examples_pad_no_batch_past_them(tfds_dir):
     batches = list(evaluators.first_examples(c.data, 100, 0))
     assert [b['image'].shape[0] for b in batches] == [100, 100, 100]
     assert sum(float(b['mask'].sum()) for b in batches) == 297
+
+
+def test_families_name_exactly_the_capabilities_they_define(tmp_path, monkeypatch):
+    from dul_jax.tasks import capabilities
+    for name in base.builtin_families():
+        cls = base.task_class(name)
+        for capability in capabilities.CAPABILITIES:
+            (method,) = capabilities.members(capability)
+            defined = any(method in vars(c) for c in cls.__mro__ if c is not capability)
+            assert (capability in cls.__mro__) == defined, (name, capability.__name__)
+    # a family that names a capability without defining it is refused when it loads
+    (tmp_path / 'half_pkg').mkdir()
+    (tmp_path / 'half_pkg' / '__init__.py').write_text('')
+    (tmp_path / 'half_pkg' / 'family.py').write_text(textwrap.dedent('''
+        from dul_jax.tasks.base import Task
+        from dul_jax.tasks.capabilities import Features
+
+        class Half(Task, Features):
+            pass
+
+        TASK = Half
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r'^task Half names capabilities it does not define '
+                                        r'\(Features.features\); define them or drop them'):
+        base.task_class('half_pkg.family')

@@ -20,6 +20,7 @@ from dul_jax import config as config_lib
 from dul_jax.errors import UserError
 from dul_jax.losses import gan as gan_losses
 from dul_jax.models import gan as gan_models
+from dul_jax.tasks.base import StepContext
 from dul_jax.train import loop
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
@@ -138,8 +139,9 @@ def test_one_step_is_each_player_in_turn_with_its_own_optimizer():
                    ('generator', batch, jax.random.fold_in(rng, 1))]
         for group, part, key in updates:
             def loss(p, group=group, params=params, part=part, model_state=model_state, key=key):
-                return task.loss({**params, group: p}, part, key, phase=group,
-                                 model_state=model_state)
+                out = task.loss({**params, group: p}, part, key,
+                                StepContext(jnp.int32(0), model_state, group))
+                return out.loss, (out.metrics, out.model_state)
             (value, (_, model_state)), grads = jax.value_and_grad(loss, has_aux=True)(
                 params[group])
             losses.setdefault(group, []).append(value)
@@ -173,6 +175,7 @@ def test_one_step_is_each_player_in_turn_with_its_own_optimizer():
     assert metrics['generator/lr'] == pytest.approx(1e-4)
 
 
+@pytest.mark.integration
 def test_a_step_on_a_2x2x2_mesh_matches_one_device():
     batch = {'point': np.random.default_rng(2).normal(size=(32, 2)).astype(np.float32),
              'label': np.zeros(32, np.int32)}
@@ -205,6 +208,7 @@ def test_a_step_on_a_2x2x2_mesh_matches_one_device():
     assert float(difference) < 0.05 * float(optax.global_norm(update_1))
 
 
+@pytest.mark.integration
 def test_the_pmap_path_keeps_the_replicas_of_both_players_equal():
     cfg = toy_config(**{'model.d_steps': 2, 'model.pack': 2, 'optim.ema_decay': 0.9,
                         'parallelism': 'pmap', 'mesh.data': 8})
@@ -293,6 +297,7 @@ def test_bad_configs_are_one_sentence_user_errors(overrides, fragment, tfds_dir)
 
 # ---- a tiny run on the 2-D toy ---------------------------------------------------------------
 
+@pytest.mark.integration
 def test_tiny_packed_wgan_gp_run_resumes_bit_identically(tmp_path):
     cfg = toy_config(**{
         'model.loss': 'wasserstein', 'model.gradient_penalty': 10.0, 'model.r1': 1.0,

@@ -18,6 +18,7 @@ from dul_jax import data
 from dul_jax.losses import logistic_mixture as lm
 from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN, raster_mask
+from dul_jax.tasks.base import StepContext
 from dul_jax.train import loop
 from dul_jax.train.setup import prepare
 
@@ -295,10 +296,11 @@ def test_task_losses_by_hand_with_a_zero_output_head(output, tfds_dir):
     np.testing.assert_allclose(metrics['loss'], per_pixel.mean(axis=(1, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(metrics['bits_per_dim'],
                                per_pixel.mean(axis=(1, 2, 3)) / math.log(2), rtol=1e-5)
-    loss, _ = jax.jit(task.loss)(params, batch, jax.random.key(0))
+    loss = jax.jit(task.loss)(params, batch, jax.random.key(0), StepContext(jnp.int32(0))).loss
     np.testing.assert_allclose(loss, per_pixel.mean(), rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_training_on_digits_lowers_the_loss(tmp_path, tfds_dir):
     final = loop.train(tiny_config(tfds_dir, **TRAINED), str(tmp_path))
     with open(tmp_path / 'metrics.jsonl') as f:
@@ -311,6 +313,7 @@ def test_training_on_digits_lowers_the_loss(tmp_path, tfds_dir):
 
 # ---- sharding -----------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
     meshes = {'data=8': (8, 1, 1), 'fsdp=8': (1, 8, 1), 'data=2,fsdp=2,tensor=2': (2, 2, 2)}
     cfg = tiny_config(tfds_dir, **TRAINED)

@@ -13,11 +13,13 @@ import chex
 import jax
 import numpy as np
 import pytest
+from conftest import start_cli
 
 from dul_jax import config as config_lib
 from dul_jax import data as data_lib
 from dul_jax.errors import UserError
 from dul_jax.sharding.inspect import bytes_per_device
+from dul_jax.tasks.base import StepContext
 from dul_jax.train import loop, workdir_lock
 from dul_jax.train.checkpoint import restore_position, restore_state
 from dul_jax.train.setup import prepare
@@ -50,6 +52,7 @@ def final_params(workdir, overrides):
     return jax.device_get(state.params), int(state.step)
 
 
+@pytest.mark.integration
 def test_loss_falls_and_run_writes_everything(tmp_path, tfds_dir):
     workdir = str(tmp_path / 'run')
     cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.steps': 80,
@@ -75,12 +78,11 @@ def test_loss_falls_and_run_writes_everything(tmp_path, tfds_dir):
     assert abs(metrics['bits_per_dim'] - metrics['loss'] / np.log(2)) < 1e-5
 
 
-def _cli(args, **kwargs):
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
-    return subprocess.Popen([sys.executable, '-m', 'dul_jax.cli', *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def _cli(args):
+    return start_cli(*args, PYTHONUNBUFFERED='1')
 
 
+@pytest.mark.integration
 def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tfds_dir):
     # Constant LR, so a run's schedule does not depend on train.steps: the interrupted run can be
     # resumed to any length and compared with an uninterrupted run of that length.
@@ -117,6 +119,7 @@ def test_sigterm_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.integration
 def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, tfds_dir, monkeypatch, capsys):
     # Ctrl-C arrives right after the first step: that step finishes and is saved
     first_step = loop._Run._time_first_step
@@ -134,6 +137,7 @@ def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, tfds_dir, monkeypatch, 
     assert signal.getsignal(signal.SIGINT) is before  # handler given back
 
 
+@pytest.mark.integration
 def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_rows(tmp_path,
                                                                                   tfds_dir):
     workdir = str(tmp_path / 'run')
@@ -164,6 +168,7 @@ def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_row
         assert json.load(f)['optim']['lr'] == 0.002
 
 
+@pytest.mark.integration
 def test_one_trainer_per_workdir_and_a_killed_one_leaves_no_lock(tmp_path, tfds_dir):
     workdir = str(tmp_path / 'run')
     holder = subprocess.Popen([sys.executable, '-c', (
@@ -188,6 +193,7 @@ def test_one_trainer_per_workdir_and_a_killed_one_leaves_no_lock(tmp_path, tfds_
         loop.train(cfg, str(afile))
 
 
+@pytest.mark.integration
 def test_gradient_accumulation_is_the_large_batch_update(tfds_dir):
     """A batch of 16 in 2 microbatches of 8 (per device: 2 rows, 1 per microbatch, on 8
     devices) gives the whole batch's gradient, and the train step the same loss and norm."""
@@ -199,7 +205,9 @@ def test_gradient_accumulation_is_the_large_batch_update(tfds_dir):
         setup = prepare(cfg)
         with setup.context():
             state = setup.init_state(0)
-            grads = jax.jit(lambda p, b, loss=setup.task.loss, a=accum: accumulated_grads(
+            def loss(p, b, rng, task=setup.task, step=state.step):
+                return task.loss(p, b, rng, StepContext(step))[:2]
+            grads = jax.jit(lambda p, b, loss=loss, a=accum: accumulated_grads(
                 loss, p, b, jax.random.key(1), a)[1])(state.params, batch)
             _, metrics = setup.train_step()(state, setup.put_batch(batch))
         out[accum] = jax.device_get((grads, metrics['loss'], metrics['grad_norm']))
@@ -210,6 +218,7 @@ def test_gradient_accumulation_is_the_large_batch_update(tfds_dir):
         prepare(config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.grad_accum': 3})))
 
 
+@pytest.mark.integration
 def test_non_finite_loss_stops_with_the_step_named(tmp_path, tfds_dir):
     workdir = str(tmp_path / 'nan')
     cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{
@@ -237,6 +246,7 @@ def _damage(checkpoint_dir, flip=False):
 # A failing read among orbax's concurrent ones would leave the others to finish into its closed
 # event loop ("Event loop is closed", unraisable, from a C++ thread): the bytes are read first.
 @pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
+@pytest.mark.integration
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(tmp_path, tfds_dir,
                                                                           capsys):
     workdir = str(tmp_path / 'run')
@@ -280,6 +290,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(tmp_pa
     assert os.listdir(ckpts) == []
 
 
+@pytest.mark.integration
 def test_a_checkpoint_saved_by_other_process_counts_resumes_at_the_same_global_batch(
         tmp_path, tfds_dir, capsys):
     """The data position is global (every process at the same global batch), so a checkpoint
@@ -349,6 +360,7 @@ def test_bfloat16_params_halve_the_state_and_keep_vectors_float32(tfds_dir):
     assert 0.5 < bytes_per_device((half.params, half.opt_state)) / full < 0.55
 
 
+@pytest.mark.integration
 def test_bfloat16_params_train_like_float32_and_keep_their_dtypes(tfds_dir):
     """Three steps from the same init (the f32 one, cast: what the bf16 init is) on one device."""
     batch = {'image': np.random.default_rng(0).integers(0, 17, (16, 8, 8, 1), np.uint8),

@@ -10,11 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_losses
 
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
 from dul_jax.evaluators import iwae
 from dul_jax.losses import latent
+from dul_jax.tasks.base import StepContext
 from dul_jax.train import loop
 from dul_jax.train.setup import prepare
 
@@ -157,10 +159,10 @@ def test_kl_warm_up_weighs_the_kl_by_the_step(vae):
     task.cfg.model.kl_warmup_steps = 10
     try:
         rng = jax.random.key(2)
-        _, m = task.loss(params, batch, rng)
+        m = task.loss(params, batch, rng, StepContext(jnp.int32(0))).metrics
         dims = task.example_size()
         for step, weight in ((0, 0.0), (5, 0.5), (10, 1.0), (50, 1.0)):
-            loss, _ = task.loss(params, batch, rng, step=jnp.int32(step))
+            loss = task.loss(params, batch, rng, StepContext(jnp.int32(step))).loss
             np.testing.assert_allclose(loss * dims, m['reconstruction'] + weight * m['kl'],
                                        rtol=1e-5)
     finally:
@@ -216,6 +218,7 @@ def test_evaluators_refuse_a_family_without_latents(tfds_dir):
         prepare(cfg)
 
 
+@pytest.mark.integration
 def test_sharded_training_agrees_over_meshes(tfds_dir):
     from dul_jax import data
     cfg = tiny_config(tfds_dir, **IWAE)
@@ -227,18 +230,14 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
         for axis, size in mesh.items():
             cfg.mesh[axis] = size
         setup = prepare(cfg, devices=jax.devices()[:math.prod(mesh.values())])
-        state, step, trajectory = setup.init_state(0), setup.train_step(), []
-        with setup.context():
-            for batch in batches:
-                state, metrics = step(state, setup.put_batch(batch))
-                trajectory.append(float(metrics['loss']))
-        losses[tuple(mesh.values())] = trajectory
+        _, losses[tuple(mesh.values())] = train_losses(setup, setup.init_state(0), batches)
     reference = losses[(8, 1, 1)]
     assert all(math.isfinite(v) for v in reference)
     for mesh, trajectory in losses.items():
         np.testing.assert_allclose(trajectory, reference, rtol=2e-5, err_msg=str(mesh))
 
 
+@pytest.mark.integration
 def test_tiny_run_learns_and_reports_bounds_diagnostics_and_pictures(tmp_path, tfds_dir):
     # the mesh test's config: its data=8 train step is this run's (one compilation, cached)
     cfg = tiny_config(tfds_dir, **IWAE, **{'eval.evaluators': ('iwae', 'posterior', 'bound'),

@@ -51,7 +51,7 @@ import numpy as np
 
 from dul_jax import storage
 from dul_jax.errors import UserError
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import PixelLikelihood, Posterior
 
 MAGIC = b'DULZ'
 VERSION = 3                      # 2: PixelCNNs from cached activations; 3: checkpoint step
@@ -156,7 +156,7 @@ def make_codec(cfg, task, params, workdir: str = 'this run') -> Codec:
         stepper = task.position_decoder(params)
     except UserError as e:
         raise UserError(f'cannot code with the run in {workdir}: {e}') from None
-    if stepper is None and implements(task, 'posterior') and implements(task, 'pixel_log_probs'):
+    if stepper is None and isinstance(task, Posterior) and isinstance(task, PixelLikelihood):
         from dul_jax.compress import bitsback
         coder = bitsback.LatentCoder(task, params)
         return Codec('bitsback', task.spec, model_fingerprint(cfg, params), coder)

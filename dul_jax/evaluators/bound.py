@@ -10,11 +10,11 @@ import numpy as np
 from dul_jax import evaluators
 from dul_jax.config import check
 from dul_jax.losses.likelihood import bits_per_dim
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import Bounds
 
 
 def validate(task) -> None:
-    check(implements(task, 'bound_terms'), f'eval.evaluators has "bound", but task '
+    check(isinstance(task, Bounds), f'eval.evaluators has "bound", but task '
           f'"{task.name}" has no variational bound (Task.bound_terms); remove "bound".')
     check(task.cfg.eval.bound.examples >= 0,
           f'eval.bound.examples must be >= 0 (0: the whole eval split), got '

@@ -13,12 +13,12 @@ import numpy as np
 from dul_jax.config import check
 from dul_jax.metrics import domain_classifier
 from dul_jax.sharding.mesh import to_host
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import SampleImages
 
 
 def validate(task) -> None:
     c = task.cfg.eval.fid
-    check(implements(task, 'sample_images'), f'eval.evaluators has "fid", but task '
+    check(isinstance(task, SampleImages), f'eval.evaluators has "fid", but task '
           f'"{task.name}" draws no images (Task.sample_images); remove "fid".')
     check(os.path.isfile(os.path.join(c.classifier, 'classifier.json')),
           f'eval.fid.classifier="{c.classifier}" holds no trained classifier; train one with '

@@ -15,12 +15,12 @@ import numpy as np
 from dul_jax import evaluators
 from dul_jax.config import check
 from dul_jax.losses.likelihood import bits_per_dim
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import ImportanceWeights
 
 
 def validate(task) -> None:
     c = task.cfg.eval.iwae
-    check(implements(task, 'log_importance_weights'), f'eval.evaluators has "iwae", but task '
+    check(isinstance(task, ImportanceWeights), f'eval.evaluators has "iwae", but task '
           f'"{task.name}" has no latent variables to weight (Task.log_importance_weights); '
           'remove "iwae".')
     check(c.k > 0 and c.chunk > 0 and c.batch_size > 0 and c.examples >= 0,

@@ -9,11 +9,11 @@ import numpy as np
 from dul_jax.config import check
 from dul_jax.data import toy
 from dul_jax.sharding.mesh import to_host
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import SamplePoints
 
 
 def validate(task) -> None:
-    check(implements(task, 'sample_points') and toy.is_toy(task.spec.name),
+    check(isinstance(task, SamplePoints) and toy.is_toy(task.spec.name),
           f'eval.evaluators has "modes", which needs a task that draws points '
           f'(Task.sample_points) on a toy data set, not "{task.name}" on "{task.spec.name}"; '
           'remove "modes".')

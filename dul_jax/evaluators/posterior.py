@@ -10,13 +10,13 @@ import numpy as np
 from dul_jax import data
 from dul_jax.config import check
 from dul_jax.losses.latent import kl_to_standard_normal
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import Posterior
 
 ACTIVE_THRESHOLD = 0.01
 
 
 def validate(task) -> None:
-    check(implements(task, 'posterior'), f'eval.evaluators has "posterior", but task '
+    check(isinstance(task, Posterior), f'eval.evaluators has "posterior", but task '
           f'"{task.name}" has no Gaussian posterior (Task.posterior); remove "posterior".')
 
 

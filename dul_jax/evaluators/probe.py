@@ -10,11 +10,11 @@ import numpy as np
 from dul_jax import data
 from dul_jax.config import check
 from dul_jax.metrics.probes import knn_accuracy, linear_probe_accuracy
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import Features
 
 
 def validate(task) -> None:
-    check(implements(task, 'features'), f'eval.evaluators has "probe", but task "{task.name}" '
+    check(isinstance(task, Features), f'eval.evaluators has "probe", but task "{task.name}" '
           'gives no features (Task.features); remove "probe".')
     check(task.spec.num_classes > 0, f'eval.evaluators has "probe", but data set '
           f'"{task.spec.name}" has no labels to probe for; remove "probe".')

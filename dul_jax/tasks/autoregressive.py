@@ -21,7 +21,7 @@ from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.gpt import GPT, shift_right
 from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -90,10 +90,10 @@ class AutoregressiveTask(Task):
         return self.model.init(rng, shift_right(tokens, self.model.bos),
                                self.labels(batch))['params']
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, ctx):
         nll = self._nll(params, batch, rng if self.cfg.model.dropout > 0 else None)
         loss = nll.mean()
-        return loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)}
+        return LossOut(loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)})
 
     def eval_metrics(self, params, batch, rng):
         nll = self._nll(params, batch).sum(axis=-1)  # nats per example

@@ -11,7 +11,7 @@ import importlib
 import os
 import pkgutil
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -24,10 +24,26 @@ from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
 from dul_jax.losses import pixels
 from dul_jax.ops import Kernels
+from dul_jax.tasks import capabilities
 
 Batch = dict[str, jax.Array]
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_CHOICES = ('none', 'full', 'dots')
+
+
+class StepContext(NamedTuple):
+    """What a training step tells every family's loss besides params, batch and key."""
+    step: jax.Array              # int32 scalar: optimizer steps taken (schedules inside a loss)
+    model_state: Any = None      # TrainState.model_state (None unless init_model_state)
+    phase: str | None = None     # the player being updated, where `phases` declares several
+
+
+class LossOut(NamedTuple):
+    """What every family's loss returns: the scalar to differentiate, scalar metrics, and the
+    new model state (None for families without one)."""
+    loss: jax.Array
+    metrics: dict[str, jax.Array]
+    model_state: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +59,8 @@ class Phase:
 def builtin_families() -> list[str]:
     """The family modules shipped in dul_jax/tasks/."""
     here = os.path.dirname(__file__)
-    return sorted(m.name for m in pkgutil.iter_modules([here]) if m.name != 'base')
+    return sorted(m.name for m in pkgutil.iter_modules([here])
+                  if m.name not in ('base', 'capabilities'))
 
 
 def task_class(name: str) -> type['Task']:
@@ -61,6 +78,10 @@ def task_class(name: str) -> type['Task']:
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise UserError(f'task module {module_name} defines no TASK (a dul_jax.tasks.base.Task '
                         'subclass); add `TASK = YourTask` to it.')
+    gaps = capabilities.missing(cls)
+    if gaps:
+        raise UserError(f'task {cls.__name__} names capabilities it does not define '
+                        f'({", ".join(gaps)}); define them or drop them from its class line.')
     return cls
 
 
@@ -80,9 +101,6 @@ class Task:
     # Parameter collections that are lookup tables, not matmul weights: left out of N (the
     # non-embedding parameters of scaling laws) by `dul-jax sweep`.
     embedding_names: tuple[str, ...] = ()
-    # True: the trainer calls loss(params, batch, rng, step=...) with the optimizer step (an int32
-    # scalar array), for schedules inside the loss such as a KL warm-up.
-    loss_takes_step: bool = False
     # True: the loss couples the examples of a batch (contrastive negatives, batch statistics),
     # so the trainer refuses to split it (train.grad_accum > 1, parallelism='pmap').
     couples_batch: bool = False
@@ -107,13 +125,10 @@ class Task:
         """Boxed (logically partitioned) params, from a batch of the right shapes."""
         raise NotImplementedError
 
-    def loss(self, params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and scalar metrics, for value_and_grad.
-
-        The trainer adds keywords a family asks for: `step` (loss_takes_step), `phase` (the group
-        being updated, where `phases` declares several), `model_state` (where the family
-        implements init_model_state; the loss then returns (loss, (metrics, new model state))).
-        """
+    def loss(self, params, batch: Batch, rng: jax.Array, ctx: StepContext) -> LossOut:
+        """The scalar training loss (for value_and_grad), scalar metrics and the new model state,
+        the same signature for every family: `ctx` carries the step, the model state and the
+        player being updated."""
         raise NotImplementedError
 
     def eval_metrics(self, params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
@@ -129,7 +144,7 @@ class Task:
         """Write host samples to files named `path_stem.*`; return the paths."""
         raise NotImplementedError
 
-    # ---- optional capabilities -------------------------------------------------------------
+    # ---- defaults a family may override (the other capabilities: tasks/capabilities.py) ----
 
     def phases(self) -> tuple[Phase, ...]:
         """Several players trained in turn, each a group of params with its own optimizer
@@ -140,20 +155,17 @@ class Task:
         """The top-level param groups an EMA (optim.ema_decay) follows; None: all params."""
         return None
 
-    def init_model_state(self, rng: jax.Array, batch: Batch) -> Any:
-        """Variables the forward pass updates rather than the optimizer (spectral norm's
-        power-iteration vectors), kept in TrainState.model_state and checkpointed with it."""
-        raise NotImplementedError
-
     def after_update(self, params, model_state, step: jax.Array) -> Any:
         """The model state after each optimizer update, from the updated params and the step
-        before it (BYOL's target network: an EMA of the online network's new params)."""
-        raise NotImplementedError
+        before it (BYOL's target network: an EMA of the online network's new params); by
+        default the loss's model state as it is."""
+        return model_state
 
     def assign_params(self, params, model_state) -> Any:
         """Params after each update with those the task sets itself, from its new model state
-        (the VQ-VAE's EMA codebook): the optimizer's step on them is overwritten."""
-        raise NotImplementedError
+        (the VQ-VAE's EMA codebook): the optimizer's step on them is overwritten; by default
+        the updated params as they are."""
+        return params
 
     def validate(self) -> None:
         """UserError for a config that cannot work with this data. Subclasses call super()."""
@@ -175,46 +187,6 @@ class Task:
         """Analytic training FLOPs per example where the family knows them; None lets the trainer
         use XLA's count of the step."""
         return None
-
-    # Capabilities that the shared evaluators (dul_jax/evaluators/) ask for; see `implements`.
-
-    def features(self, params, levels: jax.Array) -> jax.Array:
-        """(B, D) representations of (B, H, W, C) images, for probes (evaluators/probe.py)."""
-        raise NotImplementedError
-
-    def sample_images(self, params, rng: jax.Array, num: int) -> jax.Array:
-        """(num, H, W, C) sampled images as levels of the data set, for FID (evaluators/fid.py)."""
-        raise NotImplementedError
-
-    def sample_points(self, params, rng: jax.Array, num: int) -> jax.Array:
-        """(num, D) sampled points of a point data set (evaluators/modes.py)."""
-        raise NotImplementedError
-
-    def bound_terms(self, params, batch: Batch, rng: jax.Array) -> dict[str, jax.Array]:
-        """Per-example terms (B,) in nats whose sum bounds -log p(x) (evaluators/bound.py)."""
-        raise NotImplementedError
-
-    def log_importance_weights(self, params, batch: Batch, rng: jax.Array,
-                               num: int) -> jax.Array:
-        """(B, num) log p(x, z_i) - log q(z_i | x) for `num` latent draws z_i ~ q(z | x) per
-        example, in nats (evaluators/iwae.py)."""
-        raise NotImplementedError
-
-    def posterior(self, params, levels: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """A diagonal Gaussian q(z | x) of (B, H, W, C) images: mean and log-variance, each
-        (B, D) (evaluators/posterior.py)."""
-        raise NotImplementedError
-
-    def pixel_log_probs(self, params, z: jax.Array) -> jax.Array:
-        """log p(x | z) of every level of every pixel value of the images decoded from (B, D)
-        latents: (B, H, W, C, levels), normalised. With `posterior`, what bits-back coding needs
-        (`dul-jax compress`, dul_jax/compress/bitsback.py)."""
-        raise NotImplementedError
-
-    def data_init(self, params, batch: Batch, rng: jax.Array):
-        """Params with their data-dependent part (e.g. ActNorm's) initialised from `batch`, the
-        first training batch of a fresh run; resumed runs restore it from the checkpoint."""
-        raise NotImplementedError
 
     def position_decoder(self, params):
         """An exact one-position-at-a-time model for `dul-jax compress` (see dul_jax/compress's
@@ -283,11 +255,6 @@ class Task:
                 rows.append(np.concatenate([block, np.zeros((cols - len(block), h, w, c),
                                                             block.dtype)]))
         return self.save_image_grid(np.concatenate(rows), path, num_levels=2, cols=cols)
-
-
-def implements(task: Task, method: str) -> bool:
-    """Whether `task`'s family overrides Task.`method` (an optional capability)."""
-    return getattr(type(task), method) is not getattr(Task, method)
 
 
 def jit_method(*static: str) -> Callable:

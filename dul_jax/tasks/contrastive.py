@@ -28,7 +28,8 @@ from dul_jax.config import check
 from dul_jax.data import augment
 from dul_jax.losses.contrastive import byol_regression, l2_normalize, nt_xent, target_decay
 from dul_jax.models.encoders import MLPHead, ResNet, ViTEncoder, linear
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Features, ModelState
 
 METHODS = ('simclr', 'byol', 'supervised')
 ENCODERS = ('resnet', 'vit')
@@ -58,7 +59,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class ContrastiveTask(Task):
+class ContrastiveTask(Task, Features, ModelState):
 
     @property
     def couples_batch(self):
@@ -158,8 +159,8 @@ class ContrastiveTask(Task):
 
     # ---- losses ----------------------------------------------------------------------------
 
-    def loss(self, params, batch, rng, model_state):
-        m, x = self.cfg.model, self._pixels(batch['image'])
+    def loss(self, params, batch, rng, ctx):
+        m, x, model_state = self.cfg.model, self._pixels(batch['image']), ctx.model_state
         if m.method == 'supervised':
             h = self.encoder.apply({'params': params['encoder']}, augment.augment(x, rng,
                                                                                  m.augment))
@@ -167,20 +168,20 @@ class ContrastiveTask(Task):
             labels = batch['label'].astype(jnp.int32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-            return loss, ({'loss': loss, 'accuracy': accuracy}, model_state)
+            return LossOut(loss, {'loss': loss, 'accuracy': accuracy}, model_state)
         n = x.shape[0]
         views = jnp.concatenate(augment.two_views(x, rng, m.augment))   # view 1, then view 2
         z = self._project(params, views)
         if m.method == 'simclr':
             loss = nt_xent(z[:n], z[n:], m.temperature).mean()
-            return loss, ({'loss': loss, 'positive_accuracy': _positive_accuracy(z)},
-                          model_state)
+            return LossOut(loss, {'loss': loss, 'positive_accuracy': _positive_accuracy(z)},
+                           model_state)
         prediction = self.predictor.apply({'params': params['predictor']}, z)
         target = self._project(jax.lax.stop_gradient(model_state), views)
         per_example = byol_regression(prediction[:n], target[n:]) + \
             byol_regression(prediction[n:], target[:n])
         loss = per_example.mean()
-        return loss, ({'loss': loss}, model_state)
+        return LossOut(loss, {'loss': loss}, model_state)
 
     def eval_metrics(self, params, batch, rng):
         """Per test image: the cosine between the features of two of its views (1 = invariant;

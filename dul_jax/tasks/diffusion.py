@@ -25,7 +25,8 @@ from dul_jax.losses import gaussian
 from dul_jax.models.dit import DiT
 from dul_jax.models.unet import UNet
 from dul_jax.sampling import diffusion as samplers
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Bounds, SampleImages
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -62,7 +63,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class DiffusionTask(Task):
+class DiffusionTask(Task, Bounds, SampleImages):
 
     def __init__(self, cfg, spec):
         m = cfg.model
@@ -196,10 +197,10 @@ class DiffusionTask(Task):
         mse_eps = ((eps_hat - eps) ** 2).reshape(b, -1).mean(axis=-1)
         return loss, mse_eps
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, ctx):
         loss, mse_eps = self._loss_terms(params, batch, rng, train=True)
         loss = loss.mean()
-        return loss, {'loss': loss, 'mse_eps': mse_eps.mean()}
+        return LossOut(loss, {'loss': loss, 'mse_eps': mse_eps.mean()})
 
     def eval_metrics(self, params, batch, rng):
         loss, mse_eps = self._loss_terms(params, batch, rng, train=False)

@@ -29,7 +29,8 @@ from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models import bijectors
 from dul_jax.models.flows import KINDS, Dequantizer, MultiScaleFlow
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Bounds, DataInit, ImportanceWeights, SampleImages
 
 DEQUANTIZATIONS = ('uniform', 'variational')
 
@@ -56,7 +57,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class FlowTask(Task):
+class FlowTask(Task, Bounds, DataInit, ImportanceWeights, SampleImages):
 
     def validate(self):
         super().validate()
@@ -153,12 +154,12 @@ class FlowTask(Task):
 
     # ---- training and eval -----------------------------------------------------------------------
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, ctx):
         terms = self.bound_terms(params, batch, rng)
         nats = terms['flow_nll'] + terms['dequantization']
         loss = nats.mean() / self.example_size()
-        return loss, {'loss': loss, 'nats_per_image': nats.mean(),
-                      'bits_per_dim': bits_per_dim(nats.mean(), self.example_size())}
+        return LossOut(loss, {'loss': loss, 'nats_per_image': nats.mean(),
+                              'bits_per_dim': bits_per_dim(nats.mean(), self.example_size())})
 
     def eval_metrics(self, params, batch, rng):
         terms = self.bound_terms(params, batch, rng)

@@ -24,7 +24,8 @@ from dul_jax.config import check
 from dul_jax.data import toy
 from dul_jax.losses import gan as gan_losses
 from dul_jax.models import gan as gan_models
-from dul_jax.tasks.base import Phase, Task, jit_method
+from dul_jax.tasks.base import LossOut, Phase, Task, jit_method
+from dul_jax.tasks.capabilities import ModelState, SampleImages, SamplePoints
 
 ARCHS = ('conv', 'mlp')
 
@@ -55,7 +56,7 @@ def optimizer_groups(generator_lr: float, discriminator_lr: float) -> ml_collect
                                       'discriminator': {'lr': discriminator_lr}})
 
 
-class GANTask(Task):
+class GANTask(Task, ModelState, SampleImages, SamplePoints):
 
     def validate(self):
         super().validate()
@@ -167,10 +168,10 @@ class GANTask(Task):
 
     # ---- the two phases --------------------------------------------------------------------
 
-    def loss(self, params, batch, rng, phase, model_state):
-        if phase == 'discriminator':
-            return self._discriminator_loss(params, batch, rng, model_state)
-        return self._generator_loss(params, batch, rng, model_state)
+    def loss(self, params, batch, rng, ctx):
+        if ctx.phase == 'discriminator':
+            return self._discriminator_loss(params, batch, rng, ctx.model_state)
+        return self._generator_loss(params, batch, rng, ctx.model_state)
 
     def _discriminator_loss(self, params, batch, rng, model_state):
         m = self.cfg.model
@@ -195,7 +196,7 @@ class GANTask(Task):
         if m.r1:
             metrics['r1'] = gan_losses.r1_penalty(critic, real)
             loss += 0.5 * m.r1 * metrics['r1']
-        return loss, (dict(metrics, loss=loss), model_state)
+        return LossOut(loss, dict(metrics, loss=loss), model_state)
 
     def _generator_loss(self, params, batch, rng, model_state):
         # as many samples as one discriminator update sees, whatever the batch holds
@@ -205,7 +206,7 @@ class GANTask(Task):
         fake = self.generate(params, z_rng, num, labels)
         logits, _ = self._discriminate(params, model_state, self._pack(fake), labels)
         loss = gan_losses.generator_loss(self.cfg.model.loss, logits)
-        return loss, ({'loss': loss, 'd_fake': jnp.mean(logits)}, model_state)
+        return LossOut(loss, {'loss': loss, 'd_fake': jnp.mean(logits)}, model_state)
 
     def eval_metrics(self, params, batch, rng):
         """None: a GAN has no test-set likelihood; the evaluators (fid, modes) judge it."""

@@ -19,7 +19,8 @@ from dul_jax.config import check
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches, patch_variance
 from dul_jax.models.mae import MAE, num_masked
 from dul_jax.models.patches import patchify, unpatchify
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Features
 
 PROBE_POOLS = ('cls', 'mean')
 MASKED_GRAY = 0.5  # masked patches in the pictures: between the black background and white ink
@@ -46,7 +47,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class MAETask(Task):
+class MAETask(Task, Features):
 
     def build_model(self):
         m = self.cfg.model
@@ -101,11 +102,11 @@ class MAETask(Task):
         return self.model.init({'params': param_rng, 'masking': mask_rng},
                                self._pixels(batch))['params']
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, ctx):
         # Every example masks the same number of patches, so this is also the mean over all
         # masked patches of the batch.
         loss = self._per_example_loss(params, batch, rng).mean()
-        return loss, {'loss': loss}
+        return LossOut(loss, {'loss': loss})
 
     def eval_metrics(self, params, batch, rng):
         return {'loss': self._per_example_loss(params, batch, rng)}

@@ -27,7 +27,7 @@ from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
 from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
 
 MODELS = {'pixelcnn': PixelCNN, 'gated': GatedPixelCNN}
 OUTPUTS = ('categorical', 'logistic_mixture')
@@ -132,9 +132,9 @@ class PixelCNNTask(Task):
         levels = jnp.asarray(batch['image'], jnp.int32)
         return self.model.init(rng, self._scaled(levels), self.labels(batch))['params']
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, ctx):
         loss = self._nll(params, batch).mean()
-        return loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)}
+        return LossOut(loss, {'loss': loss, 'bits_per_dim': bits_per_dim(loss, 1)})
 
     def eval_metrics(self, params, batch, rng):
         nll = self._nll(params, batch).reshape(batch['image'].shape[0], -1).sum(axis=-1)

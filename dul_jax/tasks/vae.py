@@ -24,7 +24,15 @@ from dul_jax.losses import latent, pixels
 from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.vae import VAE
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import (
+    Bounds,
+    Features,
+    ImportanceWeights,
+    PixelLikelihood,
+    Posterior,
+    SampleImages,
+)
 
 OBJECTIVES = ('elbo', 'iwae')
 INTERPOLATION_STEPS = 10
@@ -46,8 +54,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class VAETask(Task):
-    loss_takes_step = True         # the KL warm-up
+class VAETask(Task, Bounds, Features, ImportanceWeights, PixelLikelihood, Posterior, SampleImages):
 
     def validate(self):
         super().validate()
@@ -137,7 +144,7 @@ class VAETask(Task):
 
     # ---- training and eval -------------------------------------------------------------------
 
-    def loss(self, params, batch, rng, step=None):
+    def loss(self, params, batch, rng, ctx):
         m, dims = self.cfg.model, self.example_size()
         mean, log_var = self.posterior(params, batch['image'])
         kl = latent.kl_to_standard_normal(mean, log_var)
@@ -149,13 +156,13 @@ class VAETask(Task):
             objective = -latent.iwae_bound(log_w)
         else:
             beta = m.beta
-            if m.kl_warmup_steps and step is not None:
-                beta = beta * jnp.minimum(step / m.kl_warmup_steps, 1.0)
+            if m.kl_warmup_steps:
+                beta = beta * jnp.minimum(ctx.step / m.kl_warmup_steps, 1.0)
             objective = rec.mean(-1) + beta * latent.free_bits_kl(kl, m.free_bits)
         nelbo = rec.mean(-1) + kl.sum(-1)
         loss = objective.mean() / dims
-        return loss, {'loss': loss, 'nats_per_image': nelbo.mean(), 'kl': kl.sum(-1).mean(),
-                      'reconstruction': rec.mean()}
+        return LossOut(loss, {'loss': loss, 'nats_per_image': nelbo.mean(),
+                              'kl': kl.sum(-1).mean(), 'reconstruction': rec.mean()})
 
     def eval_metrics(self, params, batch, rng):
         terms = self.bound_terms(params, batch, rng)

@@ -35,7 +35,8 @@ from dul_jax.losses import pixels, vq
 from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.vqvae import VQVAE
-from dul_jax.tasks.base import Task, jit_method
+from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Features, ModelState
 
 MAX_CODES = 65536   # code grids are exported as uint16 levels at most
 CODEBOOK_UPDATES = ('gradient', 'ema')
@@ -60,7 +61,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class VQVAETask(Task):
+class VQVAETask(Task, Features, ModelState):
     embedding_names = ('codebook',)
 
     def validate(self):
@@ -181,8 +182,8 @@ class VQVAETask(Task):
 
     # ---- training and eval ----------------------------------------------------------------
 
-    def loss(self, params, batch, rng, model_state):
-        m, levels = self.cfg.model, batch['image']
+    def loss(self, params, batch, rng, ctx):
+        m, levels, model_state = self.cfg.model, batch['image'], ctx.model_state
         out, terms, codes, z_e = self._forward(params, levels)
         rec = self._nll(out, levels) / self.example_size()     # nats/dim per example
         # with 'ema' the codebook term is only reported: the averages move the codes
@@ -197,7 +198,7 @@ class VQVAETask(Task):
             if m.restart_threshold:
                 model_state, metrics['restarted'] = vq.restart_dead_codes(
                     model_state, z_e, rng, m.restart_threshold)
-        return loss, (metrics, model_state)
+        return LossOut(loss, metrics, model_state)
 
     def eval_metrics(self, params, batch, rng):
         levels = batch['image']

@@ -25,7 +25,7 @@ from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
 from dul_jax.sharding.liveness import Watchdog
 from dul_jax.sharding.mesh import to_host
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import DataInit
 from dul_jax.train import mfu, workdir_lock
 from dul_jax.train.checkpoint import Checkpointer, restore_state
 from dul_jax.train.setup import Setup, prepare
@@ -167,7 +167,7 @@ class _Run:
         start = self.ckpt.latest_step()
         if start is None:
             state, start = self.setup.init_state(self.cfg.seed), 0
-            if implements(self.setup.task, 'data_init'):
+            if isinstance(self.setup.task, DataInit):
                 state = self.setup.data_init(state, next(self.data_iter))
                 log('data-dependent init from the first training batch')
             if self.cfg.init_from:

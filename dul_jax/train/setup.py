@@ -20,7 +20,7 @@ from dul_jax.config import check, validate_common
 from dul_jax.sharding import mesh as mesh_lib
 from dul_jax.sharding import pmap as pmap_lib
 from dul_jax.tasks import make_task
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import ModelState
 from dul_jax.train.optim import check_groups, make_group_optimizers, make_optimizer
 from dul_jax.train.state import (
     TrainState,
@@ -241,7 +241,7 @@ def _init_boxed(task, tx, cfg, rng) -> TrainState:
     batch = dummy_batch(task.spec, 1)
     params = cast_params(task.init(param_rng, batch), param_dtype(cfg))
     model_state = task.init_model_state(param_rng, batch) \
-        if implements(task, 'init_model_state') else None
+        if isinstance(task, ModelState) else None
     return create_state(params, tx, state_rng, cfg.optim.ema_decay, model_state,
                         task.ema_groups())
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from dul_jax.config import check
-from dul_jax.tasks.base import DTYPES, implements
+from dul_jax.tasks.base import DTYPES, StepContext
 from dul_jax.train.optim import decay_mask
 
 
@@ -100,34 +100,19 @@ def accumulated_grads(loss_fn, params, batch, rng, count: int):
     return total
 
 
-def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None = None,
-                    grad_accum: int = 1):
-    """One training step. With `axis_name` (the pmap path), gradients, metrics and model state
-    are averaged over that axis; under jit with shardings XLA inserts the same reductions itself.
-    `grad_accum` > 1 computes each gradient in that many microbatches (the same update).
-
-    A task with phases (several players, e.g. a GAN's discriminator and generator) makes each
-    phase's updates in turn, each of its group of params with that group's transform of the
-    dict `tx` (and schedule); a phase with `repeats` r makes r updates, each on 1/r of the batch.
-    Metrics are then named GROUP/NAME, and `loss` is the sum of the phases' mean losses.
-    """
-    phases = task.phases()
-    stateful = implements(task, 'init_model_state')
-    follows_update = implements(task, 'after_update')
-    assigns = implements(task, 'assign_params')
-    ema_groups = task.ema_groups()
+def make_update(task, tx, axis_name: str | None = None, grad_accum: int = 1):
+    """`update(state, batch, rng, group)`: one optimizer update of `group`'s params (None: all of
+    them, with `tx`; a group: with `tx[group]`), through the one loss contract of every family
+    (`task.loss(params, batch, rng, StepContext) -> LossOut`). With `axis_name` (the pmap path)
+    gradients, metrics and model state are averaged over that axis; under jit with shardings XLA
+    inserts the same reductions itself. `grad_accum` > 1 computes each gradient in that many
+    microbatches (the same update)."""
 
     def update(state: TrainState, batch, rng, group: str | None):
-        """One optimizer update on `batch` of `group`'s params (None: all of them)."""
         def loss_fn(params, batch, rng):
             full = params if group is None else {**state.params, group: params}
-            kwargs = {} if group is None else {'phase': group}
-            if task.loss_takes_step:   # schedules inside the loss (KL warm-up)
-                kwargs['step'] = state.step
-            if stateful:               # returns (loss, (metrics, new model state))
-                return task.loss(full, batch, rng, model_state=state.model_state, **kwargs)
-            loss, metrics = task.loss(full, batch, rng, **kwargs)
-            return loss, (metrics, None)
+            out = task.loss(full, batch, rng, StepContext(state.step, state.model_state, group))
+            return out.loss, (out.metrics, out.model_state)
 
         params = state.params if group is None else state.params[group]
         opt_state, transform = (state.opt_state, tx) if group is None else \
@@ -143,40 +128,33 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
         if group is not None:
             params = {**state.params, group: params}
             opt_state = {**state.opt_state, group: opt_state}
-        if follows_update:
-            model_state = task.after_update(params, model_state, state.step)
-        if assigns:
-            params = task.assign_params(params, model_state)
-        state = state.replace(params=params, opt_state=opt_state,
-                              model_state=model_state if stateful else state.model_state)
+        model_state = task.after_update(params, model_state, state.step)
+        params = task.assign_params(params, model_state)
+        state = state.replace(params=params, opt_state=opt_state, model_state=model_state)
         return state, dict(metrics, grad_norm=optax.global_norm(grads))
 
-    def run_phase(state, batch, rng, phase):
-        if phase.repeats == 1:
-            return update(state, batch, rng, phase.group)
+    return update
 
-        def one(state, i_and_micro):
-            i, micro = i_and_micro
-            return update(state, micro, jax.random.fold_in(rng, i), phase.group)
-        state, metrics = jax.lax.scan(one, state, (jnp.arange(phase.repeats),
-                                                   microbatches(batch, phase.repeats)))
-        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None = None,
+                    grad_accum: int = 1):
+    """One training step: the update of `make_update` (or, for a family that declares players,
+    each player's turn: train/players.py), then the EMA and the step count."""
+    update = make_update(task, tx, axis_name, grad_accum)
+    if task.phases():
+        from dul_jax.train import players
+        advance = players.take_turns(update, task.phases(), schedule)
+    else:
+        def advance(state, batch, rng):
+            new_state, metrics = update(state, batch, rng, None)
+            return new_state, dict(metrics, lr=schedule(state.step))
+    ema_groups = task.ema_groups()
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
         rng = step_rng(state)
         if axis_name is not None:  # pmap: each device its own dropout noise for its sub-batch
             rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        if not phases:
-            new_state, metrics = update(state, batch, rng, None)
-            metrics['lr'] = schedule(state.step)
-        else:
-            new_state, metrics = state, {'loss': 0.0}
-            for i, phase in enumerate(phases):
-                new_state, phase_metrics = run_phase(new_state, batch, jax.random.fold_in(rng, i),
-                                                     phase)
-                metrics['loss'] += phase_metrics['loss']
-                metrics.update({f'{phase.group}/{k}': v for k, v in phase_metrics.items()})
-                metrics[f'{phase.group}/lr'] = schedule[phase.group](state.step)
+        new_state, metrics = advance(state, batch, rng)
         ema = new_state.ema_params
         if ema is not None:
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema,

@@ -7,7 +7,7 @@ comma := ,
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed$(ACCEL)
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-fast lint venv clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile
+
+# The quick tier (a few minutes): everything but the tests marked integration (see pyproject.toml).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not integration"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dul_jax tests experiments benchmarks

@@ -101,6 +101,7 @@ FAMILIES = {   # small versions of four families, batch sizes that 256 chips div
 
 @pytest.mark.parametrize('topology', ['v5e:4x4', 'v5e:16x16'])
 @pytest.mark.parametrize('family', sorted(FAMILIES))
+@pytest.mark.integration
 def test_small_families_compile_for_a_tpu_slice_and_bytes_agree(family, topology, slices,
                                                                 tfds_dir):
     name, overrides = FAMILIES[family]
@@ -151,6 +152,7 @@ def test_kernels_follow_the_compile_targets_platform(slices):
         assert attention.resolve('auto', np.float32, 64) == 'reference'
 
 
+@pytest.mark.integration
 def test_compile_refuses_a_run_that_does_not_fit_in_one_sentence(slices, capsys, monkeypatch):
     # a chip of 1 MiB: the tiny GPT compiles as fast as ever, and its temporaries do not fit
     small = dataclasses.replace(targets.CHIPS['v5e'], hbm_bytes=2**20)
@@ -192,6 +194,7 @@ def test_remedy_names_the_biggest_item_and_the_cheapest_lever():
         assert expected in sentence and sentence.endswith('.') and '\n' not in sentence
 
 
+@pytest.mark.integration
 def test_plan_rules_out_a_replicated_state_that_cannot_fit(slices):
     # 3 layers of width 8192: 1.6e9 float32 params, 19 GB of state with Adam's two moments,
     # more than a v5e's 16 GiB unless the state is split
@@ -214,6 +217,7 @@ def test_plan_rules_out_a_replicated_state_that_cannot_fit(slices):
     assert any(c.note.startswith('invalid: train.grad_accum=4') for c in found)
 
 
+@pytest.mark.integration
 def test_plan_ranks_the_compiled_candidates_by_estimated_step_time(slices):
     target = targets.parse('v5e:2x2')
     cfg = config_lib.load_config(GPT, TINY_GPT + ['train.batch_size=16', 'eval.batch_size=8'])
@@ -230,6 +234,7 @@ def test_plan_ranks_the_compiled_candidates_by_estimated_step_time(slices):
     assert rows[-1] == 'best: ' + ' '.join(f'--config.{k}={v}' for k, v in best.overrides.items())
 
 
+@pytest.mark.integration
 def test_inspect_accepts_synthetic_benchmark_configs(capsys):
     small = TINY_GPT[1:] + ['model.num_layers=1', 'data.seq_len=16', 'train.batch_size=8']
     assert cli.main(['inspect', '--config', GPT, *(f'--config.{o}' for o in small)]) == 0
@@ -255,6 +260,7 @@ def test_a_missing_toolchain_is_named_in_one_sentence(monkeypatch):
         targets.devices(targets.parse('h100:8'))
 
 
+@pytest.mark.integration
 def test_remat_keeps_the_step_and_shrinks_the_tpu_temporaries(slices, tmp_path):
     # activation-heavy: 4 layers over 512 positions, so what the backward keeps dominates
     base = ['model.num_layers=4', 'model.embed_dim=128', 'model.num_heads=4',

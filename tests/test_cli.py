@@ -48,6 +48,7 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.startswith('dul-jax 0.')
 
 
+@pytest.mark.integration
 def test_real_command_exits_2_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO,
                            '--workdir', str(tmp_path), '--config.optim.lrr=1'],
@@ -60,6 +61,7 @@ def test_real_command_exits_2_without_traceback(tmp_path):
         'weight_decay).')]
 
 
+@pytest.mark.integration
 def test_a_missing_config_file_is_said_before_jax_is_imported(tmp_path):
     # the trainer's imports take seconds; a typo in the path should not wait for them
     argv = ['train', '--config', 'nope.py', '--workdir', str(tmp_path)]
@@ -73,6 +75,7 @@ def test_a_missing_config_file_is_said_before_jax_is_imported(tmp_path):
         'experiments/configs/demo.py.')]
 
 
+@pytest.mark.integration
 def test_train_eval_sample_and_debug(tmp_path, tfds_dir, capsys):
     workdir = str(tmp_path / 'run')
     common = [f'--config.data.tfds_dir={tfds_dir}', *TINY]

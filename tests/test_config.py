@@ -119,6 +119,7 @@ def test_compilation_cache_is_on_for_accelerators_and_where_asked():
     assert runtime.compilation_cache_dir('~/c', 'cpu') == os.path.expanduser('~/c')
 
 
+@pytest.mark.integration
 def test_runtime_start_fills_the_compilation_cache_it_names(tmp_path):
     # a fresh process without the test session's cache variable: the config's folder is used
     env = {k: v for k, v in os.environ.items() if k != 'JAX_COMPILATION_CACHE_DIR'}

@@ -124,6 +124,7 @@ def _views(task, x, rng):
     return augment.two_views(x, rng, task.cfg.model.augment)
 
 
+@pytest.mark.integration
 def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfds_dir,
                                                                              quick_compiles):
     cfg = tiny_config(tfds_dir, **{'model.method': 'byol', 'train.steps': 100,

@@ -78,6 +78,7 @@ def test_digits_split_is_fixed_disjoint_and_has_17_levels(make_cfg, tfds_dir):
 DIGITS_TEST_IDS_SHA256_PREFIX = '00bed0fea1f147e8'
 
 
+@pytest.mark.integration
 def test_binarized_mnist_sizes_and_values(make_cfg, tfds_dir, shared_data):
     spec = data.describe(make_cfg('binarized_mnist'))
     assert (spec.shape, spec.num_levels, spec.num_classes) == ((28, 28, 1), 2, 0)
@@ -92,6 +93,7 @@ def test_binarized_mnist_sizes_and_values(make_cfg, tfds_dir, shared_data):
         np.testing.assert_array_equal(e['image'].reshape(-1), raw[e['id']])
 
 
+@pytest.mark.integration
 def test_mnist_test_labels_match_the_idx_file(make_cfg, tfds_dir, shared_data):
     spec = data.describe(make_cfg('mnist_test'))
     assert (spec.shape, spec.num_levels, spec.num_classes) == ((28, 28, 1), 256, 10)

@@ -85,6 +85,7 @@ def test_every_layer_inverts_and_its_log_det_is_the_jacobians(name):
 
 
 @pytest.mark.parametrize('kind', ['realnvp', 'glow'])
+@pytest.mark.integration
 def test_whole_flow_inverts_and_its_log_det_is_the_jacobians(kind):
     flow = MultiScaleFlow((4, 4, 2), kind, scales=2, steps=1, hidden=4, blocks=0,
                           scale_fn='tanh' if kind == 'realnvp' else 'sigmoid')
@@ -97,6 +98,7 @@ def test_whole_flow_inverts_and_its_log_det_is_the_jacobians(kind):
     np.testing.assert_array_equal(np.sort(bj.squeeze(x).ravel()), np.sort(x.ravel()))
 
 
+@pytest.mark.integration
 def test_dequantizer_log_det_is_the_jacobians():
     deq = Dequantizer(steps=2, hidden=4, blocks=0)
     image = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1), minval=-1, maxval=1)
@@ -125,6 +127,7 @@ def glow_setup(tfds_dir):
     return setup, batch
 
 
+@pytest.mark.integration
 def test_data_init_whitens_the_first_actnorm_and_changes_nothing_else(glow_setup):
     setup, batch = glow_setup
     state = setup.init_state(0)
@@ -144,6 +147,7 @@ def test_data_init_whitens_the_first_actnorm_and_changes_nothing_else(glow_setup
     np.testing.assert_allclose(y.std((0, 1, 2)), 1, atol=1e-3)
 
 
+@pytest.mark.integration
 def test_identity_flow_bits_per_dim_match_the_closed_form(tfds_dir):
     # a RealNVP at init is the identity after its logit (zero output convs), so -log P(l) is the
     # logit's change of variables under a standard normal, plus D log L, at the same noise
@@ -191,6 +195,7 @@ def test_params_shard_on_the_usual_meshes(mesh, tfds_dir):
     assert any(any(axis is not None for axis in spec) for spec in specs)
 
 
+@pytest.mark.integration
 def test_tiny_run_learns_samples_and_keeps_its_data_init_on_resume(tmp_path, tfds_dir,
                                                                    monkeypatch):
     cfg = tiny_config(tfds_dir, **{'train.sample_every': 40, 'train.ckpt_every': 20})

@@ -115,6 +115,7 @@ def toy_config(**extra):
                                            'train.batch_size': 32, **extra})
 
 
+@pytest.mark.integration
 def test_one_step_is_each_player_in_turn_with_its_own_optimizer():
     cfg = toy_config(**{'model.class_conditional': True, 'model.d_steps': 2,
                         'optim.groups.discriminator.lr': 1e-3})
@@ -245,6 +246,7 @@ def test_packing_puts_consecutive_examples_side_by_side(tfds_dir):
                                                                     images[3, 0, 1]]))
 
 
+@pytest.mark.integration
 def test_conv_players_shapes_and_levels(tfds_dir):
     setup = prepare(digits_config(tfds_dir, **{'model.class_conditional': True}),
                     devices=jax.devices()[:1])

@@ -26,6 +26,7 @@ def _tokens(seed, batch=2):
     return jax.random.randint(jax.random.key(seed), (batch, LENGTH), 0, VOCAB)
 
 
+@pytest.mark.integration
 def test_future_tokens_never_change_earlier_logits(model_and_params):
     model, params = model_and_params
     labels = jnp.array([0, 1])
@@ -40,6 +41,7 @@ def test_future_tokens_never_change_earlier_logits(model_and_params):
         assert np.abs(logits[:, t + 1:] - base[:, t + 1:]).max() > 1e-4
 
 
+@pytest.mark.integration
 def test_gradient_of_each_logit_reaches_only_earlier_inputs(model_and_params):
     # Row s of pos_embed is added to the input at position s only, so its gradient is the
     # gradient with respect to that input: it must vanish for every s after t, and not before.
@@ -56,6 +58,7 @@ def test_gradient_of_each_logit_reaches_only_earlier_inputs(model_and_params):
     assert np.all(reach[np.tril_indices(LENGTH)] > 0.0)  # a path from every s <= t
 
 
+@pytest.mark.integration
 def test_kv_cache_decoding_matches_full_forward(model_and_params):
     model, params = model_and_params
     labels = jnp.array([0, 2])
@@ -73,6 +76,7 @@ def test_kv_cache_decoding_matches_full_forward(model_and_params):
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=2e-5)
 
 
+@pytest.mark.integration
 def test_class_label_changes_the_prediction(model_and_params):
     model, params = model_and_params
     inputs = shift_right(_tokens(4, batch=1), VOCAB)
@@ -117,6 +121,7 @@ class ForwardVariantsTest(chex.TestCase):
 
 
 @pytest.mark.parametrize('remat', ['dots', 'full'])
+@pytest.mark.integration
 def test_remat_gives_the_same_loss_and_gradients(model_and_params, remat):
     model, params = model_and_params
     recomputing = model.clone(remat=remat)

@@ -25,6 +25,7 @@ TPU_TRAIN = ['dul-jax', 'train', '--config', CONFIG, '--workdir', WORKDIR,
              '--config.train.steps=7', '--config.distributed.enabled=true',
              '--config.runtime.platform=tpu']
 LOG = '~/dul_jax_logs/worker_$(hostname).log'
+pytestmark = pytest.mark.integration
 
 
 def launch(script: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:

@@ -22,6 +22,7 @@ def test_committed_notebook_has_no_outputs():
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.integration
 def test_notebook_loads_samples_and_scores_a_run(tmp_path, tfds_dir, monkeypatch):
     workdir = str(tmp_path / 'run')
     # the final eval covers exactly the 64 examples the notebook scores

@@ -286,6 +286,7 @@ FAST = Kernels(attention='blocked', matmul='transposed_backward', gelu='recomput
                 positions='ones_matmul', cross_entropy='fused')
 
 
+@pytest.mark.integration
 def test_gpt_gives_the_same_logits_and_gradients_with_reference_kernels():
     """The default and every fast path at once against plain JAX: each choice is passed down to
     where it runs (the logits, the loss and every parameter's gradient agree)."""

@@ -107,6 +107,7 @@ def test_no_output_depends_on_its_own_or_later_positions_and_gated_has_no_blind_
     (PixelCNN, 1, 3, 'float32'), (PixelCNN, 3, 3, 'float32'),
     (GatedPixelCNN, 1, 1, 'float32'), (GatedPixelCNN, 1, 2, 'bfloat16'),
     (PixelCNN, 1, 2, 'bfloat16')])
+@pytest.mark.integration
 def test_cached_steps_give_the_full_models_outputs_at_every_position(model_cls, channels,
                                                                        layers, dtype):
     """Writing an image position by position, the cached step's outputs at each position equal

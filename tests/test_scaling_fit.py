@@ -67,6 +67,7 @@ def test_power_law_noisy_truth_inside_bootstrap_interval():
     assert abs(b.fit.params['E'] - 1.8) < 0.1
 
 
+@pytest.mark.integration
 def test_chinchilla_exact_data_recovered_and_converged():
     N, D, L = chinchilla_grid_data(noise=0.0)
     res = fit.fit_chinchilla(N, D, L)
@@ -76,6 +77,7 @@ def test_chinchilla_exact_data_recovered_and_converged():
     np.testing.assert_allclose(res.predict(N, D), L, rtol=1e-8)
 
 
+@pytest.mark.integration
 def test_chinchilla_noisy_truth_inside_bootstrap_interval():
     # Over noise seeds 0..11, 59 of these 60 intervals held the truth (seed 0 missed E, as a 95%
     # interval should now and then); seed 1 is one of the typical draws.
@@ -176,6 +178,7 @@ def _write_jsonl(path, runs):
     return path
 
 
+@pytest.mark.integration
 def test_write_report(tmp_path, monkeypatch):
     monkeypatch.setattr(fit, 'CHINCHILLA_GRID', SMALL_GRID)
     runs = isoflop_sweep([1e15, 1e16, 1e17], factors=(1 / 6, 1 / 2.5, 1, 2.5, 6), noise=0.003)
@@ -237,6 +240,7 @@ def test_seed_repeats_are_one_point_at_their_mean(tmp_path, monkeypatch):
     assert '| 2 (spread 0.2000) |' in text
 
 
+@pytest.mark.integration
 def test_families_report_side_by_side(tmp_path, monkeypatch):
     """experiments/scaling/families_report.py on synthetic sweeps: one row per family found, a
     known exponent inside its interval, and the DiT and MAE checks' correlations signed right."""

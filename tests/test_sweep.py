@@ -61,6 +61,7 @@ def train_calls(monkeypatch):
     return calls
 
 
+@pytest.mark.integration
 def test_killed_sweep_resumes_without_redoing_finished_runs(sweep_file, tmp_path, train_calls):
     workdir = str(tmp_path / 'sweep')
     train_calls.state['crash_on'] = 'w32'
@@ -88,6 +89,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(sweep_file, tmp_path
     assert len(train_calls) == 4
 
 
+@pytest.mark.integration
 def test_shards_split_the_runs(sweep_file, tmp_path, train_calls):
     workdir = str(tmp_path / 'sweep')
     assert cli.main(['sweep', '--sweep', sweep_file, '--workdir', workdir, '--shard', '1/2',
@@ -100,6 +102,7 @@ def test_shards_split_the_runs(sweep_file, tmp_path, train_calls):
         assert [json.loads(line)['name'] for line in f] == ['w16', 'w32', 'w32_long']
 
 
+@pytest.mark.integration
 def test_edited_sweep_and_bad_shard_are_refused(sweep_file, tmp_path, train_calls):
     with pytest.raises(UserError, match='0 <= I < N'):
         sweep.parse_shard('2/2')

@@ -99,6 +99,7 @@ def test_free_bits_floors_each_dimension_averaged_over_the_batch():
 
 # ---- the bound on a model ------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_iwae_of_one_draw_is_the_elbo_estimate_and_rises_with_k(vae):
     task, params, batch = vae
     rng = jax.random.key(3)
@@ -122,6 +123,7 @@ def _mean_reconstruction(task, params, batch):
     return task._reconstruction_nll(params, z, batch['image']).mean(-1)
 
 
+@pytest.mark.integration
 def test_bound_is_exactly_log_p_when_the_posterior_is_the_prior_and_x_ignores_z(vae):
     """Zero the encoder's output layer (q = N(0, 1) = p(z)) and the decoder's first layer (p(x|z)
     = p(x)): every importance weight is p(x), so the bound is log p(x) for any k."""
@@ -140,6 +142,7 @@ def test_bound_is_exactly_log_p_when_the_posterior_is_the_prior_and_x_ignores_z(
     np.testing.assert_allclose(bound, log_px, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_chunked_bound_equals_the_bound_over_all_draws_at_once(vae):
     task, params, batch = vae
     rng = jax.random.key(5)
@@ -154,6 +157,7 @@ def test_chunked_bound_equals_the_bound_over_all_draws_at_once(vae):
     np.testing.assert_allclose(chunked, latent.iwae_bound(draws), rtol=1e-6)
 
 
+@pytest.mark.integration
 def test_kl_warm_up_weighs_the_kl_by_the_step(vae):
     task, params, batch = vae
     task.cfg.model.kl_warmup_steps = 10
@@ -169,6 +173,7 @@ def test_kl_warm_up_weighs_the_kl_by_the_step(vae):
         task.cfg.model.kl_warmup_steps = 0
 
 
+@pytest.mark.integration
 def test_pixel_log_probs_are_normalised_and_score_what_the_loss_scores(vae):
     from dul_jax.losses.likelihood import categorical_nll
     from dul_jax.losses.logistic_mixture import discretized_logistic_mixture_nll

@@ -17,6 +17,7 @@ from dul_jax.train.state import eval_params
 from dul_jax.train.warm_start import _flat, warm_start
 
 
+@pytest.mark.integration
 def test_warm_start_takes_the_params_named_and_a_profile_is_written(tmp_path, tfds_dir, capsys):
     source = str(tmp_path / 'source')
     base = tiny_overrides(tfds_dir, **{'train.steps': 3, 'optim.ema_decay': 0.9})

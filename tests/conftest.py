@@ -1,4 +1,5 @@
-"""Test-wide setup: 8 simulated CPU devices (set before jax is imported), and shared fixtures."""
+"""Test-wide setup: 8 simulated CPU devices (set before jax is imported), shared fixtures, and
+helpers the test files import (`from conftest import ...`)."""
 
 import os
 
@@ -15,6 +16,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pathlib
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -37,3 +41,46 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f'{SHARED_DATA} is absent (only the project machines have it)')
     return str(SHARED_DATA)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on: bound, then released."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def start_cli(*args: str, **env: str) -> subprocess.Popen:
+    """`dul-jax ARGS` in a new process in the repository root, with `env` added to this process's
+    environment; its stdout and stderr are piped, as text."""
+    return subprocess.Popen([sys.executable, '-m', 'dul_jax.cli', *args], cwd=REPO,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def train_losses(setup, state, batches):
+    """(the state after one train step on each of `batches`, the losses of those steps)."""
+    step = setup.train_step()
+    losses = []
+    with setup.context():
+        for batch in batches:
+            state, metrics = step(state, setup.put_batch(batch))
+            losses.append(float(metrics['loss']))
+    return state, losses
+
+
+def save_trained_run(workdir, cfg, setup, batches, steps):
+    """A run's workdir as `dul-jax train` leaves it (config.json, a checkpoint at `steps`), after
+    `steps` train steps from seed 0 on what the iterator `batches` yields."""
+    from dul_jax import config as config_lib
+    from dul_jax.train.checkpoint import Checkpointer
+    with setup.context():
+        state = setup.init_state(0)
+        step = setup.train_step()
+        for _ in range(steps):
+            state, _ = step(state, setup.put_batch(next(batches)))
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+        f.write(config_lib.to_json(cfg))
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+    ckpt.save(steps, state, force=True)
+    ckpt.close()

@@ -1,6 +1,7 @@
 """Bits-back ANS with a VAE run: exact round trips, a size equal to the negative ELBO plus the
 initial bits, and bad files refused."""
 
+import itertools
 import math
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, save_trained_run
 from scipy import special
 
 from dul_jax import cli, data
@@ -17,7 +18,6 @@ from dul_jax import compress as compress_lib
 from dul_jax import config as config_lib
 from dul_jax.compress import bitsback
 from dul_jax.errors import UserError
-from dul_jax.train.checkpoint import Checkpointer
 from dul_jax.train.setup import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,16 +35,7 @@ def _train(workdir, overrides):
     # start on a busy CPU)
     batches = [{k: v for k, v in b.items() if k != 'mask'} for b in data.eval_batches(
         cfg.data, cfg.train.batch_size, max_examples=3000, split='train')]
-    with setup.context():
-        state = setup.init_state(0)
-        step = setup.train_step()
-        for i in range(STEPS):
-            state, _ = step(state, setup.put_batch(batches[i % len(batches)]))
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.to_json(cfg))
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
-    ckpt.save(STEPS, state, force=True)
-    ckpt.close()
+    save_trained_run(workdir, cfg, setup, itertools.cycle(batches), STEPS)
     return cfg
 
 
@@ -89,6 +80,7 @@ def test_buckets_have_equal_prior_mass_and_the_posterior_every_bucket():
     np.testing.assert_array_equal(seed[:3], bitsback.seed_words(8)[:3])     # fixed, not random
 
 
+@pytest.mark.integration
 def test_round_trip_costs_the_negative_elbo_plus_the_initial_bits(vae_run, test_images,
                                                                   tmp_path):
     _, _, codec = vae_run
@@ -114,6 +106,7 @@ def test_round_trip_costs_the_negative_elbo_plus_the_initial_bits(vae_run, test_
           f'{nelbo_bits / test_images.size:.4f}')
 
 
+@pytest.mark.integration
 def test_another_process_decodes_what_the_command_line_coded(vae_run, test_images, tmp_path,
                                                              capsys):
     workdir, _, _ = vae_run
@@ -127,6 +120,7 @@ def test_another_process_decodes_what_the_command_line_coded(vae_run, test_image
     np.testing.assert_array_equal(np.load(restored), test_images)
 
 
+@pytest.mark.integration
 def test_wrong_truncated_and_damaged_files_are_refused(vae_run, test_images, tmp_path):
     _, _, codec = vae_run
     output = tmp_path / 'out.dulz'

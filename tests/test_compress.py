@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import save_trained_run
 
 from dul_jax import cli, data
 from dul_jax import compress as compress_lib
@@ -29,18 +30,8 @@ def _run(workdir, config, overrides, steps):
     `steps` steps on the train split, without the trainer's final eval and samples."""
     cfg = config_lib.load_config(os.path.join(CONFIGS, config),
                                  [f'{k}={v}' for k, v in overrides.items()])
-    setup = prepare(cfg)
-    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
-    with setup.context():
-        state = setup.init_state(0)
-        step = setup.train_step()
-        for _ in range(steps):
-            state, _ = step(state, setup.put_batch(next(batches)))
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-        f.write(config_lib.to_json(cfg))
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
-    ckpt.save(steps, state, force=True)
-    ckpt.close()
+    save_trained_run(workdir, cfg, prepare(cfg),
+                     data.train_iterator(cfg.data, cfg.train.batch_size, seed=0), steps)
     return cfg
 
 
@@ -85,6 +76,7 @@ def test_quantize_is_exact_and_keeps_every_symbol():
     assert freqs[1, 0] == 2 ** 24 - freqs[1, 1:].sum()
 
 
+@pytest.mark.integration
 def test_images_round_trip_and_cost_what_the_model_says(image_run, test_images, tmp_path):
     _, _, codec = image_run
     original = _save(tmp_path / 'digits.npy', test_images)
@@ -109,6 +101,7 @@ def test_images_round_trip_and_cost_what_the_model_says(image_run, test_images, 
     (np.zeros((3, 8, 8, 1), np.int64), 'holds a int64 array'),
     (np.full((3, 8, 8, 1), 17, np.uint8), 'pixel value 17'),
 ])
+@pytest.mark.integration
 def test_wrong_images_are_refused(image_run, bad, fragment, tmp_path):
     _, _, codec = image_run
     output = tmp_path / 'out.dulz'
@@ -117,6 +110,7 @@ def test_wrong_images_are_refused(image_run, bad, fragment, tmp_path):
     assert not output.exists() and os.listdir(tmp_path) == ['bad.npy']
 
 
+@pytest.mark.integration
 def test_another_model_truncation_and_damage_are_refused(image_run, test_images, tmp_path):
     _, cfg, codec = image_run
     packed = str(tmp_path / 'packed.dulz')
@@ -171,6 +165,7 @@ def test_bytes_round_trip_with_the_transformer_kv_cache(tmp_path):
     assert len(text) % 32 and len(text) > 64    # several windows, the last one partial
 
 
+@pytest.mark.integration
 def test_another_process_decodes_what_this_one_coded(image_run, test_images, tmp_path):
     """The promise the format makes: decoding in a fresh process on the same
     machine reproduces the encoder's probabilities bit for bit."""
@@ -184,6 +179,7 @@ def test_another_process_decodes_what_this_one_coded(image_run, test_images, tmp
     np.testing.assert_array_equal(np.load(restored), test_images[:3])
 
 
+@pytest.mark.integration
 def test_command_line(image_run, test_images, tmp_path, capsys):
     workdir, _, _ = image_run
     original = _save(tmp_path / 'x.npy', test_images[:4])
@@ -199,6 +195,7 @@ def test_command_line(image_run, test_images, tmp_path, capsys):
     assert 'not a file written by' in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_a_file_decodes_with_its_own_checkpoint_after_the_run_trains_on(image_run, test_images,
                                                                         tmp_path, capsys):
     source, cfg, _ = image_run
@@ -230,6 +227,7 @@ def _one_sentence(message, path):
     assert str(path) in message and '\n' not in message and message.endswith('.'), message
 
 
+@pytest.mark.integration
 def test_damaged_headers_and_unusable_inputs_are_one_sentence_naming_the_file(
         image_run, test_images, tmp_path):
     _, _, codec = image_run

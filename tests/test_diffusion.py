@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import train_losses
 
 from dul_jax import config as config_lib
 from dul_jax import data
@@ -62,6 +63,7 @@ def _sample(task, params, sampler, eta, rng, x_init, steps=STEPS):
                                     x_init))
 
 
+@pytest.mark.integration
 def test_ddim_at_eta_0_depends_only_on_x_T(dit_task):
     task, params = dit_task
     x_init = jax.random.normal(jax.random.key(5), (4, 8, 8, 1))
@@ -73,6 +75,7 @@ def test_ddim_at_eta_0_depends_only_on_x_T(dit_task):
     assert np.all(np.abs(a) <= 1.0)   # x_0 is clipped at the last step
 
 
+@pytest.mark.integration
 def test_ddim_on_all_steps_at_eta_1_is_ddpm(dit_task):
     task, params = dit_task
     x_init = jax.random.normal(jax.random.key(6), (4, 8, 8, 1))
@@ -83,6 +86,7 @@ def test_ddim_on_all_steps_at_eta_1_is_ddpm(dit_task):
     assert np.abs(other_noise - ddpm).max() > 1e-2
 
 
+@pytest.mark.integration
 def test_guidance_scale_0_is_unconditional_and_1_conditional(dit_task):
     task, params = dit_task
     x = jax.random.normal(jax.random.key(7), (3, 8, 8, 1))
@@ -97,6 +101,7 @@ def test_guidance_scale_0_is_unconditional_and_1_conditional(dit_task):
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_vlb_decoder_term_uses_the_configured_variance(dit_task, tfds_dir):
     # DDPM's code (hojonathanho/diffusion diffusion_utils_2.py _vb_terms_bpd) scores x_0 at
     # t = 1 under N(x0_hat, exp(posterior_log_variance_clipped)): the t = 2 posterior variance.
@@ -129,6 +134,7 @@ def test_vlb_decoder_term_uses_the_configured_variance(dit_task, tfds_dir):
 
 
 @pytest.mark.parametrize('kind', ['unet', 'dit'])
+@pytest.mark.integration
 def test_sharded_training_agrees_over_meshes(kind, tfds_dir):
     cfg = tiny_config(tfds_dir, kind)
     it = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
@@ -139,14 +145,7 @@ def test_sharded_training_agrees_over_meshes(kind, tfds_dir):
         for axis, size in mesh.items():
             cfg.mesh[axis] = size
         setup = prepare(cfg)
-        state = setup.init_state(0)
-        step = setup.train_step()
-        trajectory = []
-        with setup.context():
-            for batch in batches:
-                state, metrics = step(state, setup.put_batch(batch))
-                trajectory.append(float(metrics['loss']))
-        losses[tuple(mesh.values())] = trajectory
+        state, losses[tuple(mesh.values())] = train_losses(setup, setup.init_state(0), batches)
         if mesh['fsdp'] == 8:
             specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
             assert any('fsdp' in jax.tree.leaves(tuple(s)) for s in specs)
@@ -156,6 +155,7 @@ def test_sharded_training_agrees_over_meshes(kind, tfds_dir):
         np.testing.assert_allclose(trajectory, reference, rtol=1e-5, err_msg=str(mesh))
 
 
+@pytest.mark.integration
 def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
     cfg = tiny_config(tfds_dir, 'dit')
     final = loop.train(cfg, str(tmp_path))

@@ -7,13 +7,13 @@ import hashlib
 import http.server
 import pathlib
 import shutil
-import socket
 import threading
 
 import ml_collections
 import numpy as np
 import pytest
 import scipy.io
+from conftest import free_port
 
 from dul_jax import config, data
 from dul_jax.data import catalog, download, image_builders
@@ -66,13 +66,7 @@ def files_under(folder):
                   if p.is_file())
 
 
-def free_port():
-    """A port nothing listens on: bound and released, so a connection to it is refused."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.integration
 def test_missing_files_are_fetched_from_data_url_then_prepared(tmp_path, serve, shared_data):
     base = serve(shared_data)
     spec = data.describe(make_cfg(tmp_path, 'tiny_shakespeare', url=base))
@@ -88,6 +82,7 @@ def test_missing_files_are_fetched_from_data_url_then_prepared(tmp_path, serve, 
         assert sha256(tmp_path / 'data' / rel) == sha256(pathlib.Path(shared_data) / rel)
 
 
+@pytest.mark.integration
 def test_the_environment_variable_is_the_url_when_data_url_is_empty(tmp_path, serve, shared_data,
                                                                      monkeypatch):
     monkeypatch.setenv(download.URL_VARIABLE, serve(shared_data))
@@ -98,6 +93,7 @@ def test_the_environment_variable_is_the_url_when_data_url_is_empty(tmp_path, se
     assert data.describe(cfg).num_train == 1003854
 
 
+@pytest.mark.integration
 def test_a_changed_byte_is_refused_and_nothing_is_kept(tmp_path, serve, shared_data):
     served = tmp_path / 'served' / SHAKESPEARE.path
     served.parent.mkdir(parents=True)
@@ -113,6 +109,7 @@ def test_a_changed_byte_is_refused_and_nothing_is_kept(tmp_path, serve, shared_d
     assert not (tmp_path / 'data').exists()  # no file, no folder left behind
 
 
+@pytest.mark.integration
 def test_an_unreachable_server_names_the_url_and_the_folder(tmp_path, serve, shared_data):
     base = f'http://127.0.0.1:{free_port()}'
     with pytest.raises(UserError) as e:
@@ -138,6 +135,7 @@ def test_present_files_are_verified_too(tmp_path):
         data.describe(make_cfg(tmp_path, 'tiny_shakespeare'))
 
 
+@pytest.mark.integration
 def test_gzip_files_are_checked_by_their_content(tmp_path, serve, shared_data):
     """Mirrors recompress: any gzip of the right bytes is accepted, a non-gzip file is not."""
     images = download.RAW_FILES['mnist_test'][0]
@@ -234,6 +232,7 @@ def test_shared_copy_is_read_as_matlab(shared_data):
     np.testing.assert_array_equal(read_amat(path), scipy.io.loadmat(path)['X'])
 
 
+@pytest.mark.integration
 def test_copying_a_prepared_tree_needs_no_source(tmp_path, serve, shared_data):
     """Once prepared, the raw files are not needed: a run elsewhere reads the tfds_dir alone."""
     cfg = make_cfg(tmp_path, 'tiny_shakespeare', url=serve(shared_data))

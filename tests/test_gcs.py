@@ -15,6 +15,7 @@ import flax.serialization
 import jax
 import numpy as np
 import pytest
+from conftest import free_port
 from etils import epath
 
 import dul_jax
@@ -31,18 +32,13 @@ from dul_jax.train.setup import prepare
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
 BUCKET = 'dul-jax-test'
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope='module')
 def bucket():
     """gs://BUCKET on an emulator; gcsfs, orbax's tensorstore and google-auth are pointed at it."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, os.path.join(REPO, 'tests', 'gcs_emulator.py'), str(port), BUCKET],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

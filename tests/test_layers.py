@@ -22,7 +22,7 @@ ALLOWED = {
     'evaluators': {'config', 'data', 'errors', 'losses', 'metrics', 'sharding', 'tasks'},
     'train': {'accounting', 'config', 'data', 'errors', 'evaluators', 'images', 'sharding',
               'storage', 'tasks'},
-    'scaling': {'accounting', 'config', 'errors', 'storage', 'train'},
+    'scaling': {'accounting', 'config', 'errors', 'storage', 'tasks', 'train'},
     'runtime': {'errors', 'sharding'},
     'compress': {'errors', 'storage', 'tasks', 'train'},
     'cli': {'compress', 'config', 'errors', 'runtime', 'scaling', 'sharding', 'storage', 'train'},

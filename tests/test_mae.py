@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_losses
 from PIL import Image
 
 from dul_jax import config as config_lib
@@ -100,6 +101,7 @@ def test_unshuffling_with_ids_restore_gives_back_the_original_order():
         mask)
 
 
+@pytest.mark.integration
 def test_model_masks_per_example_and_encoder_sees_only_visible_patches(model_and_params):
     model, params = model_and_params
     images = _images(3)
@@ -164,6 +166,7 @@ def test_normalize_patches_uses_the_unbiased_variance_like_mae_forward_loss():
 
 
 @pytest.mark.parametrize('ratio, kept', [(0.9, 1), (0.75, 4), (0.5, 8), (0.3, 11)])
+@pytest.mark.integration
 def test_model_mask_has_len_keep_visible_patches(model_and_params, ratio, kept):
     model, params = model_and_params  # 16 patches
     assert kept == int(16 * (1 - ratio))
@@ -174,6 +177,7 @@ def test_model_mask_has_len_keep_visible_patches(model_and_params, ratio, kept):
     assert latent.shape == (4, 1 + kept, 32)
 
 
+@pytest.mark.integration
 def test_loss_ignores_visible_patches_and_sees_masked_ones(model_and_params):
     model, params = model_and_params
     images = _images(5)
@@ -206,6 +210,7 @@ def test_bad_configs_are_one_sentence_user_errors(override, fragment, tfds_dir):
         prepare(tiny_cfg(tfds_dir, **override))
 
 
+@pytest.mark.integration
 def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
     cfg = tiny_cfg(tfds_dir)
     batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
@@ -219,19 +224,14 @@ def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
         if sizes['fsdp'] == 8:
             specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.params)]
             assert any('fsdp' in jax.tree.leaves(tuple(spec)) for spec in specs)
-        step = setup.train_step()
-        losses = []
-        with setup.context():
-            for batch in batches:
-                state, metrics = step(state, setup.put_batch(batch))
-                losses.append(float(metrics['loss']))
-        trajectories[tuple(sizes.values())] = losses
+        _, trajectories[tuple(sizes.values())] = train_losses(setup, state, batches)
     first, *others = trajectories.values()
     assert first[2] != first[0]  # the steps did change the params
     for other in others:
         np.testing.assert_allclose(other, first, rtol=1e-5)
 
 
+@pytest.mark.integration
 def test_tiny_digits_run_learns_and_writes_probes_and_pictures(tmp_path, tfds_dir):
     # Beating a random encoder on the probes takes ~1,000 steps at batch 128 (see the README and
     # experiments/mae_mask_ratio.py): too slow for a unit test, so only learning is checked here.
@@ -264,6 +264,7 @@ def test_knn_and_linear_probe_on_separable_points():
                                np.array([0]), k=4) == 1.0
 
 
+@pytest.mark.integration
 class EncoderVariantsTest(chex.TestCase):
     """The encoder jitted and not (chex variants): only visible patches reach the latent."""
 

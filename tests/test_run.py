@@ -22,6 +22,8 @@ from dul_jax.train.setup import prepare
 from dul_jax.train.workdir import kept_spec
 
 CHAR_CONFIG = os.path.join(REPO, 'experiments', 'configs', 'tiny_shakespeare_char.py')
+# every test trains a run first (the module's image_run, or a char run)
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope='module')

@@ -4,14 +4,13 @@ really splits the state, checkpoints move between meshes, and inspect sees the c
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import jax
 import numpy as np
 import pytest
+from conftest import free_port, start_cli
 
 from dul_jax import config as config_lib
 from dul_jax import data
@@ -69,6 +68,7 @@ def reference(tfds_dir, batches):
 
 
 @pytest.mark.parametrize('name', list(MESHES))
+@pytest.mark.integration
 def test_every_parallelism_gives_the_single_device_losses(name, tfds_dir, batches, reference):
     setup = prepare(make_cfg(tfds_dir, **MESHES[name]))
     losses, _ = run_steps(setup, batches)
@@ -76,6 +76,7 @@ def test_every_parallelism_gives_the_single_device_losses(name, tfds_dir, batche
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.integration
 def test_pmap_gives_the_single_device_losses(tfds_dir, batches):
     one = prepare(make_cfg(tfds_dir, **{'mesh.data': 1, 'model.dropout': 0.0}),
                   devices=jax.devices()[:1])
@@ -89,6 +90,7 @@ def test_pmap_gives_the_single_device_losses(tfds_dir, batches):
         expected_state.params['stack']['blocks']['mlp']['fc']['kernel']), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.integration
 def test_fsdp_splits_params_and_optimizer_state_eightfold(tfds_dir, batches):
     setup = prepare(make_cfg(tfds_dir, **MESHES['fsdp=8']))
     _, state = run_steps(setup, batches[:1])
@@ -102,6 +104,7 @@ def test_fsdp_splits_params_and_optimizer_state_eightfold(tfds_dir, batches):
     assert kernel.addressable_shards[0].data.shape == (1, 8, 128)
 
 
+@pytest.mark.integration
 def test_checkpoint_moves_between_meshes_bit_identically(tmp_path, tfds_dir, batches):
     saved_setup = prepare(make_cfg(tfds_dir, **MESHES['data=2,fsdp=2,tensor=2']))
     _, state = run_steps(saved_setup, batches[:2])
@@ -122,6 +125,7 @@ def test_checkpoint_moves_between_meshes_bit_identically(tmp_path, tfds_dir, bat
     ckpt.close()
 
 
+@pytest.mark.integration
 def test_inspect_sees_fsdp_gathers_and_data_parallel_all_reduce(tfds_dir):
     # unrolled layers, dropout off: exact byte totals against the parameter bytes
     exact = {'model.dropout': 0.0, 'model.scan_unroll': 1}
@@ -153,12 +157,6 @@ ENTRY %main (a: f32[4]) -> f32[4] {
                                 'all-gather': {'count': 1, 'bytes': 64}}
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.integration
 def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, tfds_dir):
     common = [f'--config.{o}' for o in MODEL] + [
@@ -168,17 +166,14 @@ def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, t
         '--config.mesh.data=2', '--config.mesh.fsdp=2', '--config.mesh.tensor=2']
 
     def launch(workdir, devices, extra=(), process_id=None):
-        env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-        return subprocess.Popen(
-            [sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO, '--workdir', workdir,
-             *common, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+        return start_cli('train', '--config', DEMO, '--workdir', workdir, *common, *extra,
+                         XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
     two = str(tmp_path / 'two')
 
-    def launch_two(extra=()):
-        port = _free_port()
-        procs = [launch(two, 4, ['--config.distributed.enabled=true',
+    def launch_two(workdir, extra=()):
+        port = free_port()
+        procs = [launch(workdir, 4, ['--config.distributed.enabled=true',
                                  f'--config.distributed.coordinator=127.0.0.1:{port}',
                                  '--config.distributed.num_processes=2',
                                  f'--config.distributed.process_id={i}', *extra])
@@ -188,7 +183,7 @@ def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, t
             assert p.returncode == 0, err[-3000:]
         return outputs
 
-    launch_two()
+    launch_two(two)
     one = str(tmp_path / 'one')
     single = launch(one, 8)
     _, err = single.communicate(timeout=600)
@@ -213,34 +208,35 @@ def test_two_processes_match_one_process_and_its_checkpoint_restores(tmp_path, t
     for got, want in zip(jax.tree.leaves(jax.device_get(state.params)),
                          jax.tree.leaves(jax.device_get(expected.params))):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-5)
-    # a damaged newest checkpoint: both processes set it aside, agree on step 2 and go on
-    ckpts = os.path.join(two, 'checkpoints')
+    # the 1-process run's newest checkpoint damaged, two processes resume it: both set it
+    # aside, agree on step 2 and go on
+    ckpts = os.path.join(one, 'checkpoints')
     for root, _, files in os.walk(os.path.join(ckpts, '4', 'state')):
         for name in files:
             if root.endswith(os.sep + 'd'):
                 open(os.path.join(root, name), 'wb').close()
-    (out0, err0), _ = launch_two(['--config.train.steps=6'])
+    (out0, err0), _ = launch_two(one, ['--config.train.steps=6'])
     assert f'moved it to {ckpts}_corrupt/4' in err0
     assert f'resumed from {ckpts}/2' in out0
     assert sorted(os.listdir(ckpts)) == ['2', '4', '6'] and os.listdir(ckpts + '_corrupt') == ['4']
-    with open(os.path.join(two, 'metrics.jsonl')) as f:   # no step logged twice
+    assert 'saved by 1 process(es) and is resumed by 2' in err0
+    with open(os.path.join(one, 'metrics.jsonl')) as f:   # no step logged twice
         assert [r['step'] for r in map(json.loads, f) if 'loss' in r] == [1, 2, 3, 4, 5, 6]
 
 
 def _launch_cli(workdir, port, process_id, extra=(), num_processes=2):
     """`dul-jax train` as process `process_id` of `num_processes` on 127.0.0.1:`port`."""
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-    return subprocess.Popen(
-        [sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO, '--workdir', workdir,
-         '--config.distributed.enabled=true', f'--config.distributed.coordinator=127.0.0.1:{port}',
-         f'--config.distributed.num_processes={num_processes}',
-         f'--config.distributed.process_id={process_id}', *extra],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli(
+        'train', '--config', DEMO, '--workdir', workdir, '--config.distributed.enabled=true',
+        f'--config.distributed.coordinator=127.0.0.1:{port}',
+        f'--config.distributed.num_processes={num_processes}',
+        f'--config.distributed.process_id={process_id}', *extra,
+        XLA_FLAGS='--xla_force_host_platform_device_count=1')
 
 
 @pytest.mark.integration
 def test_processes_started_with_different_configs_are_refused_on_every_process(tmp_path):
-    port = _free_port()
+    port = free_port()
     procs = [_launch_cli(str(tmp_path / 'run'), port, i, [f'--config.train.steps={10 + i}'])
              for i in range(2)]
     for p in procs:
@@ -254,7 +250,7 @@ def test_processes_started_with_different_configs_are_refused_on_every_process(t
 @pytest.mark.integration
 def test_a_process_that_never_arrives_is_named_in_one_sentence_after_the_timeout(tmp_path):
     # process 0 waits for process 1 of 2, and process 1 of another pair for its process 0
-    ports = _free_port(), _free_port()
+    ports = free_port(), free_port()
     alone = [_launch_cli(str(tmp_path / f'run{i}'), ports[i], i,
                          ['--config.distributed.initialization_timeout_s=3']) for i in (0, 1)]
     (_, err0), (_, err1) = (p.communicate(timeout=120) for p in alone)
@@ -268,7 +264,7 @@ def test_a_process_that_never_arrives_is_named_in_one_sentence_after_the_timeout
 
 
 def test_the_roll_call_returns_on_every_process_once_all_have_come(tmp_path):
-    port, errors = _free_port(), []
+    port, errors = free_port(), []
 
     def late(pid, delay):
         time.sleep(delay)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import train_losses
 
 from dul_jax import config as config_lib
 from dul_jax import data
@@ -114,6 +115,7 @@ def test_perplexity_counts_the_codes_in_use():
 
 # ---- the task -----------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
     final = loop.train(tiny_config(tfds_dir), str(tmp_path))
     with open(tmp_path / 'metrics.jsonl') as f:
@@ -125,6 +127,7 @@ def test_tiny_training_run_lowers_the_loss(tmp_path, tfds_dir):
     assert (tmp_path / 'samples' / 'step_000040.png').is_file()
 
 
+@pytest.mark.integration
 def test_sharded_training_agrees_over_meshes(tfds_dir):
     cfg = tiny_config(tfds_dir)
     it = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
@@ -135,14 +138,7 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
         for axis, size in mesh.items():
             cfg.mesh[axis] = size
         setup = prepare(cfg)
-        state = setup.init_state(0)
-        step = setup.train_step()
-        trajectory = []
-        with setup.context():
-            for batch in batches:
-                state, metrics = step(state, setup.put_batch(batch))
-                trajectory.append(float(metrics['loss']))
-        losses[tuple(mesh.values())] = trajectory
+        state, losses[tuple(mesh.values())] = train_losses(setup, setup.init_state(0), batches)
         specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
         if mesh['fsdp'] == 2:
             assert any('fsdp' in jax.tree.leaves(tuple(s)) for s in specs)
@@ -155,6 +151,7 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
         np.testing.assert_allclose(trajectory, reference, rtol=1e-5, err_msg=str(mesh))
 
 
+@pytest.mark.integration
 def test_exported_codes_are_the_models_argmin_and_train_the_prior(task_and_params, tmp_path,
                                                                   tfds_dir):
     task, params = task_and_params
@@ -248,6 +245,7 @@ def test_ema_codebook_is_the_running_mean_of_the_assigned_vectors():
     np.testing.assert_array_equal(moved['embed_sum'][:2], stats['embed_sum'][:2])
 
 
+@pytest.mark.integration
 def test_an_ema_step_sets_the_codebook_from_the_averages_and_restarts_dead_codes(tfds_dir):
     cfg = tiny_config(tfds_dir, **{'model.codebook_update': 'ema',
                                    'model.restart_threshold': 1.0, 'model.ema_decay': 0.5})

@@ -2,8 +2,8 @@
 checkpoint, after compilation, on whatever device this process sees.
 
 Times the family's `sample_images` (flows, VAEs, diffusion: one batch of `--num` images) or, for
-families without it, its `sample` (what `dul-jax sample` draws: autoregressive models decode
-position by position). Prints the compile call and the median of `--repeats` timed calls.
+the other families that generate, its `sample` (what `dul-jax sample` draws: autoregressive models
+decode position by position). Prints the compile call and the median of `--repeats` timed calls.
 
     python benchmarks/sampling.py --workdir runs/glow_mnist --num 256
 """
@@ -14,7 +14,7 @@ import time
 
 import jax
 
-from dul_jax.tasks.base import implements
+from dul_jax.tasks.capabilities import Generates, SampleImages
 from dul_jax.train import loop
 from dul_jax.train.state import eval_params
 
@@ -29,7 +29,9 @@ def main() -> None:
     cfg = loop.load_config_of(args.workdir, args.config)
     setup, state = loop.restore_latest(cfg, args.workdir)
     task, params = setup.task, eval_params(state)
-    method = 'sample_images' if implements(task, 'sample_images') else 'sample'
+    if not isinstance(task, SampleImages | Generates):
+        raise SystemExit(f'task "{task.name}" does not generate; there is nothing to time.')
+    method = 'sample_images' if isinstance(task, SampleImages) else 'sample'
     draw = getattr(task, method)
 
     def timed(seed: int) -> float:

@@ -39,7 +39,7 @@ def synthetic_spec(cfg) -> DataSpec:
 
 def random_batch(spec: DataSpec, batch_size: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    if spec.kind == 'image':
+    if spec.is_image:
         return {'image': rng.integers(0, spec.num_levels, (batch_size, *spec.shape), np.uint8),
                 'label': rng.integers(0, max(spec.num_classes, 1), (batch_size,), np.int32)}
     return {'tokens': rng.integers(0, spec.num_levels, (batch_size, *spec.shape), np.int32)}

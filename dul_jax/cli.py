@@ -11,6 +11,7 @@
   dul-jax compile --config C [--topology v5e:16x16|h100:8] [--save FILE] [--config.KEY=VALUE ...]
   dul-jax plan   --config C --chips N --kind v5e [--max-compiles K] [--config.KEY=VALUE ...]
   dul-jax sweep  --sweep experiments/scaling/NAME.py --workdir DIR [--shard I/N] [--no-report]
+  dul-jax cooldown --workdir STABLE --steps K1,K2 --decay-steps D [--out DIR] [--config.KEY=V ...]
 
 A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
 exits with status 2; a diverged run exits with status 1.
@@ -84,12 +85,49 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument('--workdir', required=True)
     export.add_argument('--output', required=True, help='FILE.msgpack (local or gs://)')
     export.add_argument('--step', type=int, default=None, help='a kept checkpoint step')
+    data = sub.add_parser('data', help='data sets: `dul-jax data prepare NAME` before training',
+                          description='Data sets, ahead of any run.')
+    data_sub = data.add_subparsers(dest='data_command', required=True)
+    prepare = data_sub.add_parser(
+        'prepare', help='prepare a data set now, as a first `dul-jax train` would',
+        description='Prepare data set NAME by the path a first `dul-jax train` takes: its '
+                    'missing raw files are fetched into data.dir ($DUL_JAX_DATA_DIR, else '
+                    '~/.cache/dul_jax/data; readable by all, for a shared folder) and checked, '
+                    'then the data set is built into DIR; one line says its splits and where it '
+                    'is. A data set already prepared there is left as it is. Raw-file settings '
+                    'follow as --config.data.KEY=VALUE, e.g. --config.data.dir=/shared/raw or '
+                    '--config.data.url=https://mirror/dul_jax_data. An unknown NAME exits 2.')
+    prepare.add_argument('name', metavar='NAME',
+                         help='a data.name: digits, binarized_mnist, mnist_test, '
+                              'tiny_shakespeare, python_source, or a TFDS catalog name')
+    prepare.add_argument('--dir', default='',
+                         help='where prepared data sets go (data.tfds_dir; default '
+                              '~/.cache/dul_jax/tfds)')
     sweep = sub.add_parser('sweep', help='run (or resume) a sweep of runs; fit and report it')
     sweep.add_argument('--sweep', required=True, help='a sweep file with get_sweep()')
     sweep.add_argument('--workdir', required=True)
     sweep.add_argument('--shard', default='0/1', help='I/N: run only runs I, I+N, I+2N, ...')
     sweep.add_argument('--no-report', action='store_true',
                        help='skip the fits, plots and report.md when the sweep is complete')
+    cooldown = sub.add_parser(
+        'cooldown', help='cooldown branches of a warmup-stable-decay run, one per kept step',
+        description='Branch a stable-phase run (optim.schedule=wsd, optim.decay_fraction=0, '
+                    'optim.decay_steps=0) at each kept checkpoint K: copy checkpoint K into '
+                    'OUT/cooldown_kK_dD and train it on for D steps with the learning rate '
+                    'decayed over them (train.steps=K+D, optim.decay_steps=D; the shape is '
+                    'optim.decay_shape, e.g. --config.optim.decay_shape=linear). Up to K a branch '
+                    'is the stable run, so it equals a run of K+D steps trained from scratch '
+                    '(Hagele et al. 2024). Branches run one after another; finished ones are '
+                    'skipped, a killed one resumes. Each writes result.json like a sweep run, '
+                    'OUT/results.jsonl lists them all for the fits, and one line per branch says '
+                    'its final eval loss.')
+    cooldown.add_argument('--workdir', required=True, help='the stable-phase run')
+    cooldown.add_argument('--steps', required=True,
+                          help='kept checkpoint steps to branch from, e.g. 1000,2000')
+    cooldown.add_argument('--decay-steps', required=True, type=int,
+                          help='D: steps of learning-rate decay in each branch')
+    cooldown.add_argument('--out', default='', help='where the branches go (default '
+                                                   'WORKDIR/cooldowns)')
     return p
 
 
@@ -114,6 +152,14 @@ def _sweep(args) -> None:
         report.write_report(results, outdir, title=f'Scaling laws: {args.sweep}',
                             **sweep.report_options(args.sweep))
         print(f'report: {outdir}/report.md and its plots')
+
+
+def _cooldown(args, overrides: list[str]) -> None:
+    from dul_jax import runtime
+    from dul_jax.scaling import cooldown
+    steps = cooldown.parse_steps(args.steps)
+    runtime.start(cooldown.branch_config(args.workdir, steps[0], args.decay_steps, overrides))
+    cooldown.run_branches(args.workdir, steps, args.decay_steps, args.out, overrides)
 
 
 def _compile_or_plan(args, cfg) -> None:
@@ -166,7 +212,18 @@ def run(argv: list[str]) -> int:
                             'sweep file.')
         _sweep(args)
         return 0
+    if args.command == 'cooldown':
+        _cooldown(args, overrides)
+        return 0
     from dul_jax import config as config_lib
+    if args.command == 'data':
+        from dul_jax.data import prepare
+        prepare.check_overrides(overrides)
+        cfg = config_lib.base_config()
+        for item in overrides:
+            config_lib.apply_override(cfg, item)
+        print(prepare.prepare(cfg.data, args.name, args.dir))
+        return 0
     if args.command in ('train', 'inspect', 'compile', 'plan'):
         # before the trainer's imports (jax, flax, orbax: seconds), so a wrong path or key is
         # said at once

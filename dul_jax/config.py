@@ -21,7 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.task = 'autoregressive'
-    c.parallelism = 'jit'  # or 'pmap': pure data parallelism with jax.pmap
+    c.parallelism = 'jit'  # or 'pmap': per-device steps and pmean (shard_map; sharding/pmap.py)
     c.init_from = ''       # warm start: a run's workdir or WORKDIR/checkpoints/STEP to take params
     c.init_params = ''     # with init_from: a regex on param names to take ('': all of them)
     c.target = ''          # the slice or node the run is sized for (`dul-jax compile`'s default)
@@ -48,8 +48,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim.optimizer = 'adamw'                 # or 'lars' (SimCLR/BYOL's large-batch SGD)
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 100
-    c.optim.schedule = 'cosine'                 # 'cosine' (to min_lr_ratio * lr) or 'constant'
+    # after a linear warmup from 0: 'cosine' (to min_lr_ratio * lr at train.steps), 'constant',
+    # or 'wsd' (warmup-stable-decay, Hägele et al. 2024): constant lr, then a decay over the last
+    # decay steps of train.steps down to min_lr_ratio * lr, of shape decay_shape
+    c.optim.schedule = 'cosine'
     c.optim.min_lr_ratio = 0.1
+    c.optim.decay_shape = '1-sqrt'              # wsd: 'linear', 'cosine' or '1-sqrt'
+    c.optim.decay_fraction = 0.2                # wsd: decay over this share of train.steps
+    # wsd: decay over the last decay_steps of train.steps, whatever their number (0: use
+    # decay_fraction). A stable-phase run sets decay_fraction=0 (never decays); its cooldown
+    # branch from step k runs train.steps=k+d with decay_steps=d, and matches it up to step k.
+    c.optim.decay_steps = 0
     c.optim.b1 = 0.9
     c.optim.b2 = 0.99
     c.optim.weight_decay = 0.1                  # on kernels and embeddings only
@@ -271,6 +280,36 @@ def check(condition: bool, message: str) -> None:
         raise UserError(message)
 
 
+SCHEDULES = ('cosine', 'constant', 'wsd')
+DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
+
+
+def wsd_decay_steps(optim, total_steps: int) -> int:
+    """How many of the last steps a 'wsd' schedule decays over: optim.decay_steps, or (when that
+    is 0) optim.decay_fraction of total_steps, rounded."""
+    steps = optim.get('decay_steps', 0)
+    return steps if steps > 0 else round(optim.get('decay_fraction', 0.2) * total_steps)
+
+
+def check_schedule(optim, total_steps: int) -> None:
+    """UserError for learning-rate schedule settings that cannot make a schedule of total_steps."""
+    check(optim.schedule in SCHEDULES, f'optim.schedule must be "cosine", "constant" or "wsd", '
+                                       f'got "{optim.schedule}".')
+    shape = optim.get('decay_shape', '1-sqrt')
+    check(shape in DECAY_SHAPES, f'optim.decay_shape must be "linear", "cosine" or "1-sqrt", got '
+                                 f'"{shape}".')
+    fraction = optim.get('decay_fraction', 0.2)
+    check(0.0 <= fraction <= 1.0, f'optim.decay_fraction must be in [0, 1], got {fraction}.')
+    check(optim.get('decay_steps', 0) >= 0, 'optim.decay_steps must be >= 0 (0: use '
+                                            f'decay_fraction), got {optim.get("decay_steps")}.')
+    if optim.schedule == 'wsd':
+        warmup, decay = optim.warmup_steps, wsd_decay_steps(optim, total_steps)
+        check(warmup + decay <= total_steps, f'optim.schedule="wsd" needs its warmup and decay to '
+              f'fit in the run, but optim.warmup_steps={warmup} plus {decay} decay steps exceed '
+              f'train.steps={total_steps}; lower optim.warmup_steps, optim.decay_steps or '
+              'optim.decay_fraction, or raise train.steps.')
+
+
 def validate_common(cfg) -> None:
     """Checks that need no data set, model or device: the keys every run relies on."""
     t = cfg.train
@@ -283,8 +322,7 @@ def validate_common(cfg) -> None:
           f'parallelism must be "jit" or "pmap", got "{cfg.parallelism}".')
     check(cfg.optim.get('optimizer', 'adamw') in ('adamw', 'lars'), 'optim.optimizer must be '
           f'"adamw" or "lars", got "{cfg.optim.get("optimizer")}".')
-    check(cfg.optim.schedule in ('cosine', 'constant'),
-          f'optim.schedule must be "cosine" or "constant", got "{cfg.optim.schedule}".')
+    check_schedule(cfg.optim, cfg.train.steps)
     check(0.0 <= cfg.optim.ema_decay < 1.0,
           f'optim.ema_decay must be in [0, 1), got {cfg.optim.ema_decay}.')
     check(cfg.optim.lr > 0, f'optim.lr must be positive, got {cfg.optim.lr}.')

@@ -20,6 +20,7 @@ from dul_jax import storage
 from dul_jax.errors import UserError
 from dul_jax.evaluators import probe
 from dul_jax.train import loop
+from dul_jax.train.evaluation import Evaluation
 from dul_jax.train.state import eval_params
 
 
@@ -39,7 +40,8 @@ def features_of(workdir: str, pixels: bool) -> tuple[np.ndarray, np.ndarray, str
     cfg = loop.load_config_of(workdir, [])
     setup, state = loop.restore_latest(cfg, workdir)
     with setup.context():
-        x, y = probe.split_features(PixelFeatures(setup.task) if pixels else setup.task,
+        x, y = probe.split_features(Evaluation(setup, 0),
+                                    PixelFeatures(setup.task) if pixels else setup.task,
                                     eval_params(state), setup.spec.eval_split)
     what = 'pixels' if pixels else f'{cfg.task} ({cfg.model.get("method", cfg.task)}) features'
     return x, y, f'{setup.spec.name} {setup.spec.eval_split}: {what}, step {int(state.step)}'

@@ -24,6 +24,7 @@ from dul_jax import data, evaluators
 from dul_jax.metrics import probes
 from dul_jax.models.mae import num_masked
 from dul_jax.train import loop
+from dul_jax.train.evaluation import Evaluation
 from dul_jax.train.loop import train
 from dul_jax.train.setup import prepare
 
@@ -52,7 +53,7 @@ def random_encoder_row(overrides):
     setup = prepare(cfg)
     state = setup.init_state(cfg.seed)
     with setup.context():
-        metrics = evaluators.evaluate(setup.task, state.params)
+        metrics = evaluators.evaluate(Evaluation(setup), state.params)
     return {'ratio': None, 'loss_own': None, 'loss_common': loss_at(cfg, state, COMMON_RATIO),
             'probe_accuracy': metrics['probe_accuracy'], 'knn_accuracy': metrics['knn_accuracy'],
             'train_s': 0.0}

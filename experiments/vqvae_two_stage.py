@@ -51,7 +51,7 @@ def two_stage_samples(vq, prior, num: int, seed: int = 0):
         raise UserError(f'the prior models {prior.spec.shape[:2]} grids of {prior.spec.num_levels} '
                         f'levels, but the VQ-VAE has {vq.task.grid_shape} grids of '
                         f'{vq.cfg.model.num_codes} codes; pass the prior trained on its codes.')
-    codes = prior.sample(num, seed)[..., 0]
+    codes = prior.sample(num, seed)['samples'][..., 0]
     with vq.setup.context():
         levels, means = vq.task.images_from_codes(vq.params, jnp.asarray(codes, jnp.int32))
     return np.asarray(levels), np.asarray(means)

@@ -15,10 +15,12 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', _CACHE)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+import contextlib
 import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -56,6 +58,32 @@ def start_cli(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, '-m', 'dul_jax.cli', *args], cwd=REPO,
                             env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def gcs_emulator(bucket: str):
+    """gs://`bucket` on the GCS emulator (tests/gcs_emulator.py) at 127.0.0.1; yields the
+    environment that points gcsfs, orbax's tensorstore, array_record and google-auth at it."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(REPO / 'tests' / 'gcs_emulator.py'), str(port),
+                             bucket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, \
+                    'the GCS emulator did not start'
+                time.sleep(0.1)
+        url = f'http://127.0.0.1:{port}'
+        yield {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+               'CLOUD_STORAGE_EMULATOR_ENDPOINT': url,   # array_record's reader (TFDS data sets)
+               'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def train_losses(setup, state, batches):

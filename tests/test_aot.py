@@ -168,6 +168,21 @@ def test_compile_refuses_a_run_that_does_not_fit_in_one_sentence(slices, capsys,
     assert 'more than its 0.00 GiB; the biggest item is ' in lines[0]
 
 
+@pytest.mark.parametrize('topology, sentence', [
+    ('v5e:2x2', ('error: dul-jax compile compiles the jit path for a topology; '
+                 'parallelism="pmap" replicates the state in one process: run it with '
+                 '--config.parallelism=jit.')),
+    # four hosts: refused when the run is prepared
+    ('v5e:4x4', ('error: parallelism="pmap" is pure data parallelism in one process here; use '
+                 'the default parallelism="jit" for FSDP, tensor parallelism or several '
+                 'processes.'))])
+def test_compile_refuses_the_pmap_path_in_one_sentence(topology, sentence, slices, capsys):
+    rc = cli.main(['compile', '--config', GPT, '--topology', topology,
+                   *(f'--config.{o}' for o in TINY_GPT), '--config.train.batch_size=64',
+                   '--config.eval.batch_size=16', '--config.parallelism=pmap'])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines() == [sentence]
+
+
 def report_with(memory, cfg_overrides, chips=4):
     """A Report of the given per-chip memory, for the remedy's choices."""
     line = aot.Roofline(1.0, 1.0, 1.0)

@@ -17,6 +17,7 @@ from dul_jax import cli, data
 from dul_jax import compress as compress_lib
 from dul_jax import config as config_lib
 from dul_jax.compress import bitsback
+from dul_jax.compress.format import _FIXED
 from dul_jax.errors import UserError
 from dul_jax.train.setup import prepare
 
@@ -135,7 +136,7 @@ def test_wrong_truncated_and_damaged_files_are_refused(vae_run, test_images, tmp
     compress_lib.compress_file(codec, _save(tmp_path / 'x.npy', test_images[:10]), packed)
     with open(packed, 'rb') as f:
         blob = f.read()
-    count = compress_lib._FIXED.size           # the image count: the first u64 of the shape
+    count = _FIXED.size                        # the image count: the first u64 of the shape
     restored = tmp_path / 'restored.npy'
     for name, damaged, fragment in [
             ('short', blob[:-4], 'truncated'),

@@ -57,8 +57,8 @@ def test_real_command_exits_2_without_traceback(tmp_path):
     assert 'Traceback' not in proc.stderr
     assert _error_lines(proc.stderr) == [(
         'error: unknown config key "optim.lrr"; check the spelling (known here: b1, b2, '
-        'clip_norm, ema_decay, lr, min_lr_ratio, optimizer, schedule, warmup_steps, '
-        'weight_decay).')]
+        'clip_norm, decay_fraction, decay_shape, decay_steps, ema_decay, lr, min_lr_ratio, '
+        'optimizer, schedule, warmup_steps, weight_decay).')]
 
 
 @pytest.mark.integration
@@ -105,5 +105,66 @@ def test_inspect_refuses_the_pmap_path_in_one_sentence(tfds_dir, capsys):
     assert cli.main(['inspect', '--config', DEMO, f'--config.data.tfds_dir={tfds_dir}',
                      '--config.parallelism=pmap']) == 2
     assert _error_lines(capsys.readouterr().err) == [
-        ('error: dul-jax inspect reports the shardings of the jit path; pmap replicates '
-        'everything: run it with --config.parallelism=jit.')]
+        ('error: dul-jax inspect reports the shardings of the jit path; parallelism="pmap" '
+         'replicates the state in one process: run it with --config.parallelism=jit.')]
+
+
+# ---- dul-jax data prepare ----
+
+def test_data_prepare_leaves_a_data_set_that_describe_finds(tmp_path, capsys, monkeypatch):
+    import functools
+
+    from dul_jax import config as config_lib
+    from dul_jax import data
+    from dul_jax.data import catalog
+    tfds_dir = tmp_path / 'tfds'
+    assert cli.main(['data', 'prepare', 'digits', '--dir', str(tfds_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f'prepared digits (train: 1,500 examples; test: 297 examples) in '
+        f'{tfds_dir}/dul_digits/1.0.0')
+    # A later run (a fresh process: no cached builders) reads it and prepares nothing.
+    monkeypatch.setattr(catalog, '_ENTRIES', {})
+    monkeypatch.setattr(catalog, 'prepared_builder',
+                        functools.cache(catalog.prepared_builder.__wrapped__))
+
+    def no_second_prepare(*args, **kwargs):
+        raise AssertionError('the data set was prepared again')
+
+    monkeypatch.setattr(catalog.LOCAL_BUILDERS['digits'], '_split_generators', no_second_prepare)
+    cfg = config_lib.base_config()
+    cfg.data.name, cfg.data.tfds_dir = 'digits', str(tfds_dir)
+    spec = data.describe(cfg.data)
+    assert (spec.num_train, spec.num_eval, spec.num_levels) == (1500, 297, 17)
+
+
+def test_data_prepare_refuses_an_unknown_name_in_one_sentence(tmp_path, capsys):
+    assert cli.main(['data', 'prepare', 'no_such_data', '--dir', str(tmp_path)]) == 2
+    assert _error_lines(capsys.readouterr().err) == [(
+        "error: unknown data set 'no_such_data'; name a local data set (binarized_mnist, digits, "
+        "mnist_test, python_source, tiny_shakespeare) or a TFDS catalog name such as mnist or "
+        "tfds:tiny_shakespeare.")]
+    assert cli.main(['data', 'prepare', 'digits', '--dir', str(tmp_path),
+                     '--config.train.steps=3']) == 2
+    assert 'takes only --config.data.KEY=VALUE' in capsys.readouterr().err
+
+
+def test_data_prepare_help_says_what_it_does(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(['data', 'prepare', '--help'])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for fragment in ('NAME', '--dir', 'first `dul-jax train`', 'data.tfds_dir',
+                     '$DUL_JAX_DATA_DIR', '--config.data.url'):
+        assert fragment in ' '.join(out.split()), fragment
+
+
+@pytest.mark.integration
+def test_data_prepare_command_prints_one_line_and_no_tfds_warning(tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'data', 'prepare', 'digits',
+                           '--dir', str(tmp_path)], check=False, cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == (
+        f'prepared digits (train: 1,500 examples; test: 297 examples) in '
+        f'{tmp_path}/dul_digits/1.0.0')
+    assert 'Variant folder' not in proc.stderr and 'dataset_info.json' not in proc.stderr

@@ -15,6 +15,7 @@ from conftest import save_trained_run
 from dul_jax import cli, data
 from dul_jax import compress as compress_lib
 from dul_jax import config as config_lib
+from dul_jax.compress.format import _FIXED
 from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
 from dul_jax.tasks import make_task
@@ -235,7 +236,7 @@ def test_damaged_headers_and_unusable_inputs_are_one_sentence_naming_the_file(
     compress_lib.compress_file(codec, _save(tmp_path / 'x.npy', test_images[:3]), packed)
     with open(packed, 'rb') as f:
         blob = f.read()
-    count = compress_lib._FIXED.size           # the image count: the first u64 of the shape
+    count = _FIXED.size                        # the image count: the first u64 of the shape
     restored = tmp_path / 'restored.npy'
     for name, damaged, fragment in [
             # the count's high byte flipped: (2^56 + 3) x 64 symbols, exabytes to decode into

@@ -145,8 +145,8 @@ def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfd
 
         def by_hand(params, target):   # each view's prediction against the other's target
             views = jnp.concatenate(_views(task, task._pixels(batch['image']), rng))
-            p = task.predictor.apply({'params': params['predictor']},
-                                     task._project(params, views))
+            p = task.models['predictor'].apply({'params': params['predictor']},
+                                               task._project(params, views))
             t = task._project(target, views)
             return jnp.mean(contrastive.byol_regression(p[:16], t[16:]) +
                             contrastive.byol_regression(p[16:], t[:16]))

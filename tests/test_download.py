@@ -5,8 +5,10 @@ import functools
 import gzip
 import hashlib
 import http.server
+import os
 import pathlib
 import shutil
+import stat
 import threading
 
 import ml_collections
@@ -154,6 +156,30 @@ def test_gzip_files_are_checked_by_their_content(tmp_path, serve, shared_data):
     assert files_under(tmp_path / 'data') == []
 
 
+@pytest.mark.integration
+def test_fetched_and_prepared_files_are_readable_by_all_whatever_the_umask(tmp_path, serve,
+                                                                          shared_data):
+    """A lab shares data.dir and tfds_dir: mkstemp's 0600 (or a private umask) must not stick."""
+    old_umask = os.umask(0o077)
+    try:
+        cfg = make_cfg(tmp_path, 'tiny_shakespeare', url=serve(shared_data),
+                       text_store='array_record')
+        data.describe(cfg)
+    finally:
+        os.umask(old_umask)
+    raw = tmp_path / 'data' / SHAKESPEARE.path
+    assert stat.S_IMODE(raw.stat().st_mode) == 0o644
+    assert stat.S_IMODE(raw.parent.stat().st_mode) == 0o755   # the folders made for it
+    assert stat.S_IMODE((tmp_path / 'data').stat().st_mode) == 0o755
+    prepared = pathlib.Path(catalog.prepared_builder('tiny_shakespeare', cfg.dir,
+                                                     cfg.tfds_dir).data_dir)
+    assert stat.S_IMODE(prepared.stat().st_mode) == 0o755
+    files = sorted(p.name for p in prepared.iterdir())
+    assert 'dataset_info.json' in files and 'tokens-train-bytes.array_record' in files
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in prepared.iterdir()} \
+        == {name: 0o644 for name in files}
+
+
 def test_a_malformed_data_url_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"data.url 'ftp.example.org/data' is not an http"):
         data.describe(make_cfg(tmp_path, 'tiny_shakespeare', url='ftp.example.org/data'))
@@ -216,9 +242,15 @@ def test_malformed_text_amat_is_refused(tmp_path):
     path = tmp_path / 'x.amat'
     path.write_bytes(good.replace(b'\n', b' \r\n'))  # other whitespace is fine
     np.testing.assert_array_equal(read_amat(path), pixels)
+    path.write_bytes(good.replace(b' ', b'\t', 1))   # not the published layout, still fine
+    np.testing.assert_array_equal(read_amat(path), pixels)
+    moved = bytearray(good)
+    moved[2 * 784 - 3], moved[2 * 784 - 1] = ord('\n'), ord(' ')   # line 1's last value to line 2
     for bad in (good.replace(b'1', b'2', 1),           # a value that is not 0 or 1
                 good[:-3] + b'\n',                      # a line one value short
                 good.replace(b'0 ', b'00 ', 1),         # a two-digit value
+                bytes(moved),                           # the published size, 783 + 785 values
+                good.replace(b' ', b'x', 1),            # not whitespace between values
                 b''):
         path.write_bytes(bad)
         with pytest.raises(UserError, match='neither a MATLAB file nor text lines of 784'):

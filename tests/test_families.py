@@ -7,14 +7,19 @@ import os
 import shutil
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
 from dul_jax import cli
 from dul_jax import config as config_lib
+from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
 from dul_jax.metrics import domain_classifier
 from dul_jax.tasks import base
+from dul_jax.train.run import Run
+
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, 'experiments', 'configs')
 
 # Independent pixels: p(x) = prod_i Cat(x_i; softmax(theta_i)), the simplest exact likelihood.
 FAMILY = textwrap.dedent('''
@@ -27,6 +32,7 @@ FAMILY = textwrap.dedent('''
     from dul_jax.config import check
     from dul_jax.losses.likelihood import bits_per_dim, categorical_nll
     from dul_jax.tasks.base import LossOut, Task
+    from dul_jax.tasks.capabilities import Bounds, Generates, SampleImages
 
 
     def default_model_config():
@@ -48,7 +54,7 @@ FAMILY = textwrap.dedent('''
             return jnp.broadcast_to(logits, (batch_size, self.dims, self.levels))
 
 
-    class IndependentPixels(Task):
+    class IndependentPixels(Task, Bounds, Generates, SampleImages):
 
         def validate(self):
             super().validate()
@@ -83,13 +89,13 @@ FAMILY = textwrap.dedent('''
 
         def sample(self, params, rng, num):
             logits = self.model.apply({'params': params}, num)
-            return jax.random.categorical(rng, logits).reshape((num, *self.spec.shape))
+            return {'samples': jax.random.categorical(rng, logits).reshape((num, *self.spec.shape))}
 
         def sample_images(self, params, rng, num):
-            return self.sample(params, rng, num).astype(jnp.uint8)
+            return self.sample(params, rng, num)['samples'].astype(jnp.uint8)
 
-        def save_samples(self, samples, path_stem):
-            return [self.save_image_grid(samples, path_stem + '.png')]
+        def save_samples(self, outputs, path_stem):
+            return [self.save_image_grid(outputs['samples'], path_stem + '.png')]
 
 
     TASK = IndependentPixels
@@ -227,18 +233,6 @@ def test_a_family_file_in_the_tasks_folder_is_found_by_name():
         base.task_class('no_such_family')
 
 
-def test_evaluators_over_a_few_examples_pad_no_batch_past_them(tfds_dir):
-    from dul_jax import evaluators
-    c = config_lib.base_config()
-    c.data.name, c.data.tfds_dir = 'digits', tfds_dir
-    # 16 examples under eval.batch_size 250 are one batch of 16, not 250 (234 padded rows would
-    # cost a diffusion bound 15 times its work); all examples keep the configured batch size
-    assert [b['image'].shape[0] for b in evaluators.first_examples(c.data, 250, 16)] == [16]
-    batches = list(evaluators.first_examples(c.data, 100, 0))
-    assert [b['image'].shape[0] for b in batches] == [100, 100, 100]
-    assert sum(float(b['mask'].sum()) for b in batches) == 297
-
-
 def test_families_name_exactly_the_capabilities_they_define(tmp_path, monkeypatch):
     from dul_jax.tasks import capabilities
     for name in base.builtin_families():
@@ -263,3 +257,29 @@ def test_families_name_exactly_the_capabilities_they_define(tmp_path, monkeypatc
     with pytest.raises(UserError, match=r'^task Half names capabilities it does not define '
                                         r'\(Features.features\); define them or drop them'):
         base.task_class('half_pkg.family')
+
+
+def test_a_run_offers_what_its_family_can_do():
+    """Run.sample needs a family that generates, Run.pictures one that makes pictures of
+    examples, Run.model one with a single module; each refusal says what to use instead. A GAN's
+    modules are its players, named as its param groups, with nothing kept beside them."""
+    spec = DataSpec('digits', 'image', (8, 8, 1), 17, 10, None, 'train', 'test', 1500, 297)
+    runs = {}
+    for name in ('mae', 'gan'):
+        cfg = config_lib.load_config(os.path.join(CONFIGS, f'{name}_digits.py'))
+        runs[name] = Run(cfg, spec, base.make_task(cfg, spec), None, 0, '', None)
+    mae, gan = runs['mae'], runs['gan']
+    with pytest.raises(UserError, match=r'^task "mae" does not generate \(no Generates '
+                                        r'capability\); use Run.pictures\.$'):
+        mae.sample(4)
+    with pytest.raises(UserError, match=r'^task "gan" makes no pictures of examples \(no '
+                                        r'Pictures capability\); use Run.sample\.$'):
+        gan.pictures(4)
+    assert mae.model is mae.models['model'] is mae.task.model
+    batch = {'image': np.zeros((2, 8, 8, 1), np.uint8), 'label': np.zeros(2, np.int32)}
+    groups = jax.eval_shape(gan.task.init, jax.random.key(0), batch)
+    assert list(gan.models) == ['generator', 'discriminator'] and set(groups) == set(gan.models)
+    with pytest.raises(UserError, match=r'^task "gan" has several modules \(generator, '
+                                        r'discriminator\); use Run.models\[NAME\]\.$'):
+        _ = gan.model
+    assert not {'generator', 'discriminator', 'model'} & set(vars(gan.task))

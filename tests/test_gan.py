@@ -217,20 +217,22 @@ def test_the_pmap_path_keeps_the_replicas_of_both_players_equal():
     batch = {'point': np.random.default_rng(3).normal(size=(32, 2)).astype(np.float32),
              'label': np.zeros(32, np.int32)}
     with setup.context():
-        state = setup.to_step_form(setup.init_state(0))
+        state = setup.init_state(0)
         start = jax.device_get(state.params)
         step = setup.train_step()
         for _ in range(2):   # 4 points a device: 2 discriminator updates on one pack each
-            state, metrics = step(state, setup.put_train_batch(batch))
-        stacked = jax.device_get(state)
-    assert math.isfinite(float(metrics['loss'])) and set(stacked.ema_params) == {'generator'}
-    for tree in (stacked.params, stacked.opt_state, stacked.ema_params, stacked.model_state):
+            state, metrics = step(state, setup.put_batch(batch))
+    assert math.isfinite(float(metrics['loss'])) and set(state.ema_params) == {'generator'}
+    for tree in (state.params, state.opt_state, state.ema_params, state.model_state):
         for leaf in jax.tree.leaves(tree):   # gradients (and power iterations) averaged
-            assert leaf.shape[0] == 8
-            np.testing.assert_allclose(leaf, np.broadcast_to(leaf[:1], leaf.shape), rtol=1e-6)
+            # each device keeps its own copy of the replicated leaf: all 8 must agree
+            copies = [np.asarray(s.data) for s in leaf.addressable_shards]
+            assert len(copies) == 8 and leaf.sharding.is_fully_replicated
+            for copy in copies[1:]:
+                np.testing.assert_allclose(copy, copies[0], rtol=1e-6)
     for group in ('generator', 'discriminator'):
-        moved = [np.abs(a[0] - b[0]).max() for a, b in zip(
-            jax.tree.leaves(stacked.params[group]), jax.tree.leaves(start[group]))]
+        moved = [np.abs(a - b).max() for a, b in zip(
+            jax.tree.leaves(jax.device_get(state.params[group])), jax.tree.leaves(start[group]))]
         assert max(moved) > 1e-5, group
 
 

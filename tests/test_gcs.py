@@ -6,16 +6,14 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import flax.serialization
 import jax
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import gcs_emulator
 from etils import epath
 
 import dul_jax
@@ -38,34 +36,17 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope='module')
 def bucket():
     """gs://BUCKET on an emulator; gcsfs, orbax's tensorstore and google-auth are pointed at it."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(REPO, 'tests', 'gcs_emulator.py'), str(port), BUCKET],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while True:
+    with gcs_emulator(BUCKET) as env:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, 'the GCS emulator did not start'
-            time.sleep(0.1)
-    url = f'http://127.0.0.1:{port}'
-    env = {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
-           'CLOUD_STORAGE_EMULATOR_ENDPOINT': url,   # array_record's reader (TFDS data sets)
-           'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield f'gs://{BUCKET}'
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        proc.wait(timeout=30)
+            yield f'gs://{BUCKET}'
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def tiny(tfds_dir, **extra):
@@ -224,9 +205,9 @@ def test_two_run_sweep_on_gcs(bucket, tfds_dir, tmp_path):
 
 
 def test_compress_reads_and_writes_gcs_files(bucket):
-    from dul_jax import compress
+    from dul_jax.compress.format import _read, _write_atomically
     path = f'{bucket}/coded/out.dulz'
-    compress._write_atomically(path, b'DULZ' + bytes(range(256)))
-    assert compress._read(path) == b'DULZ' + bytes(range(256))
+    _write_atomically(path, b'DULZ' + bytes(range(256)))
+    assert _read(path) == b'DULZ' + bytes(range(256))
     with pytest.raises(UserError, match='does not exist'):
-        compress._read(f'{bucket}/coded/missing.npy')
+        _read(f'{bucket}/coded/missing.npy')

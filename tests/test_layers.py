@@ -25,7 +25,8 @@ ALLOWED = {
     'scaling': {'accounting', 'config', 'errors', 'storage', 'tasks', 'train'},
     'runtime': {'errors', 'sharding'},
     'compress': {'errors', 'storage', 'tasks', 'train'},
-    'cli': {'compress', 'config', 'errors', 'runtime', 'scaling', 'sharding', 'storage', 'train'},
+    'cli': {'compress', 'config', 'data', 'errors', 'runtime', 'scaling', 'sharding', 'storage',
+            'train'},
 }
 
 

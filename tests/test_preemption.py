@@ -7,26 +7,17 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
+from conftest import REPO, free_port, start_cli
 
 pytestmark = pytest.mark.integration
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
+DEMO = str(REPO / 'experiments' / 'configs' / 'demo.py')
 TINY = ['model.num_layers=1', 'model.num_heads=2', 'model.embed_dim=32', 'model.mlp_dim=64',
         'train.batch_size=16', 'train.log_every=1', 'train.ckpt_every=2', 'eval.max_examples=64',
         'sample.num=8']
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def launch(workdir, tfds_dir, devices, extra=(), process=None, port=None):
@@ -36,11 +27,9 @@ def launch(workdir, tfds_dir, devices, extra=(), process=None, port=None):
         'distributed.num_processes=2', f'distributed.process_id={process}',
         'distributed.heartbeat_timeout_s=10']
     items = TINY + [f'data.tfds_dir={tfds_dir}', *distributed, *extra]
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-    return subprocess.Popen(
-        [sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO, '--workdir', workdir,
-         *[f'--config.{i}' for i in items]], cwd=REPO, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    return start_cli('train', '--config', DEMO, '--workdir', workdir,
+                     *[f'--config.{i}' for i in items],
+                     XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
 def logged_steps(workdir):
@@ -59,7 +48,7 @@ def checkpoints(workdir):
 
 def start_two_and_wait(workdir, tfds_dir, past_step=3):
     """Two processes training, once a checkpoint past `past_step` is complete."""
-    port = _free_port()
+    port = free_port()
     procs = [launch(workdir, tfds_dir, 2, ['train.steps=100000'], i, port) for i in range(2)]
     deadline = time.monotonic() + 400
     while max(checkpoints(workdir), default=0) <= past_step:

@@ -76,11 +76,13 @@ def test_sample_compress_and_load_run_without_the_data(image_run, tmp_path, monk
 
     run = dul_jax.load_run(workdir)
     assert run.step == 6 and run.spec.shape == (8, 8, 1) and run.model is run.task.model
-    samples = run.sample(4, seed=1)
+    outputs = run.sample(4, seed=1)
+    samples = outputs['samples']
+    assert list(outputs) == ['samples'] and isinstance(samples, np.ndarray)
     assert samples.shape == (4, 8, 8, 1) and 0 <= samples.min() and samples.max() < 17
-    np.testing.assert_array_equal(run.sample(4, seed=1), samples)
+    np.testing.assert_array_equal(run.sample(4, seed=1)['samples'], samples)
     # the notebook's samples are the command's: the same key, the same picture
-    run.task.save_samples(samples, str(tmp_path / 'mine'))
+    run.task.save_samples(outputs, str(tmp_path / 'mine'))
     assert (tmp_path / 'mine.png').read_bytes() == pathlib.Path(paths[0]).read_bytes()
     assert all(not os.listdir(folder) for folder in empty)   # nothing was prepared
 
@@ -168,7 +170,7 @@ def test_char_run_samples_decode_with_the_kept_vocabulary(tmp_path, tfds_dir, sh
     [path] = loop.sample_command(cfg, workdir, num=3, seed=2)
     run = dul_jax.load_run(workdir)
     assert run.spec.vocab == vocab and len(vocab) == 65
-    tokens = run.sample(3, seed=2)
+    tokens = run.sample(3, seed=2)['samples']
     assert tokens.shape == (3, 16) and tokens.max() < 65
     texts = [data.decode_text(t, run.spec) for t in tokens]
     assert all(len(t) == 16 and set(t) <= set(vocab) for t in texts)

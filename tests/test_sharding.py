@@ -76,14 +76,17 @@ def test_every_parallelism_gives_the_single_device_losses(name, tfds_dir, batche
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize('accum', [1, 2])
 @pytest.mark.integration
-def test_pmap_gives_the_single_device_losses(tfds_dir, batches):
-    one = prepare(make_cfg(tfds_dir, **{'mesh.data': 1, 'model.dropout': 0.0}),
-                  devices=jax.devices()[:1])
+def test_pmap_gives_the_single_device_losses(accum, tfds_dir, batches):
+    # accum 2: each device's gradient averaged over its microbatches and the devices
+    one = prepare(make_cfg(tfds_dir, **{'mesh.data': 1, 'model.dropout': 0.0,
+                                        'train.grad_accum': accum}), devices=jax.devices()[:1])
     expected, expected_state = run_steps(one, batches)
-    losses, state = run_steps(prepare(make_cfg(tfds_dir, **PMAP)), batches)
+    losses, state = run_steps(prepare(make_cfg(tfds_dir, **PMAP, **{'train.grad_accum': accum})),
+                              batches)
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
-    # back in global form, the state is a replicated array like the jit path's
+    # the state is a replicated array like the jit path's, so checkpoints go either way
     kernel = state.params['stack']['blocks']['mlp']['fc']['kernel']
     assert kernel.sharding.is_fully_replicated and kernel.sharding.mesh.devices.size == 8
     np.testing.assert_allclose(jax.device_get(kernel), jax.device_get(

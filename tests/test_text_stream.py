@@ -2,12 +2,7 @@
 the same windows, counts, vocabulary and training batches; a half-written store is rebuilt."""
 
 import json
-import os
 import pathlib
-import socket
-import subprocess
-import sys
-import time
 import types
 
 import ml_collections
@@ -15,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
+from conftest import gcs_emulator
 
 from dul_jax import data, storage
 from dul_jax.data import sources, token_store
@@ -196,28 +192,11 @@ def test_a_catalog_text_set_streams_like_the_memory_store(make_cfg, tmp_path, vo
 
 @pytest.fixture
 def gcs_bucket(monkeypatch):
-    """gs://BUCKET on the GCS emulator that tests/test_gcs.py uses (see there)."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'tests', 'gcs_emulator.py'),
-                             str(port), 'dul-jax-test'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(('127.0.0.1', port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline and proc.poll() is None, 'the GCS emulator did not start'
-            time.sleep(0.1)
-    url = f'http://127.0.0.1:{port}'
-    for key in ('STORAGE_EMULATOR_HOST', 'CLOUD_STORAGE_EMULATOR_ENDPOINT'):
-        monkeypatch.setenv(key, url)
-    monkeypatch.setenv('GOOGLE_AUTH_TOKEN_FOR_TESTING', 'emulator')
-    yield 'gs://dul-jax-test'
-    proc.terminate()
-    proc.wait(timeout=30)
+    """gs://BUCKET on the GCS emulator that tests/test_gcs.py uses."""
+    with gcs_emulator('dul-jax-test') as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield 'gs://dul-jax-test'
 
 
 @pytest.mark.integration

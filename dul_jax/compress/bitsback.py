@@ -2,8 +2,8 @@
 2019, "Practical lossless compression with latent variables using bits back coding").
 
 `dul-jax compress` uses it for a run whose task has a diagonal Gaussian posterior q(z|x)
-(`posterior`) and a per-pixel likelihood p(x|z) (`pixel_log_probs`), e.g. task 'vae'; the package
-(dul_jax/compress) keeps the file format, checksums and atomic writes. On constriction's ANS
+(`posterior`) and a per-pixel likelihood p(x|z) (`pixel_log_probs`), e.g. task 'vae';
+compress/format.py keeps the file format, checksums and atomic writes. On constriction's ANS
 stack, per image:
 
   encode: pop z with q(z|x), push x with p(x|z), push z with the prior p(z);
@@ -18,8 +18,8 @@ buckets of equal mass under the standard normal prior (so the prior is uniform o
 costs exactly LATENT_BITS bits per dimension), the decoder is fed the buckets' centres (the
 prior's quantiles at the buckets' mid-masses), and the posterior's bucket probabilities are
 differences of its CDF at the bucket edges. LATENT_BITS = 8, as the reference. Departure: one
-frequency precision of 24 bits (compress.PRECISION) for posterior and likelihood (the reference:
-14); the likelihood's frequencies are compress.quantize's (floor(p * 2^24), at least 1, the
+frequency precision of 24 bits (rows.PRECISION) for posterior and likelihood (the reference:
+14); the likelihood's frequencies are rows.quantize's (floor(p * 2^24), at least 1, the
 remainder to the most probable level). Finer latents code worse here (benchmarks/README.md):
 every bucket keeps at least 1/2^24 of the posterior, so a latent is now and then popped from the
 far tail, which costs its image many bits.
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from dul_jax.compress import PRECISION, quantize
+from dul_jax.compress.rows import PRECISION, quantize
 
 LATENT_BITS = 8
 

@@ -5,7 +5,7 @@ grain are imported on first use of a data set, so importing dul_jax (models, los
 on synthetic batches) does not need them.
 """
 
-from dul_jax.data.spec import DataSpec, decode_text, encode_text
+from dul_jax.data.spec import DataSpec, Kind, decode_text, encode_text
 
 
 def describe(data_cfg) -> DataSpec:
@@ -26,4 +26,5 @@ def eval_batches(data_cfg, batch_size, max_examples=None, split=None, process_in
                                  process_count)
 
 
-__all__ = ['DataSpec', 'decode_text', 'describe', 'encode_text', 'eval_batches', 'train_iterator']
+__all__ = ['DataSpec', 'Kind', 'decode_text', 'describe', 'encode_text', 'eval_batches',
+           'train_iterator']

@@ -1,8 +1,9 @@
 """Raw files of the local data sets: where each is published, its sha256, fetching a missing one.
 
 A file is fetched into data.dir only when missing, to a temporary name beside its destination, then
-verified and renamed, so an interrupted or corrupt download never leaves a file that looks real.
-Files already in data.dir are verified the same way before they are prepared.
+verified and renamed, so an interrupted or corrupt download never leaves a file that looks real;
+it ends readable by everyone (0644), as do the folders made for it (0755), so that one data.dir
+can serve a lab. Files already in data.dir are verified the same way before they are prepared.
 """
 
 import dataclasses
@@ -14,6 +15,8 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+
+import tqdm
 
 from dul_jax.errors import UserError
 
@@ -121,6 +124,7 @@ def fetch(raw, path, url):
             raise UserError(f'the file downloaded from {url} {_mismatch(raw, actual)}, so it was '
                             f'not kept; check data.url or try again.')
         os.replace(temp, path)  # atomic: readers see no file or the whole verified file
+        share(path, *created)
     finally:
         if os.path.exists(temp):
             os.remove(temp)
@@ -132,11 +136,29 @@ def fetch(raw, path, url):
                     break
 
 
+FILE_MODE, FOLDER_MODE = 0o644, 0o755
+
+
+def share(*paths):
+    """Makes files 0644 and folders 0755 whatever the umask, so that a data.dir or tfds_dir that a
+    lab shares is readable by all of it (mkstemp alone leaves 0600, for the owner only)."""
+    for p in paths:
+        try:
+            os.chmod(p, FOLDER_MODE if os.path.isdir(p) else FILE_MODE)
+        except PermissionError:   # another user's, e.g. a folder that a parallel fetch made
+            pass
+
+
 def _download(url, out, folder):
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            for block in iter(lambda: response.read(1 << 20), b''):
-                out.write(block)
+            size = int(response.headers.get('Content-Length') or 0) or None
+            # Drawn on a terminal only (disable=None), so logs and tests get no bar.
+            with tqdm.tqdm(total=size, desc=url.rsplit('/', 1)[-1], unit='B', unit_scale=True,
+                           unit_divisor=1024, disable=None, leave=False) as bar:
+                for block in iter(lambda: response.read(1 << 20), b''):
+                    out.write(block)
+                    bar.update(len(block))
     except (urllib.error.URLError, OSError) as e:  # HTTP errors, refused, offline, timeouts
         # An HTTPError's own text has the status code; a URLError's reason is the socket error.
         reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, 'reason', e)

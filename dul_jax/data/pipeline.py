@@ -42,21 +42,24 @@ def eval_batches(data_cfg, batch_size, max_examples=None, split=None,
     """Batches that show each of the first `max_examples` examples (or text windows) of `split`
     exactly once, in the stored order, with 'mask' 1 for real examples and 0 for padding.
 
-    Every process yields the same number of equally shaped batches (its slice i::n, padded with
-    copies of example 0), so collective operations line up across processes.
+    As in training, global batch k holds examples [k * G, (k + 1) * G), G = batch_size *
+    process_count (the last padded with copies of example 0), and process i reads its rows
+    [i * batch_size, (i + 1) * batch_size): the global batches, and what is computed from them,
+    are the same whatever the number of processes, and every process yields as many batches.
     """
     _check_batch_and_process(batch_size, process_index, process_count)
     spec = describe(data_cfg)
     reader = split_reader(data_cfg, spec, split or spec.eval_split, training=False)
     total = len(reader) if max_examples is None else min(len(reader), int(max_examples))
-    num_batches = _ceil_div(_ceil_div(total, process_count), batch_size)
-    mine = np.arange(process_index, total, process_count)
-    indices = np.zeros(num_batches * batch_size, dtype=np.int64)
-    indices[:len(mine)] = mine
-    mask = (np.arange(num_batches * batch_size) < len(mine)).astype(np.float32)
+    global_batch = batch_size * process_count
+    num_batches = _ceil_div(total, global_batch)
+    indices = np.zeros(num_batches * global_batch, dtype=np.int64)
+    indices[:total] = np.arange(total)
+    mask = (np.arange(num_batches * global_batch) < total).astype(np.float32)
 
     def read_batch(k):
-        rows = slice(k * batch_size, (k + 1) * batch_size)
+        start = k * global_batch + process_index * batch_size
+        rows = slice(start, start + batch_size)
         return {**reader.read(indices[rows]), 'mask': mask[rows]}
 
     return iter(grain.MapDataset.range(num_batches).map(read_batch).to_iter_dataset(READ_OPTIONS))

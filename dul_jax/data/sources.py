@@ -1,4 +1,9 @@
-"""What a data set is (DataSpec) and readers that turn example indices into numpy batches."""
+"""A data set's DataSpec, and readers that turn example indices into numpy batches.
+
+One way through: `describe` and `split_reader` take the data config to Settings, ask
+catalog.entry once what the name stands for, and build the spec or reader from that Entry;
+catalog never calls back here.
+"""
 
 import dataclasses
 import functools
@@ -9,15 +14,14 @@ import numpy as np
 
 from dul_jax import storage
 from dul_jax.data import arrays, download, synthetic, token_store, toy
-from dul_jax.data.catalog import (
+from dul_jax.data.catalog import (  # noqa: F401 (data_source, prepared_builder: re-exported)
     DEFAULT_TFDS_DIR,
-    LOCAL_BUILDERS,
+    Origin,
     data_source,
-    is_text,
+    entry,
     prepared_builder,
-    text_feature,
 )
-from dul_jax.data.spec import DataSpec
+from dul_jax.data.spec import DataSpec, Kind
 from dul_jax.errors import UserError
 
 DATA_DIR_VARIABLE = 'DUL_JAX_DATA_DIR'   # where data.dir is empty: the raw corpora's folder
@@ -69,21 +73,25 @@ def settings(data_cfg):
 def describe(data_cfg):
     """The DataSpec of the configured data set; prepares a local data set on first use."""
     s = settings(data_cfg)
-    if s.name == synthetic.NAME:
-        return synthetic.describe(data_cfg)
-    if toy.is_toy(s.name):
-        return _describe_toy(s)
-    if arrays.is_arrays(s.name):
-        return _describe_arrays(s)
     # Prepared here, with the mirror URL only the config knows; later look-ups find it prepared.
-    builder = prepared_builder(s.name, s.source_dir, s.tfds_dir, s.data_url)
-    if is_text(s.name, builder):
-        return _describe_text(s, builder)
-    return _describe_images(s, builder)
+    e = _entry(s)
+    if e.origin is Origin.SYNTHETIC:
+        return synthetic.describe(data_cfg)
+    if e.origin is Origin.TOY:
+        return _describe_toy(s)
+    if e.origin is Origin.ARRAYS:
+        return _describe_arrays(s)
+    if e.is_text:
+        return _describe_text(s, e)
+    return _describe_images(s, e)
 
 
-def _describe_images(s, builder):
-    features = dict(builder.info.features.items())
+def _entry(s):
+    return entry(s.name, s.source_dir, s.tfds_dir, s.data_url)
+
+
+def _describe_images(s, e):
+    features = dict(e.builder.info.features.items())
     image, label = features.get('image'), features.get('label')
     if (image is None or None in image.shape or len(image.shape) != 3
             or np.dtype(image.np_dtype) not in LEVELS_OF_DTYPE):
@@ -98,15 +106,14 @@ def _describe_images(s, builder):
                         f'to at most {dtype_levels}, or 0.')
     # Our builders state their gray levels; a catalog set is taken to use its dtype's full range
     # unless data.num_levels says fewer (e.g. 2 for tfds:binarized_mnist), checked on every batch.
-    own_levels = LOCAL_BUILDERS[s.name].NUM_LEVELS if s.name in LOCAL_BUILDERS else dtype_levels
-    train_split, eval_split = _train_and_eval_splits(s.name, builder.info.splits)
+    train_split, eval_split = _train_and_eval_splits(s.name, e.splits)
     return DataSpec(
-        name=s.name, kind='image', shape=tuple(image.shape),
-        num_levels=s.num_levels or own_levels,
+        name=s.name, kind=Kind.IMAGE, shape=tuple(image.shape),
+        num_levels=s.num_levels or e.levels or dtype_levels,
         num_classes=getattr(label, 'num_classes', None) or 0, vocab=None,
         train_split=train_split, eval_split=eval_split,
-        num_train=builder.info.splits[train_split].num_examples,
-        num_eval=builder.info.splits[eval_split].num_examples)
+        num_train=e.splits[train_split].num_examples,
+        num_eval=e.splits[eval_split].num_examples)
 
 
 def _describe_arrays(s):
@@ -116,7 +123,7 @@ def _describe_arrays(s):
                         f'levels of {s.name!r}; set --config.data.num_levels to 0.')
     train_split, eval_split = _train_and_eval_splits(s.name, info['splits'])
     return DataSpec(
-        name=s.name, kind='image', shape=tuple(info['shape']),
+        name=s.name, kind=Kind.IMAGE, shape=tuple(info['shape']),
         num_levels=s.num_levels or info['num_levels'], num_classes=info['num_classes'],
         vocab=None, train_split=train_split, eval_split=eval_split,
         num_train=info['splits'][train_split], num_eval=info['splits'][eval_split])
@@ -128,7 +135,7 @@ def _describe_toy(s):
         raise UserError(f'data.num_levels={s.num_levels} applies to image data sets, but '
                         f'{s.name!r} holds real-valued points; set --config.data.num_levels=0.')
     return DataSpec(
-        name=s.name, kind='points', shape=(mix.means.shape[1],), num_levels=0,
+        name=s.name, kind=Kind.POINTS, shape=(mix.means.shape[1],), num_levels=0,
         num_classes=len(mix.means), vocab=None, train_split='train', eval_split='test',
         num_train=toy.SPLITS['train'][0], num_eval=toy.SPLITS['test'][0])
 
@@ -142,7 +149,7 @@ def _train_and_eval_splits(name, splits):
     return 'train', eval_split
 
 
-def _describe_text(s, builder):
+def _describe_text(s, e):
     if s.num_levels:
         raise UserError(f'data.num_levels={s.num_levels} applies to image data sets, but '
                         f'{s.name!r} is text; set --config.data.num_levels=0 and choose tokens '
@@ -150,64 +157,75 @@ def _describe_text(s, builder):
     if s.seq_len is None or s.seq_len < 1:
         raise UserError(f'text data set {s.name!r} needs a positive data.seq_len; '
                         f'set --config.data.seq_len.')
-    train_split, eval_split = _train_and_eval_splits(s.name, builder.info.splits)
+    train_split, eval_split = _train_and_eval_splits(s.name, e.splits)
     if s.text_store == 'array_record':
         # Counts and vocabulary from the stores' JSON (written here on first use), not the tokens.
         train, valid = (token_store.ensure(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)[1]
                         for split in (train_split, eval_split))
         num_train, num_eval, vocab = train['num_tokens'], valid['num_tokens'], train['vocab']
         if valid['vocab'] != vocab:
-            raise UserError(f"the token stores of {s.name!r} under {builder.data_dir} have "
+            raise UserError(f"the token stores of {s.name!r} under {e.builder.data_dir} have "
                             f"different vocabularies; delete its tokens-* files to rebuild them.")
     else:
-        num_train, num_eval = (
-            len(text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab))
-            for split in (train_split, eval_split))
-        vocab = char_vocab(s.name, s.source_dir, s.tfds_dir) if s.text_vocab == 'chars' else None
+        num_train, num_eval = (len(_text_tokens(e, split, s.text_vocab))
+                               for split in (train_split, eval_split))
+        vocab = _char_vocab(e) if s.text_vocab == 'chars' else None
     shortest = min(num_train, num_eval)
     if s.seq_len > shortest:
         raise UserError(f'data.seq_len={s.seq_len} is longer than a split of {s.name!r} '
                         f'({shortest} tokens); set --config.data.seq_len to at most {shortest}.')
     return DataSpec(
-        name=s.name, kind='text', shape=(s.seq_len,),
+        name=s.name, kind=Kind.TEXT, shape=(s.seq_len,),
         num_levels=256 if vocab is None else len(vocab), num_classes=0, vocab=vocab,
         train_split=train_split, eval_split=eval_split, num_train=num_train, num_eval=num_eval)
 
 
 # ---- text ----
+# Cached per Entry (one per name and folders, see catalog.entry); the by-name forms are for
+# callers that hold no Entry.
 
-@functools.cache
 def split_text(name, source_dir, tfds_dir, split):
     """A text split as one byte string, read into memory: a local corpus's examples in key order,
     concatenated (exactly as stored); a catalog set's text feature in stored order, a newline
     between examples (its sentences or documents)."""
-    source = data_source(name, split, source_dir, tfds_dir)
-    examples = source.__getitems__(list(range(len(source))))
-    if name in LOCAL_BUILDERS:
-        return b''.join(e['text'] for e in sorted(examples, key=lambda e: e['key']))
-    feature = text_feature(prepared_builder(name, source_dir, tfds_dir))
-    return b'\n'.join(e[feature] for e in examples)
+    return _split_text(entry(name, source_dir, tfds_dir), split)
+
+
+def char_vocab(name, source_dir, tfds_dir):
+    """The sorted distinct characters of every split, so ids never depend on the split."""
+    return _char_vocab(entry(name, source_dir, tfds_dir))
+
+
+def text_tokens(name, source_dir, tfds_dir, split, text_vocab):
+    """The split as one array of token ids (the smallest unsigned dtype that holds them)."""
+    return _text_tokens(entry(name, source_dir, tfds_dir), split, text_vocab)
 
 
 @functools.cache
-def char_vocab(name, source_dir, tfds_dir):
-    """The sorted distinct characters of every split, so ids never depend on the split."""
-    splits = prepared_builder(name, source_dir, tfds_dir).info.splits
-    text = b''.join(split_text(name, source_dir, tfds_dir, split) for split in sorted(splits))
+def _split_text(e, split):
+    source = e.source(split)
+    examples = source.__getitems__(list(range(len(source))))
+    if e.origin is Origin.LOCAL:
+        return b''.join(x['text'] for x in sorted(examples, key=lambda x: x['key']))
+    return b'\n'.join(x[e.text_feature] for x in examples)
+
+
+@functools.cache
+def _char_vocab(e):
+    text = b''.join(_split_text(e, split) for split in sorted(e.splits))
     try:
         return ''.join(sorted(set(text.decode('utf-8'))))
     except UnicodeDecodeError:
-        raise UserError(f"data set {name!r} is not valid UTF-8, so it has no character vocabulary; "
-                        f"set --config.data.text_vocab to 'bytes'.") from None
+        raise UserError(f"data set {e.name!r} is not valid UTF-8, so it has no character "
+                        f"vocabulary; set --config.data.text_vocab to 'bytes'.") from None
 
 
 @functools.cache
-def text_tokens(name, source_dir, tfds_dir, split, text_vocab):
-    """The split as one array of token ids (the smallest unsigned dtype that holds them)."""
-    text = split_text(name, source_dir, tfds_dir, split)
+def _text_tokens(e, split, text_vocab):
+    text = _split_text(e, split)
     if text_vocab == 'bytes':
         return np.frombuffer(text, dtype=np.uint8)
-    vocab = char_vocab(name, source_dir, tfds_dir)
+    vocab = _char_vocab(e)
     code_points = np.frombuffer(text.decode('utf-8').encode('utf-32-le'), dtype=np.uint32)
     vocab_points = np.frombuffer(vocab.encode('utf-32-le'), dtype=np.uint32)
     ids = np.searchsorted(vocab_points, code_points)
@@ -277,8 +295,8 @@ class ImageStream:
 
 
 @functools.cache
-def _image_arrays(name, source_dir, tfds_dir, split):
-    stream = ImageStream(data_source(name, split, source_dir, tfds_dir))
+def _image_arrays(e, split):
+    stream = ImageStream(e.source(split))
     whole_split = stream.read(np.arange(len(stream)))
     return ImageArrays(whole_split['image'], whole_split['label'])
 
@@ -286,25 +304,25 @@ def _image_arrays(name, source_dir, tfds_dir, split):
 def split_reader(data_cfg, spec, split, training):
     """The reader for one split: len() examples (or windows), read(indices) -> batch dict."""
     s = settings(data_cfg)
-    if s.name == synthetic.NAME:
+    e = _entry(s)
+    if e.origin is Origin.SYNTHETIC:
         return synthetic.RandomExamples(spec, split)
-    if toy.is_toy(s.name):
+    if e.origin is Origin.TOY:
         # Points have no levels to check, and describe refuses data.num_levels for them.
         return PointArrays(*toy.split_arrays(s.name, split))
-    if spec.kind == 'text':
+    if spec.is_text:
         # Training may start a window at any token; eval tiles the split without overlap.
         stride = 1 if training else spec.shape[0]
         if s.text_store == 'array_record':
             base, meta = token_store.ensure(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
             return token_store.TokenWindows(base, meta, spec.shape[0], stride)
-        tokens = text_tokens(s.name, s.source_dir, s.tfds_dir, split, s.text_vocab)
-        return TextWindows(tokens, spec.shape[0], stride)
-    if arrays.is_arrays(s.name):
+        return TextWindows(_text_tokens(e, split, s.text_vocab), spec.shape[0], stride)
+    if e.origin is Origin.ARRAYS:
         reader = ImageArrays(*arrays.split_arrays(s.name, split))
-    elif s.name in LOCAL_BUILDERS:
-        reader = _image_arrays(s.name, s.source_dir, s.tfds_dir, split)
+    elif e.origin is Origin.LOCAL:
+        reader = _image_arrays(e, split)
     else:
-        reader = ImageStream(data_source(s.name, split, s.source_dir, tfds_dir=s.tfds_dir))
+        reader = ImageStream(e.source(split))
     return LevelChecked(reader, s.name, s.num_levels) if s.num_levels else reader
 
 

@@ -1,16 +1,44 @@
-"""What a data set is (DataSpec) and the text codec: light, so models and benchmarks can use
-them without importing TFDS or grain."""
+"""What a data set is (DataSpec, with its Kind) and the text codec: light, so models and
+benchmarks can use them without importing TFDS or grain."""
 
 import dataclasses
+import enum
 import json
 
 import numpy as np
 
 
+class Kind(enum.StrEnum):
+    """What one example of a data set is. A str (`Kind.IMAGE == 'image'`), so data_spec.json keeps
+    the plain name and messages read 'image', 'text' or 'points'."""
+    IMAGE = 'image'      # (H, W, C) integer levels
+    TEXT = 'text'        # (seq_len,) token ids
+    POINTS = 'points'    # (D,) real vectors, e.g. toy:grid25
+
+    @property
+    def batch_key(self) -> str:
+        """The key of a batch dict that holds the examples."""
+        return _BATCH[self][0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of those examples in a host batch (the narrowest for images: uint8)."""
+        return np.dtype(_BATCH[self][1])
+
+    @property
+    def labeled(self) -> bool:
+        """Whether a batch also holds 'label' (0 where the data set has no classes)."""
+        return self is not Kind.TEXT
+
+
+_BATCH = {Kind.IMAGE: ('image', np.uint8), Kind.TEXT: ('tokens', np.int32),
+          Kind.POINTS: ('point', np.float32)}
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     name: str
-    kind: str                 # 'image', 'text' or 'points' (real vectors, e.g. toy:grid25)
+    kind: Kind                # a str ('image', 'text' or 'points') is taken as its Kind
     shape: tuple[int, ...]    # one example: (H, W, C) for images, (seq_len,) text, (D,) points
     num_levels: int           # distinct values per position: gray levels, 256 bytes, or len(vocab);
                               # 0 for points, which are continuous
@@ -20,6 +48,35 @@ class DataSpec:
     eval_split: str           # 'test' where it exists, else 'validation'
     num_train: int            # examples (images, points) or tokens (text) in train_split
     num_eval: int
+
+    def __post_init__(self):
+        # ValueError for a name that is no Kind: from_json's contract for text that is no spec.
+        object.__setattr__(self, 'kind', Kind(self.kind))
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind is Kind.IMAGE
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind is Kind.TEXT
+
+    @property
+    def is_points(self) -> bool:
+        return self.kind is Kind.POINTS
+
+    @property
+    def batch_key(self) -> str:
+        """The key of a batch dict that holds the examples: 'image', 'tokens' or 'point'."""
+        return self.kind.batch_key
+
+    def dummy_batch(self, size: int) -> dict:
+        """Zeros shaped like a batch of `size` examples (host numpy arrays): for initialisation
+        and shape inference."""
+        batch = {self.batch_key: np.zeros((size,) + tuple(self.shape), self.kind.dtype)}
+        if self.kind.labeled:
+            batch['label'] = np.zeros((size,), np.int32)
+        return batch
 
     def to_json(self) -> str:
         """The spec as a JSON object of its fields (what a workdir keeps as data_spec.json)."""

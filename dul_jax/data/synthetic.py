@@ -8,7 +8,7 @@ labels (0: unlabeled). Each example is a pure function of its index, so runs res
 
 import numpy as np
 
-from dul_jax.data.spec import DataSpec
+from dul_jax.data.spec import DataSpec, Kind
 from dul_jax.errors import UserError
 
 NAME = 'synthetic'
@@ -27,7 +27,7 @@ def describe(data_cfg) -> DataSpec:
         if not 2 <= levels <= 256:
             raise UserError(f'data.synthetic_levels={levels} must be between 2 and 256 (uint8 '
                             'images).')
-        return DataSpec(name=NAME, kind='image', shape=shape, num_levels=levels,
+        return DataSpec(name=NAME, kind=Kind.IMAGE, shape=shape, num_levels=levels,
                         num_classes=int(data_cfg.get('synthetic_classes', 0)), vocab=None,
                         train_split='train', eval_split='test', num_train=EXAMPLES['train'],
                         num_eval=EXAMPLES['test'])
@@ -35,7 +35,7 @@ def describe(data_cfg) -> DataSpec:
     if vocab < 2 or length < 1:
         raise UserError(f'synthetic text needs data.seq_len >= 1 and data.synthetic_vocab >= 2, '
                         f'got {length} and {vocab}.')
-    return DataSpec(name=NAME, kind='text', shape=(length,), num_levels=vocab, num_classes=0,
+    return DataSpec(name=NAME, kind=Kind.TEXT, shape=(length,), num_levels=vocab, num_classes=0,
                     vocab=None, train_split='train', eval_split='test',
                     num_train=EXAMPLES['train'] * length, num_eval=EXAMPLES['test'] * length)
 
@@ -52,11 +52,10 @@ class RandomExamples:
     def read(self, indices):
         spec, split = self.spec, 0 if self.split == 'train' else 1
         rngs = [np.random.default_rng((split, int(i))) for i in indices]
-        dtype = np.uint8 if spec.kind == 'image' else np.int32
-        values = np.zeros((len(rngs), *spec.shape), dtype)
+        values = np.zeros((len(rngs), *spec.shape), spec.kind.dtype)
         for row, rng in zip(values, rngs):
-            row[...] = rng.integers(0, spec.num_levels, spec.shape, dtype)
-        if spec.kind == 'text':
-            return {'tokens': values}
+            row[...] = rng.integers(0, spec.num_levels, spec.shape, values.dtype)
+        if spec.is_text:
+            return {spec.batch_key: values}
         labels = [rng.integers(0, max(spec.num_classes, 1)) for rng in rngs]
-        return {'image': values, 'label': np.array(labels, np.int32)}
+        return {spec.batch_key: values, 'label': np.array(labels, np.int32)}

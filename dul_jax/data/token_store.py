@@ -23,6 +23,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from dul_jax import storage
+from dul_jax.data import download
 from dul_jax.data.catalog import LOCAL_BUILDERS, data_source, prepared_builder, text_feature
 from dul_jax.errors import UserError
 
@@ -146,6 +147,7 @@ def write_store(base, pieces, text_vocab, vocab=None, chunk_tokens=CHUNK_TOKENS,
                 shutil.copyfileobj(src, dst, 1 << 24)
         else:
             os.replace(temp, records_path)
+            download.share(records_path)   # beside the prepared data set, readable by all too
     finally:
         if not closed:
             writer.close()
@@ -155,6 +157,8 @@ def write_store(base, pieces, text_vocab, vocab=None, chunk_tokens=CHUNK_TOKENS,
             'dtype': dtype.name, 'chunk_tokens': chunk_tokens, 'num_tokens': num_tokens,
             'num_records': num_records}
     storage.write_atomic(meta_path, json.dumps(meta) + '\n')
+    if not storage.is_url(meta_path):
+        download.share(meta_path)
     return meta
 
 

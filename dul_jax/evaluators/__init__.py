@@ -1,16 +1,17 @@
 """Evaluations shared by every family, named in `eval.evaluators` and configured under `eval.NAME`.
 
 Each evaluator is a module here with `validate(task)` (UserError for a task or config it cannot
-evaluate, checked before anything compiles) and `evaluate(task, params) -> {metric: float}`.
-They run once at the end of training and in `dul-jax eval`, and ask the task for a capability
-(`features`, `sample_images`, `bound_terms`; see tasks/base.py), never for its name.
+evaluate, checked before anything compiles) and `evaluate(ev, params) -> {metric: float}`, where
+`ev` is the run's Evaluation (train/evaluation.py: eval batches already on the mesh, compiled
+functions, the one mask-weighted mean; `ev.task` is the task). No evaluator opens the data
+pipeline. They run once at the end of training and in `dul-jax eval`, and ask the task for a
+capability (tasks/capabilities.py) with isinstance, never for its name.
 """
 
 import importlib
 import os
 import pkgutil
 
-from dul_jax import data
 from dul_jax.errors import UserError
 
 
@@ -31,16 +32,10 @@ def validate(task) -> None:
         _module(name).validate(task)
 
 
-def evaluate(task, params) -> dict[str, float]:
+def evaluate(ev, params) -> dict[str, float]:
     """The metrics of every configured evaluator, in the configured order."""
     metrics = {}
-    for name in task.cfg.eval.evaluators:
-        metrics.update(_module(name).evaluate(task, params))
+    for name in ev.cfg.eval.evaluators:
+        metrics.update(_module(name).evaluate(ev, params))
     return metrics
 
-
-def first_examples(data_cfg, batch_size: int, examples: int):
-    """Eval batches over the first `examples` eval examples (0: all), no larger than that count:
-    a batch padded to eval.batch_size would cost as much as a full one."""
-    return data.eval_batches(data_cfg, min(batch_size, examples) if examples else batch_size,
-                             examples or None)

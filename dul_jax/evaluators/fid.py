@@ -26,7 +26,8 @@ def validate(task) -> None:
     check(c.num >= 0, f'eval.fid.num must be >= 0 (0: as many as the eval split), got {c.num}.')
 
 
-def evaluate(task, params) -> dict[str, float]:
+def evaluate(ev, params) -> dict[str, float]:
+    task = ev.task
     c = task.cfg.eval.fid
     num = c.num or task.spec.num_eval
     rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0xF1D)

@@ -1,5 +1,6 @@
 """The importance-weighted bound on -log p(x) (Burda et al. 2016) with k = eval.iwae.k latent
-draws per image, over the first eval.iwae.examples eval images (0: all). The task provides
+draws per image, over the first eval.iwae.examples eval images (0: all; eval.max_examples caps
+it). The task provides
 `log_importance_weights(params, batch, rng, num) -> (B, num)`; the k weights are drawn
 `eval.iwae.chunk` at a time for `eval.iwae.batch_size` images (memory: batch_size x chunk decoder
 passes) and combined with a running log-sum-exp, so k can be far larger than fits at once.
@@ -10,9 +11,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from dul_jax import evaluators
 from dul_jax.config import check
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.tasks.capabilities import ImportanceWeights
@@ -38,18 +37,14 @@ def log_likelihood_bound(task, params, batch, rng, k: int, chunk: int) -> jax.Ar
     return jax.nn.logsumexp(sums, axis=0) - math.log(k)
 
 
-def evaluate(task, params) -> dict[str, float]:
-    c = task.cfg.eval.iwae
-    bound = jax.jit(lambda p, b, r: log_likelihood_bound(task, p, b, r, c.k, c.chunk))
+def evaluate(ev, params) -> dict[str, float]:
+    task, c = ev.task, ev.task.cfg.eval.iwae
+    start = time.perf_counter()
     rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0x1BAE)
-    start, total, count = time.perf_counter(), 0.0, 0.0
-    for i, batch in enumerate(evaluators.first_examples(task.cfg.data, c.batch_size,
-                                                        c.examples)):
-        mask = batch.pop('mask')
-        log_p = np.asarray(jax.device_get(bound(params, batch, jax.random.fold_in(rng, i))))
-        total += float(np.sum(log_p * mask))
-        count += float(mask.sum())
-    nats = -total / count
+    mean, count = ev.mean('iwae', lambda p, b, r: {
+        'log_p': log_likelihood_bound(task, p, b, r, c.k, c.chunk)}, params, rng,
+        limit=c.examples, batch_size=c.batch_size)
+    nats = -mean['log_p']
     return {'iwae_nats_per_image': nats,
             'iwae_bits_per_dim': bits_per_dim(nats, task.example_size()),
             'iwae_k': float(c.k), 'iwae_examples': count,

@@ -21,7 +21,8 @@ def validate(task) -> None:
                                        f'{task.cfg.eval.modes.num}.')
 
 
-def evaluate(task, params) -> dict[str, float]:
+def evaluate(ev, params) -> dict[str, float]:
+    task = ev.task
     num = task.cfg.eval.modes.num
     rng = jax.random.fold_in(jax.random.key(task.cfg.seed), 0x30DE)
     points = np.asarray(to_host(task.sample_points(params, rng, num)))

@@ -1,13 +1,12 @@
-"""Posterior-collapse diagnostics of a latent-variable model over the whole eval split: active
-units (Burda et al. 2016: a dimension u is active when Cov_x(E_q[z_u | x]) > 0.01) and the KL to
-the standard normal prior per latent dimension, in nats per image (dimensions whose KL is ~0
-carry no information about x). The task provides `posterior(params, levels) -> (mean, log_var)`.
+"""Posterior-collapse diagnostics of a latent-variable model over the eval split (its first
+eval.max_examples, where set): active units (Burda et al. 2016: a dimension u is active when
+Cov_x(E_q[z_u | x]) > 0.01) and the KL to the standard normal prior per latent dimension, in nats
+per image (dimensions whose KL is ~0 carry no information about x). The task provides
+`posterior(params, levels) -> (mean, log_var)`.
 """
 
-import jax
 import numpy as np
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.losses.latent import kl_to_standard_normal
 from dul_jax.tasks.capabilities import Posterior
@@ -20,15 +19,14 @@ def validate(task) -> None:
           f'"{task.name}" has no Gaussian posterior (Task.posterior); remove "posterior".')
 
 
-def evaluate(task, params) -> dict[str, float]:
-    posterior = jax.jit(task.posterior)
-    means, kls = [], []
-    for batch in data.eval_batches(task.cfg.data, task.cfg.eval.batch_size):
-        keep = batch['mask'] > 0
-        mean, log_var = jax.device_get(posterior(params, batch['image']))
-        means.append(np.asarray(mean, np.float64)[keep])
-        kls.append(np.asarray(kl_to_standard_normal(mean, log_var), np.float64)[keep])
-    means, kl = np.concatenate(means), np.concatenate(kls).mean(0)
+def evaluate(ev, params) -> dict[str, float]:
+    task = ev.task
+
+    def per_example(p, b, r):
+        mean, log_var = task.posterior(p, b['image'])
+        return {'mean': mean, 'kl': kl_to_standard_normal(mean, log_var)}
+    out = ev.gather('posterior', per_example, params)
+    means, kl = out['mean'].astype(np.float64), out['kl'].astype(np.float64).mean(0)
     variance = means.var(0)
     metrics = {'active_units': float(np.sum(variance > ACTIVE_THRESHOLD)),
                'kl_nats_per_image': float(kl.sum())}

@@ -1,13 +1,12 @@
 """Frozen features judged by classifiers: a linear probe and k-NN (eval.probe.*).
 
-Features of every train example fit the classifiers, which are scored on the eval split. The
+Features of every train example fit the classifiers, which are scored on the eval split (its
+first eval.max_examples, where set). The
 task provides `features(params, levels) -> (B, D)`, e.g. the MAE encoder without masking.
 """
 
-import jax
 import numpy as np
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.metrics.probes import knn_accuracy, linear_probe_accuracy
 from dul_jax.tasks.capabilities import Features
@@ -22,19 +21,18 @@ def validate(task) -> None:
           f'eval.probe.knn_k must be positive, got {task.cfg.eval.probe.knn_k}.')
 
 
-def split_features(task, params, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of every example of `split`."""
-    features = jax.jit(task.features)
-    feats, labels = [], []
-    for batch in data.eval_batches(task.cfg.data, task.cfg.eval.batch_size, split=split):
-        keep = batch['mask'] > 0
-        feats.append(np.asarray(features(params, batch['image']), np.float32)[keep])
-        labels.append(np.asarray(batch['label'])[keep])
-    return np.concatenate(feats), np.concatenate(labels)
+def split_features(ev, task, params, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features of `task` (the run's, or a stand-in with `features`) and labels of the examples
+    of `split` (of the eval split, its first eval.max_examples, where set)."""
+    out = ev.gather(f'probe:{split}:{id(task)}', lambda p, b, r: {
+        'features': task.features(p, b['image']).astype(np.float32), 'label': b['label']},
+        params, split)
+    return out['features'], out['label']
 
 
-def evaluate(task, params) -> dict[str, float]:
-    train = split_features(task, params, task.spec.train_split)
-    test = split_features(task, params, task.spec.eval_split)
+def evaluate(ev, params) -> dict[str, float]:
+    task = ev.task
+    train = split_features(ev, task, params, task.spec.train_split)
+    test = split_features(ev, task, params, task.spec.eval_split)
     return {'probe_accuracy': linear_probe_accuracy(*train, *test),
             'knn_accuracy': knn_accuracy(*train, *test, k=task.cfg.eval.probe.knn_k)}

@@ -37,7 +37,7 @@ def train_classifier(data_cfg, steps: int = 2000, batch_size: int = 128, lr: flo
     """Adam on the cross-entropy of the train split, with random shifts of up to 1/8 of the image
     (so the features do not hinge on exact positions). Returns (model, params, info)."""
     spec = data.describe(data_cfg)
-    if spec.kind != 'image' or spec.num_classes == 0:
+    if not spec.is_image or spec.num_classes == 0:
         raise UserError(f'the domain classifier needs labelled images, and "{spec.name}" has '
                         'none; set --data to a labelled image data set such as digits.')
     train_x, train_y = load_split(data_cfg, spec.train_split)

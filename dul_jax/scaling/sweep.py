@@ -163,13 +163,20 @@ def _run_dir(workdir: str, run) -> str:
 
 def collect(workdir: str, runs: list[SweepRun]) -> list[dict]:
     """The result.json of every finished run, in sweep order; rewrites WORKDIR/results.jsonl."""
+    return gather([_run_dir(workdir, run) for run in runs],
+                  storage.path(workdir) / 'results.jsonl')
+
+
+def gather(rundirs, table) -> list[dict]:
+    """The result.json of each finished run among `rundirs`, in their order; rewrites `table`
+    (a results.jsonl that `dul_jax.scaling.report` fits) with them."""
     results = []
-    for run in runs:
-        saved = storage.read_text(storage.path(_run_dir(workdir, run)) / RESULT)
+    for rundir in rundirs:
+        saved = storage.read_text(storage.path(rundir) / RESULT)
         if saved is not None:
             results.append(json.loads(saved))
     if jax.process_index() == 0:
-        _write_json_atomic(storage.path(workdir) / 'results.jsonl', results, lines=True)
+        _write_json_atomic(table, results, lines=True)
     return results
 
 
@@ -191,24 +198,32 @@ def last_train_loss(rundir: str) -> float | None:
 
 def run_one(base, run: SweepRun, workdir: str) -> dict | None:
     """Train one run to completion and write its result.json; None if it stopped on SIGTERM."""
-    from dul_jax.train import loop
     cfg = run_config(base, run)
     rundir = _run_dir(workdir, run)
     _check_same_config(rundir, cfg, run.name)
+    return train_and_record(cfg, rundir, run.name, run.budget, run.overrides)
+
+
+def train_and_record(cfg, rundir: str, name: str, budget: float | None, overrides: dict,
+                     **extra) -> dict | None:
+    """Train cfg in rundir with the normal trainer (resuming its checkpoints) and write the
+    run's result.json (the fields of the module docstring, then `extra`): one format for every
+    run the fits read, sweep runs and cooldown branches alike. None if it stopped on SIGTERM."""
+    from dul_jax.train import loop
     start = time.perf_counter()
     try:
         final, diverged = loop.train(cfg, rundir), False
     except loop.TrainingDiverged as e:
-        loop.log(f'run {run.name} diverged: {e}')
+        loop.log(f'run {name} diverged: {e}')
         final, diverged = {'loss': math.nan}, True
     if not final:
         return None
-    result = {'name': run.name, 'budget': run.budget, **measure(cfg, cfg.train.steps),
+    result = {'name': name, 'budget': budget, **measure(cfg, cfg.train.steps),
               'loss': final.get('loss'), 'train_loss': last_train_loss(rundir),
               'steps': cfg.train.steps,
               'batch_size': cfg.train.batch_size, 'lr': cfg.optim.lr, 'seed': cfg.seed,
               'wall_s': time.perf_counter() - start, 'diverged': diverged,
-              'final_metrics': final, 'overrides': run.overrides}
+              'final_metrics': final, 'overrides': overrides, **extra}
     if jax.process_index() == 0:
         _write_json_atomic(storage.path(rundir) / RESULT, result)
     return result

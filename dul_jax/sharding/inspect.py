@@ -7,8 +7,6 @@ import re
 import jax
 import numpy as np
 
-from dul_jax.errors import UserError
-
 COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute')
 _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
                 'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8}
@@ -164,9 +162,7 @@ def compiled_train_step(setup):
 
 def report(setup) -> str:
     """The text `dul-jax inspect` prints."""
-    if setup.pmap:
-        raise UserError('dul-jax inspect reports the shardings of the jit path; pmap replicates '
-                        'everything: run it with --config.parallelism=jit.')
+    setup.parallel.refuse('dul-jax inspect reports the shardings of the jit path')
     lines = [f'mesh {dict(setup.mesh.shape)}; rules: ' +
              ', '.join(f'{a}->{b}' for a, b in setup.rules if b is not None)]
     rows = parameter_rows(setup)

@@ -22,6 +22,7 @@ from dul_jax.models.gpt import GPT, shift_right
 from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
 from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Generates
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -42,7 +43,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class AutoregressiveTask(Task):
+class AutoregressiveTask(Task, Generates):
     embedding_names = ('tok_embed', 'pos_embed', 'class_embed')
 
     def __init__(self, cfg, spec):
@@ -73,7 +74,7 @@ class AutoregressiveTask(Task):
                                                          m.embed_dim)
 
     def _tokens(self, batch):
-        if self.spec.kind == 'image':
+        if self.spec.is_image:
             return batch['image'].reshape(batch['image'].shape[0], -1).astype(jnp.int32)
         return batch['tokens'].astype(jnp.int32)
 
@@ -98,7 +99,7 @@ class AutoregressiveTask(Task):
     def eval_metrics(self, params, batch, rng):
         nll = self._nll(params, batch).sum(axis=-1)  # nats per example
         metrics = {'loss': nll / self.length, 'bits_per_dim': bits_per_dim(nll, self.length)}
-        if self.spec.kind == 'image':
+        if self.spec.is_image:
             metrics['nats_per_image'] = nll
         return metrics
 
@@ -126,22 +127,22 @@ class AutoregressiveTask(Task):
 
     def sample(self, params, rng, num):
         tokens = self._sample_tokens(params, rng, num, self.sample_labels(num))
-        return tokens.reshape((num,) + tuple(self.spec.shape))
+        return {'samples': tokens.reshape((num,) + tuple(self.spec.shape))}
 
     def position_decoder(self, params):
         if self.conditional:
             raise UserError('a class-conditional model would need the labels to code with; use '
                             'an unconditional run.')
-        if self.spec.kind == 'text' and self.spec.vocab is not None:
+        if self.spec.is_text and self.spec.vocab is not None:
             raise UserError('this run models characters, but files are coded as bytes; use a '
                             'run trained with --config.data.text_vocab=bytes.')
         return CachedDecoder(self, params)
 
-    def save_samples(self, samples, path_stem):
-        if self.spec.kind == 'image':
-            return [self.save_image_grid(samples, path_stem + '.png')]
+    def save_samples(self, outputs, path_stem):
+        if self.spec.is_image:
+            return [self.save_image_grid(outputs['samples'], path_stem + '.png')]
         text = ''.join(f'===== sample {i} =====\n{decode_text(tokens, self.spec)}\n'
-                       for i, tokens in enumerate(samples))
+                       for i, tokens in enumerate(outputs['samples']))
         return [os.fspath(storage.write_atomic(path_stem + '.txt', text))]
 
 

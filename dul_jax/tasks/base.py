@@ -91,13 +91,15 @@ def make_task(cfg, spec: DataSpec) -> 'Task':
 
 
 class Task:
-    """Binds a model, its loss, its per-example eval metrics and its sampler; all pure.
+    """Binds the family's modules, its loss and its per-example eval metrics; all pure.
 
     `__init__` validates the config against the data (`validate`, UserError on the first
-    problem) before building the model (`build_model`), so a constructor never has to fall back
-    on a default for a bad value. Subclasses implement the methods that raise NotImplementedError.
+    problem) before building the modules (`build_models`), so a constructor never has to fall
+    back on a default for a bad value. Subclasses implement the methods that raise
+    NotImplementedError; what a family can do beyond that (generate, make pictures of examples,
+    ...) are the capabilities of tasks/capabilities.py.
     """
-    model: nn.Module
+    models: dict[str, nn.Module]
     # Parameter collections that are lookup tables, not matmul weights: left out of N (the
     # non-embedding parameters of scaling laws) by `dul-jax sweep`.
     embedding_names: tuple[str, ...] = ()
@@ -109,12 +111,18 @@ class Task:
         self.cfg, self.spec, self.name = cfg, spec, cfg.task
         self.kernels = Kernels.from_config(cfg.ops)  # each op's kernel; UserError if unknown
         self.validate()
-        self.model = self.build_model()
+        self.models = self.build_models()
 
     # ---- what every family implements ----------------------------------------------------
 
+    def build_models(self) -> dict[str, nn.Module]:
+        """The family's Flax modules by name, from an already validated config: by default
+        {'model': build_model()}; a family of several modules (a GAN's players) overrides this
+        and names each after its params' top-level group."""
+        return {'model': self.build_model()}
+
     def build_model(self) -> nn.Module:
-        """The Flax module, from an already validated config."""
+        """The one Flax module of a single-module family, from an already validated config."""
         raise NotImplementedError
 
     def example_size(self) -> int:
@@ -136,12 +144,9 @@ class Task:
         the same at every eval for a given batch, so evals at different steps compare."""
         raise NotImplementedError
 
-    def sample(self, params, rng: jax.Array, num: int) -> Any:
-        """`num` samples: a pytree of arrays (the trainer gathers them to the host)."""
-        raise NotImplementedError
-
-    def save_samples(self, samples, path_stem: str) -> list[str]:
-        """Write host samples to files named `path_stem.*`; return the paths."""
+    def save_samples(self, outputs: dict, path_stem: str) -> list[str]:
+        """Write host outputs of `sample` and/or `pictures` (the capabilities Generates and
+        Pictures), merged into one dict, to files named `path_stem*`; return the paths."""
         raise NotImplementedError
 
     # ---- defaults a family may override (the other capabilities: tasks/capabilities.py) ----
@@ -189,14 +194,14 @@ class Task:
         return None
 
     def position_decoder(self, params):
-        """An exact one-position-at-a-time model for `dul-jax compress` (see dul_jax/compress's
-        PositionDecoder), or None where the family has no exact discrete likelihood."""
+        """An exact one-position-at-a-time model for `dul-jax compress` (see the PositionDecoder
+        of dul_jax/compress/rows.py), or None where the family has no exact discrete likelihood."""
         return
 
     # ---- shared plumbing -------------------------------------------------------------------
 
     def require_images(self) -> None:
-        check(self.spec.kind == 'image', f'task "{self.name}" models images, but data set '
+        check(self.spec.is_image, f'task "{self.name}" models images, but data set '
               f'"{self.spec.name}" is {self.spec.kind}; set --config.data.name to an image set.')
 
     def require_pixel_likelihood(self) -> None:
@@ -209,6 +214,14 @@ class Task:
               f'{self.spec.num_levels} levels; set --config.model.likelihood=categorical or '
               'logistic_mixture.')
         check(m.mixtures > 0, f'model.mixtures must be positive, got {m.mixtures}.')
+
+    @property
+    def model(self) -> nn.Module:
+        """The one module of a single-module family (`models['model']`)."""
+        if 'model' not in self.models:
+            raise AttributeError(f'{type(self).__name__} has several modules '
+                                 f'({", ".join(self.models)}); use models[NAME].')
+        return self.models['model']
 
     @property
     def dtype(self):

@@ -1,12 +1,29 @@
 """What a family can do beyond the core `Task` contract: each capability is a Protocol that a
 family names on its class line (`class VAETask(Task, Posterior, Bounds, ...)`), and whoever
 needs it asks with `isinstance(task, Capability)`: the evaluators, the coder, the loop. A family
-that names a capability must define its methods (`missing` checks it when the family loads).
+that names a capability must define its methods (`missing` checks it when the family loads), and
+defines none it lacks: a family that does not generate has no `sample`.
 """
 
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+
+
+@runtime_checkable
+class Generates(Protocol):
+    def sample(self, params, rng: jax.Array, num: int) -> dict[str, jax.Array]:
+        """`num` new examples from the model: {'samples': images as levels (num, H, W, C), token
+        windows (num, T) or points (num, D)} plus any other named outputs (a guidance sweep),
+        for the trainer's samples, `dul-jax sample` and `Run.sample`."""
+
+
+@runtime_checkable
+class Pictures(Protocol):
+    def pictures(self, params, rng: jax.Array, examples: dict) -> dict[str, jax.Array]:
+        """What the model makes of given examples (a host batch with 'image' and 'label', as
+        Evaluation.first_examples gives): originals, reconstructions, masked inputs, views. The
+        names differ from `sample`'s, since `Task.save_samples` takes both in one dict."""
 
 
 @runtime_checkable
@@ -71,8 +88,8 @@ class ModelState(Protocol):
         loss returns the new state in LossOut, and Task.after_update / assign_params follow it."""
 
 
-CAPABILITIES = (Features, SampleImages, SamplePoints, Bounds, ImportanceWeights, Posterior,
-                PixelLikelihood, DataInit, ModelState)
+CAPABILITIES = (Generates, Pictures, Features, SampleImages, SamplePoints, Bounds,
+                ImportanceWeights, Posterior, PixelLikelihood, DataInit, ModelState)
 
 
 def members(capability) -> tuple[str, ...]:

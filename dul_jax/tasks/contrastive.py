@@ -11,8 +11,8 @@ Both views of a batch go through the networks together, so the heads' batch stat
 2B examples (as SimCLR's global BatchNorm; BYOL's code normalises each view on its own).
 Augmentations run on device (data/augment.py, config model.augment). `features` are the frozen
 encoder's, for the shared probe evaluator; eval reports the cosine between the features of two
-views of each test image. Samples are pictures of the augmentations: test images above two
-views of each.
+views of each test image. It does not generate; its pictures show the augmentations: test
+images above two views of each.
 """
 
 import math
@@ -23,13 +23,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.data import augment
 from dul_jax.losses.contrastive import byol_regression, l2_normalize, nt_xent, target_decay
 from dul_jax.models.encoders import MLPHead, ResNet, ViTEncoder, linear
 from dul_jax.tasks.base import LossOut, Task, jit_method
-from dul_jax.tasks.capabilities import Features, ModelState
+from dul_jax.tasks.capabilities import Features, ModelState, Pictures
 
 METHODS = ('simclr', 'byol', 'supervised')
 ENCODERS = ('resnet', 'vit')
@@ -59,7 +58,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class ContrastiveTask(Task, Features, ModelState):
+class ContrastiveTask(Task, Features, ModelState, Pictures):
 
     @property
     def couples_batch(self):
@@ -98,18 +97,22 @@ class ContrastiveTask(Task, Features, ModelState):
               '--config.train.batch_size to 2 or more.')
         augment.validate(m.augment, tuple(spec.shape))
 
-    def build_model(self):
+    def build_models(self):
+        """The encoder and the method's heads, named after their param groups."""
         m = self.cfg.model
         if m.encoder == 'resnet':
-            self.encoder = ResNet(m.width, tuple(m.blocks), m.stem_stride, self.dtype)
+            encoder = ResNet(m.width, tuple(m.blocks), m.stem_stride, self.dtype)
         else:
-            self.encoder = ViTEncoder(tuple(self.spec.shape), m.patch_size, m.embed_dim,
-                                      m.num_layers, m.num_heads, m.mlp_dim, self.dtype, m.remat,
-                                      m.scan_unroll, self.kernels)
-        self.projector = MLPHead(m.head_hidden, m.head_dim, self.dtype)
-        self.predictor = MLPHead(m.head_hidden, m.head_dim, self.dtype)
-        self.classifier = linear(max(self.spec.num_classes, 1), self.dtype)
-        return self.encoder
+            encoder = ViTEncoder(tuple(self.spec.shape), m.patch_size, m.embed_dim, m.num_layers,
+                                 m.num_heads, m.mlp_dim, self.dtype, m.remat, m.scan_unroll,
+                                 self.kernels)
+        if m.method == 'supervised':
+            return {'encoder': encoder,
+                    'classifier': linear(max(self.spec.num_classes, 1), self.dtype)}
+        heads = {'projector': MLPHead(m.head_hidden, m.head_dim, self.dtype)}
+        if m.method == 'byol':
+            heads['predictor'] = MLPHead(m.head_hidden, m.head_dim, self.dtype)
+        return {'encoder': encoder, **heads}
 
     def example_size(self):
         return int(np.prod(self.spec.shape[:2]))  # pixels per example
@@ -119,19 +122,19 @@ class ContrastiveTask(Task, Features, ModelState):
     def _pixels(self, levels):
         return levels.astype(jnp.float32) / max(self.spec.num_levels - 1, 1)
 
+    def _apply(self, name, params, *args):
+        """The module `name` on its own param group."""
+        return self.models[name].apply({'params': params[name]}, *args)
+
     def _heads(self):
-        method = self.cfg.model.method
-        if method == 'supervised':
-            return {'classifier': self.classifier}
-        heads = {'projector': self.projector}
-        return heads | {'predictor': self.predictor} if method == 'byol' else heads
+        return {name: module for name, module in self.models.items() if name != 'encoder'}
 
     def init(self, rng, batch):
         x = self._pixels(batch['image'])
         keys = dict(zip(['encoder', 'projector', 'predictor', 'classifier'],
                         jax.random.split(rng, 4)))
-        params = {'encoder': self.encoder.init(keys['encoder'], x)['params']}
-        h = jnp.zeros((x.shape[0], self.encoder.apply({'params': params['encoder']}, x).shape[-1]))
+        params = {'encoder': self.models['encoder'].init(keys['encoder'], x)['params']}
+        h = jnp.zeros((x.shape[0], self._apply('encoder', params, x).shape[-1]))
         for name, head in self._heads().items():
             inputs = h if name != 'predictor' else jnp.zeros((x.shape[0], self.cfg.model.head_dim))
             params[name] = head.init(keys[name], inputs)['params']
@@ -154,17 +157,15 @@ class ContrastiveTask(Task, Features, ModelState):
                             {name: params[name] for name in TARGET_PARTS})
 
     def _project(self, params, views):
-        h = self.encoder.apply({'params': params['encoder']}, views)
-        return self.projector.apply({'params': params['projector']}, h)
+        return self._apply('projector', params, self._apply('encoder', params, views))
 
     # ---- losses ----------------------------------------------------------------------------
 
     def loss(self, params, batch, rng, ctx):
         m, x, model_state = self.cfg.model, self._pixels(batch['image']), ctx.model_state
         if m.method == 'supervised':
-            h = self.encoder.apply({'params': params['encoder']}, augment.augment(x, rng,
-                                                                                 m.augment))
-            logits = self.classifier.apply({'params': params['classifier']}, h)
+            h = self._apply('encoder', params, augment.augment(x, rng, m.augment))
+            logits = self._apply('classifier', params, h)
             labels = batch['label'].astype(jnp.int32)
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
             accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
@@ -176,7 +177,7 @@ class ContrastiveTask(Task, Features, ModelState):
             loss = nt_xent(z[:n], z[n:], m.temperature).mean()
             return LossOut(loss, {'loss': loss, 'positive_accuracy': _positive_accuracy(z)},
                            model_state)
-        prediction = self.predictor.apply({'params': params['predictor']}, z)
+        prediction = self._apply('predictor', params, z)
         target = self._project(jax.lax.stop_gradient(model_state), views)
         per_example = byol_regression(prediction[:n], target[n:]) + \
             byol_regression(prediction[n:], target[:n])
@@ -189,11 +190,10 @@ class ContrastiveTask(Task, Features, ModelState):
         for the supervised encoder its loss and accuracy on the image itself."""
         x = self._pixels(batch['image'])
         views = augment.two_views(x, rng, self.cfg.model.augment)
-        h1, h2 = (self.encoder.apply({'params': params['encoder']}, v) for v in views)
+        h1, h2 = (self._apply('encoder', params, v) for v in views)
         metrics = {'view_cosine': jnp.sum(l2_normalize(h1) * l2_normalize(h2), axis=-1)}
         if self.cfg.model.method == 'supervised':
-            logits = self.classifier.apply({'params': params['classifier']},
-                                           self.features(params, batch['image']))
+            logits = self._apply('classifier', params, self.features(params, batch['image']))
             labels = batch['label'].astype(jnp.int32)
             metrics['loss'] = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             metrics['accuracy'] = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
@@ -201,7 +201,7 @@ class ContrastiveTask(Task, Features, ModelState):
 
     def features(self, params, levels):
         """The frozen encoder's (B, D) features of unaugmented images."""
-        return self.encoder.apply({'params': params['encoder']}, self._pixels(levels))
+        return self._apply('encoder', params, self._pixels(levels))
 
     # ---- pictures --------------------------------------------------------------------------
 
@@ -210,13 +210,15 @@ class ContrastiveTask(Task, Features, ModelState):
         x = self._pixels(levels)
         return jnp.stack([x, *augment.two_views(x, rng, self.cfg.model.augment)])
 
-    def sample(self, params, rng, num):
-        """(3, num, H, W, C) in [0, 1]: the first `num` test images and two views of each."""
-        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
-        return self._views(batch['image'], rng)
+    def pictures(self, params, rng, examples):
+        """In [0, 1]: the examples ('originals') and two augmented views of each ('views',
+        (2, num, H, W, C))."""
+        stacked = self._views(jnp.asarray(examples['image']), rng)
+        return {'originals': stacked[0], 'views': stacked[1:]}
 
-    def save_samples(self, samples, path_stem):
-        return [self.save_rows_grid(list(np.asarray(samples)), path_stem + '.png')]
+    def save_samples(self, outputs, path_stem):
+        parts = [outputs['originals'], *outputs['views']]
+        return [self.save_rows_grid([np.asarray(p) for p in parts], path_stem + '.png')]
 
 
 def _positive_accuracy(z):

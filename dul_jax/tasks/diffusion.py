@@ -26,7 +26,7 @@ from dul_jax.models.dit import DiT
 from dul_jax.models.unet import UNet
 from dul_jax.sampling import diffusion as samplers
 from dul_jax.tasks.base import LossOut, Task, jit_method
-from dul_jax.tasks.capabilities import Bounds, SampleImages
+from dul_jax.tasks.capabilities import Bounds, Generates, SampleImages
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -63,11 +63,11 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class DiffusionTask(Task, Bounds, SampleImages):
+class DiffusionTask(Task, Bounds, Generates, SampleImages):
 
     def __init__(self, cfg, spec):
         m = cfg.model
-        self.height, self.width, self.channels = spec.shape if spec.kind == 'image' else (0,) * 3
+        self.height, self.width, self.channels = spec.shape if spec.is_image else (0,) * 3
         self.size = int(m.image_size) or max(self.height, self.width)
         self.null_class = spec.num_classes
         self.num_steps = int(m.num_steps)
@@ -312,10 +312,10 @@ class DiffusionTask(Task, Bounds, SampleImages):
                 for w in scales])
         return out
 
-    def save_samples(self, samples, path_stem):
-        paths = [self.save_image_grid(samples['samples'], path_stem + '.png')]
-        if 'sweep' in samples:
-            sweep = samples['sweep']
+    def save_samples(self, outputs, path_stem):
+        paths = [self.save_image_grid(outputs['samples'], path_stem + '.png')]
+        if 'sweep' in outputs:
+            sweep = outputs['sweep']
             path = self.save_image_grid(sweep.reshape((-1,) + sweep.shape[2:]),
                                         path_stem + '_guidance.png', cols=sweep.shape[1])
             images.label_rows(path, [f'w={w:g}' for w in self.cfg.sample.guidance_sweep])

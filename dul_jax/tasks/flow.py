@@ -10,8 +10,8 @@ dequantizer learns q(u|l) and tightens the bound. The loss is that bound in nats
 eval reports it in bits/dim and nats per image at one noise draw per image, and the `iwae`
 evaluator averages k draws inside the log (the importance-weighted dequantization bound).
 
-Samples at temperature T draw z ~ N(0, T^2 I) (Glow); pictures hold grids at T = 0.5, 0.7 and
-1.0 and test images over their reconstructions x -> z -> x (exact up to float error).
+Samples at temperature T draw z ~ N(0, T^2 I) (Glow), drawn for grids at T = 0.5, 0.7 and 1.0;
+pictures hold test images over their reconstructions x -> z -> x (exact up to float error).
 """
 
 import math
@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.losses import latent
 from dul_jax.losses.gaussian import levels_to_unit
@@ -30,7 +29,14 @@ from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models import bijectors
 from dul_jax.models.flows import KINDS, Dequantizer, MultiScaleFlow
 from dul_jax.tasks.base import LossOut, Task, jit_method
-from dul_jax.tasks.capabilities import Bounds, DataInit, ImportanceWeights, SampleImages
+from dul_jax.tasks.capabilities import (
+    Bounds,
+    DataInit,
+    Generates,
+    ImportanceWeights,
+    Pictures,
+    SampleImages,
+)
 
 DEQUANTIZATIONS = ('uniform', 'variational')
 
@@ -57,7 +63,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class FlowTask(Task, Bounds, DataInit, ImportanceWeights, SampleImages):
+class FlowTask(Task, Bounds, DataInit, Generates, ImportanceWeights, Pictures, SampleImages):
 
     def validate(self):
         super().validate()
@@ -185,34 +191,39 @@ class FlowTask(Task, Bounds, DataInit, ImportanceWeights, SampleImages):
         """(num, H, W, C) levels at temperature sample.temperature, in one pass of the flow."""
         return self._to_levels(self._generate(params, rng, num, self.cfg.sample.temperature))
 
+    @jit_method('num')
+    def sample(self, params, rng, num):
+        """Levels at sample.temperature ('samples'), and for the pictures `num` samples in
+        [0, 1] at each temperature T of PICTURE_TEMPERATURES ('T0.5', ...)."""
+        out = {f'T{t}': jnp.clip(self._generate(params, jax.random.fold_in(rng, i), num, t),
+                                 0.0, 1.0)
+               for i, t in enumerate(PICTURE_TEMPERATURES)}
+        return {'samples': self.sample_images(params, rng, num), **out}
+
     @jit_method()
-    def _pictures(self, params, rng, levels):
-        num = levels.shape[0]
-        pictures = {f'T{t}': self._generate(params, jax.random.fold_in(rng, i), num, t)
-                    for i, t in enumerate(PICTURE_TEMPERATURES)}
+    def _pictures(self, params, levels):
         x = self._dequantized(levels, 0.5)
         z, _ = self.model.apply({'params': params['flow']}, x)
-        pictures['originals'] = x
-        pictures['reconstructions'] = self.model.apply({'params': params['flow']}, z,
-                                                       reverse=True)[0]
-        return jax.tree.map(lambda p: jnp.clip(p, 0.0, 1.0), pictures)
+        x_again = self.model.apply({'params': params['flow']}, z, reverse=True)[0]
+        return {'originals': x, 'reconstructions': jnp.clip(x_again, 0.0, 1.0)}
 
-    def sample(self, params, rng, num):
-        """Pictures in [0, 1]: `num` samples at each temperature of PICTURE_TEMPERATURES, and the
-        first `num` eval images over their reconstructions x -> z -> x."""
-        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
-        return self._pictures(params, rng, batch['image'])
+    def pictures(self, params, rng, examples):
+        """In [0, 1]: the examples (at their bin centres) over their reconstructions
+        x -> z -> x."""
+        return self._pictures(params, jnp.asarray(examples['image']))
 
-    def save_samples(self, samples, path_stem):
-        num = samples['originals'].shape[0]
-        cols = min(num, 10)
-        pad = np.zeros((-num % cols,) + samples['originals'].shape[1:], np.float32)
-        paths = [self.save_image_grid(np.concatenate([samples[f'T{t}'], pad]),
-                                      f'{path_stem}_T{t}.png', num_levels=2, cols=cols)
-                 for t in PICTURE_TEMPERATURES]
-        return paths + [self.save_reconstruction_grid(
-            samples['originals'], samples['reconstructions'],
-            path_stem + '_reconstructions.png', cols)]
+    def save_samples(self, outputs, path_stem):
+        paths = []
+        for name in (f'T{t}' for t in PICTURE_TEMPERATURES if f'T{t}' in outputs):
+            num, cols = len(outputs[name]), min(len(outputs[name]), 10)
+            pad = np.zeros((-num % cols,) + outputs[name].shape[1:], np.float32)
+            paths.append(self.save_image_grid(np.concatenate([outputs[name], pad]),
+                                              f'{path_stem}_{name}.png', num_levels=2, cols=cols))
+        if 'originals' in outputs:
+            paths.append(self.save_reconstruction_grid(
+                outputs['originals'], outputs['reconstructions'],
+                path_stem + '_reconstructions.png', min(len(outputs['originals']), 10)))
+        return paths
 
 
 TASK = FlowTask

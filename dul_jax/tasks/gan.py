@@ -25,7 +25,7 @@ from dul_jax.data import toy
 from dul_jax.losses import gan as gan_losses
 from dul_jax.models import gan as gan_models
 from dul_jax.tasks.base import LossOut, Phase, Task, jit_method
-from dul_jax.tasks.capabilities import ModelState, SampleImages, SamplePoints
+from dul_jax.tasks.capabilities import Generates, ModelState, SampleImages, SamplePoints
 
 ARCHS = ('conv', 'mlp')
 
@@ -56,7 +56,7 @@ def optimizer_groups(generator_lr: float, discriminator_lr: float) -> ml_collect
                                       'discriminator': {'lr': discriminator_lr}})
 
 
-class GANTask(Task, ModelState, SampleImages, SamplePoints):
+class GANTask(Task, Generates, ModelState, SampleImages, SamplePoints):
 
     def validate(self):
         super().validate()
@@ -70,7 +70,7 @@ class GANTask(Task, ModelState, SampleImages, SamplePoints):
             check(h % 4 == 0 and w % 4 == 0, f'model.arch="conv" upsamples by 4, but the images '
                   f'of "{spec.name}" are {h}x{w}; use images whose sides are multiples of 4.')
         else:
-            check(spec.kind == 'points', f'model.arch="mlp" generates points, but "{spec.name}" '
+            check(spec.is_points, f'model.arch="mlp" generates points, but "{spec.name}" '
                   f'is {spec.kind}; set --config.data.name to a toy set such as toy:grid25, or '
                   '--config.model.arch=conv for images.')
         check(m.d_steps >= 1 and m.z_dim >= 1 and m.pack >= 1, f'model.d_steps, model.z_dim '
@@ -84,19 +84,18 @@ class GANTask(Task, ModelState, SampleImages, SamplePoints):
               'model.loss="wasserstein" needs a Lipschitz critic; set '
               '--config.model.gradient_penalty=10 (WGAN-GP) or model.spectral_norm=True.')
 
-    def build_model(self):
+    def build_models(self):
+        """The two players, named after their param groups (and `phases`)."""
         m, classes = self.cfg.model, self.spec.num_classes if self.conditional else 0
         if m.arch == 'conv':
-            self.generator = gan_models.ConvGenerator(tuple(self.spec.shape), m.g_channels,
-                                                      classes, self.dtype)
-            self.discriminator = gan_models.ConvDiscriminator(m.d_channels, classes,
-                                                              m.spectral_norm, self.dtype)
-        else:
-            self.generator = gan_models.MLPGenerator(self.spec.shape[0], m.width, m.depth,
-                                                     classes, self.dtype)
-            self.discriminator = gan_models.MLPDiscriminator(m.width, m.depth, classes,
-                                                             m.spectral_norm, self.dtype)
-        return self.generator
+            return {'generator': gan_models.ConvGenerator(tuple(self.spec.shape), m.g_channels,
+                                                          classes, self.dtype),
+                    'discriminator': gan_models.ConvDiscriminator(m.d_channels, classes,
+                                                                  m.spectral_norm, self.dtype)}
+        return {'generator': gan_models.MLPGenerator(self.spec.shape[0], m.width, m.depth,
+                                                     classes, self.dtype),
+                'discriminator': gan_models.MLPDiscriminator(m.width, m.depth, classes,
+                                                             m.spectral_norm, self.dtype)}
 
     def phases(self):
         m = self.cfg.model   # whole packs per discriminator update: then B / d_steps fakes pack too
@@ -113,7 +112,7 @@ class GANTask(Task, ModelState, SampleImages, SamplePoints):
 
     def _real(self, batch):
         """The batch's examples as the players see them: images in [-1, 1], or points."""
-        if self.spec.kind == 'points':
+        if self.spec.is_points:
             return batch['point'].astype(jnp.float32)
         return batch['image'].astype(jnp.float32) * (2.0 / (self.spec.num_levels - 1)) - 1.0
 
@@ -125,7 +124,7 @@ class GANTask(Task, ModelState, SampleImages, SamplePoints):
     def generate(self, params, rng, num, labels=None):
         """`num` generator outputs (images in [-1, 1], or points) for z ~ N(0, I)."""
         z = jax.random.normal(rng, (num, self.cfg.model.z_dim))
-        return self.generator.apply({'params': params['generator']}, z, labels)
+        return self.models['generator'].apply({'params': params['generator']}, z, labels)
 
     def _pack(self, x):
         """PacGAN (Lin et al. 2018): examples i*m .. i*m+m-1 side by side on the last axis
@@ -139,26 +138,26 @@ class GANTask(Task, ModelState, SampleImages, SamplePoints):
     def _discriminate(self, params, model_state, x, labels, update=False):
         """(logits, new model state) of packed examples `x` (see _pack); the spectral norm's
         vectors advance only with `update`."""
-        variables = {'params': params['discriminator']}
+        discriminator, variables = self.models['discriminator'], {'params': params['discriminator']}
         if not self.cfg.model.spectral_norm:
-            return self.discriminator.apply(variables, x, labels), model_state
+            return discriminator.apply(variables, x, labels), model_state
         variables[gan_models.SPECTRAL] = model_state
         if not update:
-            return self.discriminator.apply(variables, x, labels), model_state
-        logits, updated = self.discriminator.apply(variables, x, labels, update=True,
-                                                   mutable=[gan_models.SPECTRAL])
+            return discriminator.apply(variables, x, labels), model_state
+        logits, updated = discriminator.apply(variables, x, labels, update=True,
+                                              mutable=[gan_models.SPECTRAL])
         return logits, updated[gan_models.SPECTRAL]
 
     def init(self, rng, batch):
         g_rng, d_rng = jax.random.split(rng)
         x, labels = self._real(batch), self.labels(batch)
         z = jnp.zeros((x.shape[0], self.cfg.model.z_dim))
-        return {'generator': self.generator.init(g_rng, z, labels)['params'],
+        return {'generator': self.models['generator'].init(g_rng, z, labels)['params'],
                 'discriminator': self._init_discriminator(d_rng, x, labels)['params']}
 
     def _init_discriminator(self, rng, x, labels):
         x = jnp.concatenate([x] * self.cfg.model.pack)   # a batch of one still makes a pack
-        return self.discriminator.init(jax.random.fold_in(rng, 1), self._pack(x), labels)
+        return self.models['discriminator'].init(jax.random.fold_in(rng, 1), self._pack(x), labels)
 
     def init_model_state(self, rng, batch):
         """The discriminator's spectral-norm vectors u ({} without spectral norm)."""
@@ -229,14 +228,14 @@ class GANTask(Task, ModelState, SampleImages, SamplePoints):
         return self.generate(params, rng, num, self.sample_labels(num))
 
     def sample(self, params, rng, num):
-        if self.spec.kind == 'points':
-            return {'points': self.sample_points(params, rng, num)}
+        if self.spec.is_points:
+            return {'samples': self.sample_points(params, rng, num)}
         return {'samples': self.sample_images(params, rng, num)}
 
-    def save_samples(self, samples, path_stem):
-        if 'points' not in samples:
-            return [self.save_image_grid(samples['samples'], path_stem + '.png')]
-        points, name = np.asarray(samples['points']), self.spec.name
+    def save_samples(self, outputs, path_stem):
+        if not self.spec.is_points:
+            return [self.save_image_grid(outputs['samples'], path_stem + '.png')]
+        points, name = np.asarray(outputs['samples']), self.spec.name
         mix, coverage = toy.mixture(name), toy.mode_coverage(points, name)
         title = (f'{name}: {coverage["modes"]}/{len(mix.means)} modes, '
                  f'{coverage["high_quality"]:.1%} high quality')

@@ -4,7 +4,8 @@ Images become floats in [0, 1] (level / (num_levels - 1)). The training loss is 
 error on the masked patches (optionally against per-patch normalised pixels); eval reports it per
 example with fixed masks. `features` are the frozen encoder's, without masking, for the shared
 probe evaluator (`eval.evaluators = ('probe',)`: a linear probe and k-NN).
-Samples are pictures: original / masked input (masked patches gray) / reconstruction.
+It does not generate; its pictures are original / masked input (masked patches gray) /
+reconstruction.
 """
 
 import math
@@ -14,13 +15,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches, patch_variance
 from dul_jax.models.mae import MAE, num_masked
 from dul_jax.models.patches import patchify, unpatchify
 from dul_jax.tasks.base import LossOut, Task, jit_method
-from dul_jax.tasks.capabilities import Features
+from dul_jax.tasks.capabilities import Features, Pictures
 
 PROBE_POOLS = ('cls', 'mean')
 MASKED_GRAY = 0.5  # masked patches in the pictures: between the black background and white ink
@@ -47,7 +47,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class MAETask(Task, Features):
+class MAETask(Task, Features, Pictures):
 
     def build_model(self):
         m = self.cfg.model
@@ -134,16 +134,16 @@ class MAETask(Task, Features):
         masked_input = target * (1 - m) + MASKED_GRAY * m
         pasted = target * (1 - m) + jnp.clip(pred, 0.0, 1.0) * m
         h, w, _ = self.spec.shape
-        return jnp.stack([pixels] + [unpatchify(x, self.model.patch, h, w)
-                                     for x in (masked_input, pasted)])
+        images = (unpatchify(x, self.model.patch, h, w) for x in (masked_input, pasted))
+        return dict(zip(('originals', 'masked_inputs', 'reconstructions'), (pixels, *images)))
 
-    def sample(self, params, rng, num):
-        """(3, num, H, W, C) in [0, 1]: the first `num` eval images, their masked inputs and their
-        reconstructions with the visible patches pasted back."""
-        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
-        return self._reconstruct(params, batch['image'], rng)
+    def pictures(self, params, rng, examples):
+        """In [0, 1]: the examples, their masked inputs and their reconstructions with the
+        visible patches pasted back."""
+        return self._reconstruct(params, jnp.asarray(examples['image']), rng)
 
-    def save_samples(self, samples, path_stem):
+    def save_samples(self, outputs, path_stem):
+        samples = np.stack([outputs[k] for k in ('originals', 'masked_inputs', 'reconstructions')])
         _, num, h, w, c = samples.shape
         cols = min(num, 10)
         blocks = []  # per block of `cols` images: a row of originals, masked inputs, outputs

@@ -28,6 +28,7 @@ from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
 from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
 from dul_jax.tasks.base import LossOut, Task, jit_method
+from dul_jax.tasks.capabilities import Generates
 
 MODELS = {'pixelcnn': PixelCNN, 'gated': GatedPixelCNN}
 OUTPUTS = ('categorical', 'logistic_mixture')
@@ -47,7 +48,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class PixelCNNTask(Task):
+class PixelCNNTask(Task, Generates):
 
     def __init__(self, cfg, spec):
         self.levels = spec.num_levels
@@ -159,10 +160,10 @@ class PixelCNNTask(Task):
         return flat.reshape((num,) + tuple(self.spec.shape))
 
     def sample(self, params, rng, num):
-        return self._sample(params, rng, num, self.sample_labels(num))
+        return {'samples': self._sample(params, rng, num, self.sample_labels(num))}
 
-    def save_samples(self, samples, path_stem):
-        return [self.save_image_grid(samples, path_stem + '.png')]
+    def save_samples(self, outputs, path_stem):
+        return [self.save_image_grid(outputs['samples'], path_stem + '.png')]
 
     def position_decoder(self, params):
         if self.conditional:

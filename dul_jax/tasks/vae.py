@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.losses import latent, pixels
 from dul_jax.losses.gaussian import levels_to_unit
@@ -28,7 +27,9 @@ from dul_jax.tasks.base import LossOut, Task, jit_method
 from dul_jax.tasks.capabilities import (
     Bounds,
     Features,
+    Generates,
     ImportanceWeights,
+    Pictures,
     PixelLikelihood,
     Posterior,
     SampleImages,
@@ -54,7 +55,8 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class VAETask(Task, Bounds, Features, ImportanceWeights, PixelLikelihood, Posterior, SampleImages):
+class VAETask(Task, Bounds, Features, Generates, ImportanceWeights, Pictures, PixelLikelihood,
+              Posterior, SampleImages):
 
     def validate(self):
         super().validate()
@@ -177,18 +179,28 @@ class VAETask(Task, Bounds, Features, ImportanceWeights, PixelLikelihood, Poster
         return self.cfg.sample.temperature * jax.random.normal(
             rng, (num, self.cfg.model.latent_dim))
 
+    def _generate(self, params, rng, num):
+        """Levels drawn from p(x|z) at `num` prior draws z, and the decoder's mean in [0, 1]."""
+        z_rng, x_rng = jax.random.split(rng)
+        log_probs = self.pixel_log_probs(params, self._prior_draw(z_rng, num))
+        return (jax.random.categorical(x_rng, log_probs).astype(jnp.uint8),
+                pixels.mean_in_unit_range(log_probs))
+
     @jit_method('num')
     def sample_images(self, params, rng, num):
         """(num, H, W, C) levels drawn from p(x|z), z from the prior."""
-        z_rng, x_rng = jax.random.split(rng)
-        log_probs = self.pixel_log_probs(params, self._prior_draw(z_rng, num))
-        return jax.random.categorical(x_rng, log_probs).astype(jnp.uint8)
+        return self._generate(params, rng, num)[0]
+
+    @jit_method('num')
+    def sample(self, params, rng, num):
+        """Levels drawn from p(x|z) at prior draws z, and the decoder's mean at the same z
+        ('sample_means', the picture: independent pixel draws are grainy)."""
+        levels, means = self._generate(params, rng, num)
+        return {'samples': levels, 'sample_means': means}
 
     @jit_method()
-    def _pictures(self, params, rng, levels):
+    def _pictures(self, params, levels):
         num = levels.shape[0]
-        prior_draw = self._prior_draw(rng, num)
-        samples = pixels.mean_in_unit_range(self.pixel_log_probs(params, prior_draw))
         mean, _ = self.posterior(params, levels)
         reconstructions = pixels.mean_in_unit_range(self.pixel_log_probs(params, mean))
         # each test image to the next one, in INTERPOLATION_STEPS even steps of the posterior mean
@@ -197,28 +209,32 @@ class VAETask(Task, Bounds, Features, ImportanceWeights, PixelLikelihood, Poster
         between = pixels.mean_in_unit_range(self.pixel_log_probs(
             params, path.reshape(-1, mean.shape[-1])))
         originals = levels.astype(jnp.float32) / (self.spec.num_levels - 1)
-        return {'samples': samples, 'originals': originals, 'reconstructions': reconstructions,
+        return {'originals': originals, 'reconstructions': reconstructions,
                 'interpolations': between.reshape((num, INTERPOLATION_STEPS) + levels.shape[1:])}
 
-    def sample(self, params, rng, num):
-        """Pictures in [0, 1]: `num` samples (the decoder's mean at prior draws), the first `num`
-        eval images and their reconstructions (at the posterior mean), and interpolations."""
-        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
-        return self._pictures(params, rng, batch['image'])
+    def pictures(self, params, rng, examples):
+        """In [0, 1]: the examples, their reconstructions (at the posterior mean), and
+        interpolations from each to the next."""
+        return self._pictures(params, jnp.asarray(examples['image']))
 
-    def save_samples(self, samples, path_stem):
-        num, h, w, c = samples['samples'].shape
-        cols = min(num, 10)
-        pad = np.zeros((-num % cols, h, w, c), np.float32)
-        interpolations = samples['interpolations'][:min(num, 8)]
-        return [
-            self.save_image_grid(np.concatenate([samples['samples'], pad]), path_stem + '.png',
-                                 num_levels=2, cols=cols),
-            self.save_reconstruction_grid(samples['originals'], samples['reconstructions'],
-                                          path_stem + '_reconstructions.png', cols),
-            self.save_image_grid(interpolations.reshape((-1, h, w, c)),
-                                 path_stem + '_interpolations.png', num_levels=2,
-                                 cols=INTERPOLATION_STEPS)]
+    def save_samples(self, outputs, path_stem):
+        paths = []
+        if 'sample_means' in outputs:
+            means = outputs['sample_means']
+            num, cols = len(means), min(len(means), 10)
+            pad = np.zeros((-num % cols,) + means.shape[1:], np.float32)
+            paths.append(self.save_image_grid(np.concatenate([means, pad]), path_stem + '.png',
+                                              num_levels=2, cols=cols))
+        if 'originals' in outputs:
+            num, h, w, c = outputs['originals'].shape
+            interpolations = outputs['interpolations'][:min(num, 8)]
+            paths += [
+                self.save_reconstruction_grid(outputs['originals'], outputs['reconstructions'],
+                                              path_stem + '_reconstructions.png', min(num, 10)),
+                self.save_image_grid(interpolations.reshape((-1, h, w, c)),
+                                     path_stem + '_interpolations.png', num_levels=2,
+                                     cols=INTERPOLATION_STEPS)]
+        return paths
 
 
 TASK = VAETask

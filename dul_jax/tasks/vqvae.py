@@ -36,7 +36,7 @@ from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.models.vqvae import VQVAE
 from dul_jax.tasks.base import LossOut, Task, jit_method
-from dul_jax.tasks.capabilities import Features, ModelState
+from dul_jax.tasks.capabilities import Features, ModelState, Pictures
 
 MAX_CODES = 65536   # code grids are exported as uint16 levels at most
 CODEBOOK_UPDATES = ('gradient', 'ema')
@@ -61,7 +61,7 @@ def default_model_config() -> ml_collections.ConfigDict:
     return m
 
 
-class VQVAETask(Task, Features, ModelState):
+class VQVAETask(Task, Features, ModelState, Pictures):
     embedding_names = ('codebook',)
 
     def validate(self):
@@ -257,14 +257,13 @@ class VQVAETask(Task, Features, ModelState):
         return {'originals': levels.astype(jnp.float32) / (self.spec.num_levels - 1),
                 'reconstructions': reconstructions}
 
-    def sample(self, params, rng, num):
-        """Pictures in [0, 1]: the first `num` eval images and their reconstructions (the
-        decoder's mean at the quantised codes). A VQ-VAE alone has no prior to sample from."""
-        batch = next(data.eval_batches(self.cfg.data, num, max_examples=num))
-        return self._pictures(params, jnp.asarray(batch['image']))
+    def pictures(self, params, rng, examples):
+        """In [0, 1]: the examples and their reconstructions (the decoder's mean at the quantised
+        codes). A VQ-VAE alone has no prior to sample from, so it does not generate."""
+        return self._pictures(params, jnp.asarray(examples['image']))
 
-    def save_samples(self, samples, path_stem):
-        return [self.save_reconstruction_grid(samples['originals'], samples['reconstructions'],
+    def save_samples(self, outputs, path_stem):
+        return [self.save_reconstruction_grid(outputs['originals'], outputs['reconstructions'],
                                               path_stem + '.png')]
 
 

@@ -92,9 +92,7 @@ def compile_run(cfg, target: targets.Target, devices=None, with_eval: bool = Tru
                         f'{cfg.mesh.get("slices", 1)}; pass --config.mesh.slices={target.slices}.')
     devices = targets.devices(target) if devices is None else devices
     setup = prepare(cfg, devices=devices)
-    if setup.pmap:
-        raise UserError('dul-jax compile compiles the jit path; pmap is one process on attached '
-                        'devices: run it with --config.parallelism=jit.')
+    setup.parallel.refuse('dul-jax compile compiles the jit path for a topology')
     abstract = setup.abstract_state()
     train_batch = _abstract_batch(setup, cfg.train.batch_size)
     start = time.perf_counter()

@@ -25,9 +25,11 @@ from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
 from dul_jax.sharding.liveness import Watchdog
 from dul_jax.sharding.mesh import to_host
-from dul_jax.tasks.capabilities import DataInit
+from dul_jax.tasks.capabilities import DataInit, Generates, Pictures
 from dul_jax.train import mfu, workdir_lock
-from dul_jax.train.checkpoint import Checkpointer, restore_state
+from dul_jax.train.checkpoint import Checkpointer
+from dul_jax.train.evaluation import Evaluation
+from dul_jax.train.run import open_run
 from dul_jax.train.setup import Setup, prepare
 from dul_jax.train.state import eval_key, eval_params
 from dul_jax.train.warm_start import warm_start
@@ -162,6 +164,7 @@ class _Run:
         self.pending, self.history = [], []   # device metrics not yet fetched; fetched, unlogged
         self.last_good = None                 # the newest checkpoint whose losses were all finite
         self.compile_s = None
+        self.evaluation = Evaluation(setup)   # its compiled eval functions serve every eval
 
     def _restore_or_init(self):
         start = self.ckpt.latest_step()
@@ -260,7 +263,7 @@ class _Run:
                     progress.set_postfix(self._log_interval(step))
                 if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
                     self.writer.write(step, _prefixed(evaluate(
-                        setup, setup.from_step_form(state), self.cfg.eval.max_examples), 'eval/'))
+                        setup, setup.from_step_form(state), ev=self.evaluation), 'eval/'))
                     self.clock = (time.perf_counter(), 0)
                 if tc.sample_every and step % tc.sample_every == 0 and step < tc.steps:
                     write_samples(setup, setup.from_step_form(state), self.workdir, step,
@@ -273,8 +276,7 @@ class _Run:
                         f'{step} in {self.ckpt.directory}; rerun the same command to resume.')
                     return {}
             state = setup.from_step_form(state)
-            final = evaluate(setup, state, self.cfg.eval.max_examples)
-            final.update(evaluators.evaluate(setup.task, eval_params(state)))
+            final = evaluate_all(setup, state, self.evaluation)
             self.writer.write(step, _prefixed(final, 'eval/'))
             paths = write_samples(setup, state, self.workdir, step, writer=self.writer)
         log(f'eval on {setup.spec.eval_split}: ' +
@@ -345,39 +347,54 @@ def _prefixed(metrics: dict, prefix: str) -> dict:
     return {prefix + k: v for k, v in metrics.items()}
 
 
-def evaluate(setup: Setup, state, max_examples: int = 0) -> dict[str, float]:
-    """Mean per-example metrics over the eval split (the first max_examples; 0 = all of it)."""
-    eval_step = setup.eval_step
-    params = eval_params(state)
-    totals = None
+def evaluate(setup: Setup, state, max_examples: int | None = None,
+             ev: Evaluation | None = None) -> dict[str, float]:
+    """The task's per-example eval metrics averaged over the first `max_examples` eval examples
+    (default eval.max_examples; 0: all of them), on the run's mesh; `ev` reuses its compiled
+    functions (the trainer evaluates with one Evaluation throughout)."""
+    ev = ev or Evaluation(setup, max_examples)
     with setup.context():
-        for i, batch in enumerate(data.eval_batches(
-                setup.cfg.data, setup.cfg.eval.batch_size // jax.process_count(),
-                max_examples or None, process_index=jax.process_index(),
-                process_count=jax.process_count())):
-            sums = eval_step(params, setup.put_batch(batch), eval_key(setup.cfg.seed, i))
-            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals.pop('count'))
-    return {k: float(v) / count for k, v in totals.items()}
+        return ev.mean('eval', setup.task.eval_metrics, eval_params(state),
+                       eval_key(setup.cfg.seed))[0]
+
+
+def evaluate_all(setup: Setup, state, ev: Evaluation) -> dict[str, float]:
+    """`evaluate` and then every configured evaluator (evaluators/), on the same examples."""
+    metrics = evaluate(setup, state, ev=ev)
+    with setup.context():
+        metrics.update(evaluators.evaluate(ev, eval_params(state)))
+    return metrics
 
 
 def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None = None,
                   seed: int | None = None, writer: MetricWriter | None = None) -> list[str]:
-    """Sample `num` (default sample.num) outputs from the eval params and save them as
-    WORKDIR/samples/step_NNNNNN.*; returns the paths ([] on processes other than 0).
+    """Save what the eval params make, `num` (default sample.num) of each, as
+    WORKDIR/samples/step_NNNNNN*: samples where the task generates (Generates) and pictures of
+    the first eval examples where it makes them (Pictures); returns the paths ([] on processes
+    other than 0, or for a task that does neither).
 
-    Every process must call it (samples are global arrays, gathered by `to_host`). The key is
-    `seed` (default the run's) folded with `step`, so the same call gives the same samples.
+    Every process must call it (outputs are global arrays, gathered by `to_host`). The key is
+    `seed` (default the run's) folded with `step`, so the same call gives the same outputs.
     """
-    num = num or setup.cfg.sample.num
+    task, num = setup.task, num or setup.cfg.sample.num
     rng = jax.random.fold_in(jax.random.key(setup.cfg.seed if seed is None else seed), step)
+    outputs = {}
     with setup.context():
-        samples = jax.tree.map(to_host, setup.task.sample(eval_params(state), rng, num))
-    if not _is_main():
+        params = eval_params(state)
+        if isinstance(task, Generates):
+            outputs.update(task.sample(params, rng, num))
+        if isinstance(task, Pictures):
+            pictures = task.pictures(params, rng, Evaluation(setup).first_examples(num))
+            clash = sorted(outputs.keys() & pictures.keys())
+            if clash:   # save_samples takes both in one dict
+                raise ValueError(f'{type(task).__name__}.pictures reuses names of its samples '
+                                 f'({", ".join(clash)}); rename them.')
+            outputs.update(pictures)
+        outputs = jax.tree.map(to_host, outputs)
+    if not _is_main() or not outputs:
         return []
     stem = storage.path(workdir) / 'samples' / f'step_{step:06d}'
-    paths = setup.task.save_samples(samples, os.fspath(stem))
+    paths = task.save_samples(outputs, os.fspath(stem))
     for path in paths if writer is not None else ():
         if path.endswith('.png'):  # every family's image samples, as TensorBoard images too
             name = 'samples' + path[len(os.fspath(stem)):].removesuffix('.png')
@@ -388,29 +405,31 @@ def write_samples(setup: Setup, state, workdir: str, step: int, num: int | None 
 def restore_latest(cfg, workdir: str):
     """The Setup (on the kept data spec) and latest state of a workdir, for eval and sample;
     `dul_jax.load_run` is the notebook's one-device view of a run."""
-    setup = prepare(cfg, spec=kept_spec(cfg, workdir))
-    state = restore_state(storage.path(workdir) / 'checkpoints', setup.abstract_state())
-    return setup, state
+    return open_run(cfg, workdir)
 
 
 def eval_command(cfg, workdir: str) -> dict[str, float]:
-    """`dul-jax eval`: the whole eval split and the configured evaluators on the latest
-    checkpoint; writes WORKDIR/eval_step_NNNNNN.json and returns the metrics."""
+    """`dul-jax eval`: the task's metrics and the configured evaluators on the latest checkpoint,
+    over the first eval.max_examples eval examples (0, the default: all of them); writes
+    WORKDIR/eval_step_NNNNNN.json and returns the metrics."""
     setup, state = restore_latest(cfg, workdir)
-    with setup.context():
-        metrics = evaluate(setup, state, 0)
-        metrics.update(evaluators.evaluate(setup.task, eval_params(state)))
+    ev = Evaluation(setup)
+    metrics = evaluate_all(setup, state, ev)
     step = int(state.step)
+    examples = ev.examples()
     if _is_main():
         storage.write_atomic(storage.path(workdir) / f'eval_step_{step:06d}.json', json.dumps(
-            {'step': step, 'split': setup.spec.eval_split, **metrics}, indent=2))
-    log(f'step {step}, {setup.spec.name}/{setup.spec.eval_split} (all of it): ' +
+            {'step': step, 'split': setup.spec.eval_split, 'max_examples': examples or 0,
+             **metrics}, indent=2))
+    used = f'the first {examples}' if examples else 'all of it'
+    log(f'step {step}, {setup.spec.name}/{setup.spec.eval_split} ({used}): ' +
         ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()))
     return metrics
 
 
 def sample_command(cfg, workdir: str, num: int, seed: int) -> list[str]:
-    """`dul-jax sample`: `num` samples from the latest checkpoint with `seed`; returns the paths."""
+    """`dul-jax sample`: `num` samples (and pictures of as many eval examples, where the task
+    makes them) from the latest checkpoint with `seed`; returns the paths."""
     setup, state = restore_latest(cfg, workdir)
     paths = write_samples(setup, state, workdir, int(state.step), num, seed)
     log('wrote ' + ', '.join(paths))

@@ -1,24 +1,64 @@
-"""The optax chain built from `config.optim`: clipping, AdamW (or LARS) with a decay mask, warmup +
-cosine."""
+"""The optax chain built from `config.optim`: clipping, AdamW (or LARS) with a decay mask, warmup
+then a cosine, constant or warmup-stable-decay learning rate."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
-from dul_jax.config import check
+from dul_jax.config import check, check_schedule, wsd_decay_steps
+
+
+def decay_shape(name: str, peak: float, end: float, steps: int) -> optax.Schedule:
+    """From `peak` at count 0 to `end` at count `steps` (and after): end + (peak - end) *
+    shape(count / steps), with shape(p) = 1 - p ('linear'), (1 + cos(pi p)) / 2 ('cosine') or
+    1 - sqrt(p) ('1-sqrt'). The 1-sqrt cooldown is Hägele et al. 2024 (arXiv 2405.18392):
+    lr * (1 - sqrt((n - (N - N_decay)) / N_decay)); their code (epfml/schedules-and-scaling,
+    src/optim/utils.py: wsd_schedule, decay_type='sqrt') adds a floor as here, as a fraction of
+    lr: final + (1 - final) * (1 - sqrt(p)), with final = min_lr_ratio."""
+    if name == 'linear':
+        return optax.linear_schedule(peak, end, steps)
+    if name == 'cosine':
+        return optax.cosine_decay_schedule(peak, steps, alpha=end / peak)
+
+    def one_minus_sqrt(count):
+        progress = jnp.clip(count / steps, 0.0, 1.0)
+        return end + (peak - end) * (1.0 - jnp.sqrt(progress))
+    return one_minus_sqrt
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to lr, then cosine down to min_lr_ratio * lr at total_steps (or
-    flat)."""
+    """Linear warmup from 0 to lr over warmup_steps, then by optim.schedule:
+
+    'cosine': cosine down to min_lr_ratio * lr at total_steps (warmup clipped to fit);
+    'constant': lr;
+    'wsd' (warmup-stable-decay): lr until total_steps - D, then `decay_shape` down to
+      min_lr_ratio * lr at total_steps (the count after the last update, as for 'cosine'), where
+      D = `wsd_decay_steps` (decay_steps, or decay_fraction * total_steps). D = 0 never decays.
+      The decay depends only on the step's distance from total_steps - D, so a run of k + d
+      steps with decay_steps=d is a cooldown branch at step k of a stable-phase run.
+
+    UserError (before anything compiles) for settings that cannot fit total_steps.
+    """
+    check_schedule(optim_cfg, total_steps)
+    lr = optim_cfg.lr
+    if optim_cfg.schedule == 'wsd':
+        warmup, decay = optim_cfg.warmup_steps, wsd_decay_steps(optim_cfg, total_steps)
+        parts = [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)]
+        boundaries = [warmup]
+        if decay:
+            parts.append(decay_shape(optim_cfg.get('decay_shape', '1-sqrt'), lr,
+                                     lr * optim_cfg.min_lr_ratio, decay))
+            boundaries.append(total_steps - decay)
+        return optax.join_schedules(parts, boundaries)
     warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
     if optim_cfg.schedule == 'constant':
         return optax.join_schedules(
-            [optax.linear_schedule(0.0, optim_cfg.lr, max(warmup, 1)),
-             optax.constant_schedule(optim_cfg.lr)], [warmup])
+            [optax.linear_schedule(0.0, lr, max(warmup, 1)),
+             optax.constant_schedule(lr)], [warmup])
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=optim_cfg.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.lr * optim_cfg.min_lr_ratio)
+        init_value=0.0, peak_value=lr, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1), end_value=lr * optim_cfg.min_lr_ratio)
 
 
 DECAYED_SUFFIXES = ('kernel', 'embedding', 'embed')

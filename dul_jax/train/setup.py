@@ -21,12 +21,12 @@ from dul_jax.sharding import mesh as mesh_lib
 from dul_jax.sharding import pmap as pmap_lib
 from dul_jax.tasks import make_task
 from dul_jax.tasks.capabilities import ModelState
+from dul_jax.train.evaluation import Evaluation, masked_sums
 from dul_jax.train.optim import check_groups, make_group_optimizers, make_optimizer
 from dul_jax.train.state import (
     TrainState,
     cast_params,
     create_state,
-    make_eval_step,
     make_train_step,
     param_dtype,
 )
@@ -47,18 +47,16 @@ class Setup:
     logical_specs: Any        # TrainState of logical PartitionSpecs
     batch_sharding: jax.sharding.NamedSharding
     eager: bool = False       # --debug: steps run without jit, so sharding constraints are off
+    # how the one train step runs: the jit or the pmap path (sharding/pmap.py)
+    parallel: Any = dataclasses.field(default_factory=pmap_lib.Partitioned)
 
     def context(self):
         """Mesh and axis rules in scope while tracing, so the models' logical constraints apply.
 
         Eager (debug) runs leave the mesh out: a constraint outside jit cannot apply to the
         single-device intermediates of eager ops, and there is nothing to partition anyway.
-        So does the pmap path: inside pmap there is no mesh to constrain to, and its conversions
-        between stacked and global arrays are per-device ops outside any mesh.
         """
         stack = contextlib.ExitStack()
-        if self.pmap:  # no rules either: pmap's own axis must not meet our logical constraints
-            return stack
         if not self.eager:
             stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(self.rules))
@@ -82,11 +80,6 @@ class Setup:
     def _init_unboxed(self, rng) -> TrainState:
         return nn.meta.unbox(_init_boxed(self.task, self.tx, self.cfg, rng))
 
-    @property
-    def pmap(self) -> bool:
-        """True on the pmap path: parallelism='pmap' and not eager (--debug)."""
-        return self.cfg.parallelism == 'pmap' and not self.eager
-
     def init_state(self, seed: int) -> TrainState:
         """Initialise directly into the target shardings: no full replica on any one device."""
         with self.context():
@@ -107,21 +100,20 @@ class Setup:
         return state.replace(params=params, ema_params=ema)
 
     def to_step_form(self, state: TrainState) -> TrainState:
-        """The state as the train step takes it (stacked replicas on the pmap path)."""
-        return pmap_lib.stack_replicas(state) if self.pmap else state
+        """The state as the train step takes it: on every path the same global arrays that
+        checkpoints, eval and sampling take, so the state itself."""
+        return state
 
     def from_step_form(self, state: TrainState) -> TrainState:
-        """The state as checkpoints, eval and sampling take it (global arrays on the mesh)."""
-        return pmap_lib.unstack_replicas(state, self.state_shardings) if self.pmap else state
+        """The state as checkpoints, eval and sampling take it: the train step's own."""
+        return state
 
     def train_step(self, jit: bool = True):
-        """(state, batch) -> (state, scalar metrics), for states and batches in step form."""
-        if self.pmap:
-            return pmap_lib.data_parallel_step(make_train_step(
-                self.task, self.tx, self.schedule, self.cfg.optim.ema_decay,
-                axis_name=pmap_lib.AXIS, grad_accum=self.cfg.train.grad_accum))
-        step = make_train_step(self.task, self.tx, self.schedule, self.cfg.optim.ema_decay,
-                               grad_accum=self.cfg.train.grad_accum)
+        """(state, batch) -> (state, scalar metrics): the one step, as the run's path
+        (`parallel`) adapts it, jitted over the mesh."""
+        step = self.parallel.step(functools.partial(
+            make_train_step, tx=self.tx, schedule=self.schedule,
+            ema_decay=self.cfg.optim.ema_decay, grad_accum=self.cfg.train.grad_accum), self.task)
         if not jit:  # --debug: eager, so a debugger (or jax_debug_nans) stops inside the step
             def eager_step(state, batch):
                 with jax.disable_jit():
@@ -132,30 +124,23 @@ class Setup:
 
     @functools.cached_property
     def eval_step(self):
-        """Jitted once per Setup, so periodic evals reuse the compiled step."""
-        params_sharding = self.state_shardings.params
-        return jax.jit(make_eval_step(self.task),
-                       in_shardings=(params_sharding, self.batch_sharding, None))
+        """(params, batch, rng) -> the task's eval metrics summed over the batch's mask, and
+        'count' (train/evaluation.py), jitted once per Setup in the run's shardings."""
+        return Evaluation(self).compiled('eval', masked_sums(self.task.eval_metrics))
 
     def put_batch(self, batch: dict) -> dict:
         """This process's host batch as the train/eval step takes it."""
         return mesh_lib.put_batch(batch, self.batch_sharding)
 
     def put_train_batch(self, batch: dict) -> dict:
-        """This process's host batch as the train step takes it: split per device on the pmap
-        path, else global arrays on the mesh."""
-        return pmap_lib.split_batch(batch) if self.pmap else self.put_batch(batch)
+        """This process's host batch as the train step takes it: as `put_batch`, on every
+        path."""
+        return self.put_batch(batch)
 
 
 def dummy_batch(spec: data.DataSpec, size: int) -> dict:
     """Zeros shaped like a real batch: for initialisation and shape inference."""
-    if spec.kind == 'image':
-        return {'image': np.zeros((size,) + tuple(spec.shape), np.uint8),
-                'label': np.zeros((size,), np.int32)}
-    if spec.kind == 'points':
-        return {'point': np.zeros((size,) + tuple(spec.shape), np.float32),
-                'label': np.zeros((size,), np.int32)}
-    return {'tokens': np.zeros((size,) + tuple(spec.shape), np.int32)}
+    return spec.dummy_batch(size)
 
 
 def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None = None) -> Setup:
@@ -173,10 +158,7 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     else:
         mesh = mesh_lib.make_mesh(cfg.mesh, devices)
     rules = mesh_lib.rules_from_config(cfg)
-    if cfg.parallelism == 'pmap' and not eager:
-        check(mesh.shape['fsdp'] == mesh.shape['tensor'] == 1 and jax.process_count() == 1,
-              'parallelism="pmap" is pure data parallelism in one process here; use the default '
-              'parallelism="jit" for FSDP, tensor parallelism or several processes.')
+    parallel = pmap_lib.choose(cfg, task, mesh, mesh_lib.batch_sharding(mesh, rules), eager)
     ways = mesh_lib.batch_divisor(mesh, rules)
     # the mesh's own hosts: this run's processes, or a topology's when compiling ahead of time
     processes = len({d.process_index for d in mesh.devices.flat})
@@ -191,10 +173,9 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
           f'train.grad_accum={accum} must be >= 1 and divide the {cfg.train.batch_size // ways} '
           f'examples of each of the {ways} batch shards; set --config.train.batch_size to a '
           f'multiple of {ways * max(accum, 1)} or change --config.train.grad_accum.')
-    check(not task.couples_batch or (accum == 1 and (cfg.parallelism == 'jit' or eager)),
+    check(not task.couples_batch or accum == 1,
           f'task "{task.name}" needs the whole batch in one loss (its examples are each other\'s '
-          'negatives or batch statistics); set --config.train.grad_accum=1 and '
-          '--config.parallelism=jit.')
+          'negatives or batch statistics); set --config.train.grad_accum=1.')
     groups = tuple(phase.group for phase in task.phases())
     check_groups(cfg.optim, groups)
     for phase in task.phases():   # each of a phase's updates takes its share of every shard
@@ -204,7 +185,7 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
               f'cannot be split into the {phase.repeats} {phase.group} updates x {accum} '
               f'microbatches x {ways} batch shards{units} of a step; set it to a multiple of '
               f'{parts}.')
-    if not eager and cfg.parallelism == 'jit':
+    if not eager:
         mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
     tx, schedule = make_group_optimizers(cfg.optim, cfg.train.steps, groups) if groups else \
         make_optimizer(cfg.optim, cfg.train.steps)
@@ -220,7 +201,7 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     mesh_lib.check_divisible(nn.meta.unbox(boxed.params), logical_specs.params,
                              state_shardings.params)
     return Setup(cfg, spec, task, mesh, rules, tx, schedule, state_shardings, logical_specs,
-                 mesh_lib.batch_sharding(mesh, rules), eager)
+                 mesh_lib.batch_sharding(mesh, rules), eager, parallel)
 
 
 def describe_data(cfg) -> data.DataSpec:

@@ -100,13 +100,13 @@ def accumulated_grads(loss_fn, params, batch, rng, count: int):
     return total
 
 
-def make_update(task, tx, axis_name: str | None = None, grad_accum: int = 1):
+def make_update(task, tx, grad_accum: int = 1):
     """`update(state, batch, rng, group)`: one optimizer update of `group`'s params (None: all of
     them, with `tx`; a group: with `tx[group]`), through the one loss contract of every family
-    (`task.loss(params, batch, rng, StepContext) -> LossOut`). With `axis_name` (the pmap path)
-    gradients, metrics and model state are averaged over that axis; under jit with shardings XLA
-    inserts the same reductions itself. `grad_accum` > 1 computes each gradient in that many
-    microbatches (the same update)."""
+    (`task.loss(params, batch, rng, StepContext) -> LossOut`). Under jit with shardings XLA
+    inserts the reductions over the batch shards itself (sharding/pmap.py adds them to the loss
+    for its per-device step). `grad_accum` > 1 computes each gradient in that many microbatches
+    (the same update)."""
 
     def update(state: TrainState, batch, rng, group: str | None):
         def loss_fn(params, batch, rng):
@@ -121,8 +121,6 @@ def make_update(task, tx, axis_name: str | None = None, grad_accum: int = 1):
         # on the weights alone, so every microbatch's is the same
         (_, (metrics, model_state)), grads = accumulated_grads(loss_fn, params, batch, rng,
                                                                grad_accum)
-        if axis_name is not None:
-            grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
         updates, opt_state = transform.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if group is not None:
@@ -136,11 +134,10 @@ def make_update(task, tx, axis_name: str | None = None, grad_accum: int = 1):
     return update
 
 
-def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None = None,
-                    grad_accum: int = 1):
+def make_train_step(task, tx, schedule, ema_decay: float, grad_accum: int = 1):
     """One training step: the update of `make_update` (or, for a family that declares players,
     each player's turn: train/players.py), then the EMA and the step count."""
-    update = make_update(task, tx, axis_name, grad_accum)
+    update = make_update(task, tx, grad_accum)
     if task.phases():
         from dul_jax.train import players
         advance = players.take_turns(update, task.phases(), schedule)
@@ -151,10 +148,7 @@ def make_train_step(task, tx, schedule, ema_decay: float, axis_name: str | None 
     ema_groups = task.ema_groups()
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-        rng = step_rng(state)
-        if axis_name is not None:  # pmap: each device its own dropout noise for its sub-batch
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        new_state, metrics = advance(state, batch, rng)
+        new_state, metrics = advance(state, batch, step_rng(state))
         ema = new_state.ema_params
         if ema is not None:
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema,
@@ -175,20 +169,7 @@ def with_ema(params, ema):
     return params if ema is None else {**params, **ema}
 
 
-def eval_key(seed: int, batch_index: int) -> jax.Array:
-    """The key of eval batch `batch_index`: the same at every eval, so evals at different steps
-    (and `Run.evaluate` on the first batch) compare."""
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 0x5EED), batch_index)
-
-
-def make_eval_step(task):
-    """Mask-weighted sums of the task's per-example metrics, plus the example count."""
-
-    def eval_step(params, batch, rng) -> dict[str, jax.Array]:
-        per_example = task.eval_metrics(params, batch, rng)
-        mask = batch['mask'].astype(jnp.float32)
-        sums = {k: jnp.sum(v * mask) for k, v in per_example.items()}
-        sums['count'] = jnp.sum(mask)
-        return sums
-
-    return eval_step
+def eval_key(seed: int) -> jax.Array:
+    """The key of the eval: batch i's is `fold_in(eval_key(seed), i)`, the same at every eval,
+    so evals at different steps (and `Run.evaluate` on the first batch) compare."""
+    return jax.random.fold_in(jax.random.key(seed), 0x5EED)

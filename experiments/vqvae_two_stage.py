@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import dul_jax
-from dul_jax import images
+from dul_jax import data, images
 from dul_jax.errors import UserError
 
 
@@ -36,8 +36,10 @@ def export_command(args) -> None:
     vq = dul_jax.load_run(args.vqvae)
     out = args.out or os.path.join(args.vqvae, 'codes')
     start = time.time()
+    splits = {split: data.eval_batches(vq.cfg.data, 256, split=split)
+              for split in (vq.spec.train_split, vq.spec.eval_split)}
     with vq.setup.context():
-        info = vq.task.export_codes(vq.params, out)
+        info = vq.task.export_codes(vq.params, splits, out)
     print(f'codes of {vq.spec.name} at step {vq.step}: {info["splits"]} grids of '
           f'{info["shape"][:2]}, {info["num_levels"]} codes, written to {out} in '
           f'{time.time() - start:.0f}s; train the prior with --config.data.name=arrays:{out}')

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import flax.linen as nn
 import jax
@@ -15,7 +16,8 @@ from conftest import save_trained_run
 from dul_jax import cli, data
 from dul_jax import compress as compress_lib
 from dul_jax import config as config_lib
-from dul_jax.compress.format import _FIXED
+from dul_jax.compress.command import Codec
+from dul_jax.compress.format import _FIXED, _TAIL
 from dul_jax.data import DataSpec
 from dul_jax.errors import UserError
 from dul_jax.tasks import make_task
@@ -264,3 +266,43 @@ def test_damaged_headers_and_unusable_inputs_are_one_sentence_naming_the_file(
             compress_lib.compress_file(codec, str(path), str(tmp_path / 'out.dulz'))
         _one_sentence(str(e.value), path)
     assert not (tmp_path / 'out.dulz').exists()
+
+
+class _SkewedStepper:
+    """A stand-in model for 2x2 images of 17 levels: skewed logits that change with the rows
+    coded side by side, as a real model's last bits do (so a damaged row count misdecodes)."""
+    rows, length = 64, 4
+
+    def start(self, rows):
+        return rows, 0
+
+    def next(self, state):
+        rows, t = state
+        return state, np.tile(8.0 * np.sin(rows * np.arange(1.0, 18.0) + t), (rows, 1))
+
+    def feed(self, state, symbols):
+        return state[0], state[1] + 1
+
+
+def test_every_damaged_header_byte_is_one_sentence_naming_the_file(tmp_path):
+    """Each byte of the header flipped in turn (byte 16, in the image count, once reached
+    constriction's AssertionError): one UserError sentence, and nothing written. The step is
+    the command's, which loads that checkpoint (and refuses a step it does not keep)."""
+    spec = types.SimpleNamespace(shape=(2, 2, 1), num_levels=17)
+    codec = Codec('image', spec, bytes(32), _SkewedStepper())
+    images = np.random.default_rng(0).integers(0, 17, (3, 2, 2, 1)).astype(np.uint8)
+    packed = str(tmp_path / 'x.dulz')
+    header = compress_lib.compress_file(codec, _save(tmp_path / 'x.npy', images),
+                                        packed)['header_bytes']
+    with open(packed, 'rb') as f:
+        blob = f.read()
+    step = _FIXED.size + 4 * 8 + 64
+    assert header == _FIXED.size + 4 * 8 + _TAIL.size == step + 16   # step, then payload words
+    restored = tmp_path / 'restored.npy'
+    for offset in [o for o in range(header) if not step <= o < step + 8]:
+        path = tmp_path / f'byte_{offset}.dulz'
+        path.write_bytes(blob[:offset] + bytes([blob[offset] ^ 0xFF]) + blob[offset + 1:])
+        with pytest.raises(UserError) as e:
+            compress_lib.decompress_file(codec, str(path), str(restored))
+        _one_sentence(str(e.value), path)
+        assert not restored.exists(), offset

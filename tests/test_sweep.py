@@ -146,3 +146,31 @@ def test_sweep_file_report_options(tmp_path):
     path.write_text("REPORT = {'unit': 'bits/dim'}\n")
     with pytest.raises(UserError, match=r"unknown keys \['unit'\]"):
         sweep.report_options(str(path))
+
+
+def _with_runs(sweep_file, runs_source):
+    """The test sweep with its runs replaced by `runs_source` (a Python list expression)."""
+    with open(sweep_file) as f:
+        text = f.read()
+    with open(sweep_file, 'w') as f:
+        f.write(text + f'\n\n_base = get_sweep\n\n\ndef get_sweep():\n'
+                       f'    return _base()[0], {runs_source}\n')
+    return sweep_file
+
+
+@pytest.mark.parametrize('name', ['../escape', 'a/b', '', '.', '..', 'a\\b', 'a\0b', 7])
+def test_run_names_that_are_not_one_folder_are_refused_before_any_run(sweep_file, name):
+    path = _with_runs(sweep_file, f'[SweepRun("ok", {{}}), SweepRun({name!r}, {{}})]')
+    with pytest.raises(UserError, match='must be one plain folder name') as e:
+        sweep.load_sweep(path)
+    assert path in str(e.value) and repr(name) in str(e.value)
+
+
+def test_an_empty_sweep_is_one_sentence(sweep_file, tmp_path, capsys):
+    path = _with_runs(sweep_file, '[]')
+    with pytest.raises(UserError, match='defines no runs'):
+        sweep.load_sweep(path)
+    assert cli.main(['sweep', '--sweep', path, '--workdir', str(tmp_path / 'w')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: the sweep file') and err.count('\n') == 1
+    assert not (tmp_path / 'w').exists()

@@ -4,6 +4,7 @@ stop."""
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from dul_jax.train import loop, workdir_lock
 from dul_jax.train.checkpoint import restore_position, restore_state
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import accumulated_grads
+from dul_jax.train.writers import MetricWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
@@ -391,3 +393,27 @@ def test_an_unknown_param_dtype_is_refused_in_one_sentence(tfds_dir):
     with pytest.raises(UserError) as e:   # str(e): what the CLI prints, without jax's notes
         _param_dtype_setup(tfds_dir, 'float16')
     assert str(e.value) == 'model.param_dtype must be one of float32, bfloat16, got "float16".'
+
+
+def _rows(steps):
+    return ''.join(json.dumps({'step': s, 'loss': 1.0 / s}) + '\n' for s in steps)
+
+
+@pytest.mark.parametrize('damage, message', [
+    # a full disk or a crashed node: the last write cut short, without its newline
+    (_rows([1, 2, 3]) + '{"step": 4, "lo', 'the last line of {} was cut short'),
+    # damage further up: the valid rows around it are kept and the line named
+    (_rows([1]) + '\x00\x00\x00\n' + _rows([2, 3]) + '{"step"\n', r'line\(s\) 2, 5 of {} are'),
+])
+def test_a_damaged_metrics_file_loses_no_valid_row_on_resume(tmp_path, capsys, damage, message):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_text(damage)
+    writer = MetricWriter(str(tmp_path))
+    writer.drop_after(2)          # what a resume from the checkpoint at step 2 does
+    writer.write(3, {'loss': 0.5})
+    writer.close()
+    assert read_metrics(str(tmp_path)) == [{'step': 1, 'loss': 1.0}, {'step': 2, 'loss': 0.5},
+                                           {'step': 3, 'loss': 0.5}]
+    warning = capsys.readouterr().err
+    assert re.search(message.format(re.escape(str(path))), warning)
+    assert warning.startswith('warning: ') and warning.count('\n') == 1

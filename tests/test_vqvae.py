@@ -155,7 +155,9 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
 def test_exported_codes_are_the_models_argmin_and_train_the_prior(task_and_params, tmp_path,
                                                                   tfds_dir):
     task, params = task_and_params
-    info = task.export_codes(params, str(tmp_path / 'codes'))
+    splits = {split: data.eval_batches(task.cfg.data, 256, split=split)
+              for split in (task.spec.train_split, task.spec.eval_split)}
+    info = task.export_codes(params, splits, str(tmp_path / 'codes'))
     assert info['shape'] == [4, 4, 1] and info['num_levels'] == 16
     assert info['splits'] == {'train': 1500, 'test': 297}
     codes_cfg = config_lib.base_config().data

@@ -155,7 +155,8 @@ def decompress_file(codec: Codec, input_path: str, output_path: str) -> dict:
         else:
             rows = decode_rows(codec.stepper, words, lengths, codec.stepper.length)
     except (ValueError, RuntimeError) as e:   # constriction refuses some damaged payloads
-        raise UserError(f'{input_path} could not be decoded ({e}); it is damaged.') from None
+        raise UserError(f'{input_path} is not a file this run can decode ({e}): it is damaged; '
+                        'use an intact file.') from None
     if codec.kind != 'text':
         if codec.kind == 'image':
             data = rows.astype(np.uint8).reshape(shape)

@@ -85,6 +85,10 @@ def _header_fields(blob: bytes, path: str):
     if version != VERSION:
         raise UserError(f'{path} has format version {version}, but this dul-jax reads version '
                         f'{VERSION}; decompress it with the dul-jax that wrote it.')
+    if kind not in KINDS.values() or precision != PRECISION \
+            or ndim != (1 if kind == KINDS['text'] else 4):
+        raise UserError(f'{path} is not a file this run can decode: its header is damaged (kind '
+                        f'{kind}, precision {precision}, {ndim} dimensions); use an intact file.')
     end = _FIXED.size + 8 * ndim + _TAIL.size
     if len(blob) < end:
         raise UserError(f'{path} is truncated (its header is incomplete); use the complete file.')
@@ -100,11 +104,14 @@ def checkpoint_step(path: str) -> int:
 
 def _parse(blob: bytes, path: str, codec: 'Codec'):
     """(shape, data sha256, payload words) from a compressed file, or one UserError sentence."""
-    kind, levels, precision, shape, model, digest, _, num_words, end = _header_fields(blob, path)
-    if model != codec.fingerprint or kind != KINDS[codec.kind] or levels != codec.levels \
-            or precision != PRECISION:
+    kind, levels, _, shape, model, digest, _, num_words, end = _header_fields(blob, path)
+    if model != codec.fingerprint:
         raise UserError(f'{path} was compressed with a different model or checkpoint than the '
                         'run in --workdir; pass the --workdir it was compressed with.')
+    if kind != KINDS[codec.kind] or levels != codec.levels:   # the model's own: damage
+        raise UserError(f'{path} is not a file this run can decode: its header is damaged (kind '
+                        f'{kind}, {levels} levels for a model of {codec.kind}s with '
+                        f'{codec.levels}); use an intact file.')
     if len(blob) != end + 4 * num_words:
         raise UserError(f'{path} has {len(blob) - end} payload bytes where its header says '
                         f'{4 * num_words}: it is truncated or damaged; use the complete file.')

@@ -84,7 +84,9 @@ def _encode_position(encoder, family, t, logits, block, block_lengths) -> float:
 
 
 def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
-    """The inverse of encode_rows: (rows, width) symbols (zeros past each row's length)."""
+    """The inverse of encode_rows: (rows, width) symbols (zeros past each row's length).
+    ValueError where the words cannot have come from encode_rows with these lengths (a damaged
+    payload, or a damaged row count in the header: it changes the rows per model call)."""
     decoder = constriction.stream.queue.RangeDecoder(words)
     family = constriction.stream.model.Categorical(perfect=False)
     out = np.zeros((len(lengths), width), np.int32)
@@ -97,7 +99,10 @@ def decode_rows(stepper, words: np.ndarray, lengths: np.ndarray, width: int) -> 
             active = block_lengths > t
             freqs = quantize(np.asarray(logits)[active])
             symbols = np.zeros(rows, np.int32)
-            symbols[active] = decoder.decode(family, freqs / 2.0 ** PRECISION)
+            try:
+                symbols[active] = decoder.decode(family, freqs / 2.0 ** PRECISION)
+            except AssertionError:   # constriction's word for words no encoder wrote
+                raise ValueError('its payload is not valid under this model') from None
             out[start:stop, t] = symbols[:stop - start]
             state = stepper.feed(state, symbols)
     return out

@@ -30,6 +30,7 @@ from dul_jax import storage
 from dul_jax.accounting import count_params, xla_flops
 from dul_jax.errors import UserError
 from dul_jax.tasks.capabilities import Features
+from dul_jax.train.writers import parse_record
 
 RESULT = 'result.json'
 
@@ -45,6 +46,11 @@ def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[SweepRun]]:
     base, runs = config_lib.call_file_function(path, 'get_sweep', 'sweep',
                                                'experiments/scaling/python_source.py',
                                                '(base_config, [SweepRun, ...])')
+    if not runs:
+        raise UserError(f'the sweep file {path} defines no runs; make get_sweep() return at '
+                        'least one SweepRun.')
+    for run in runs:
+        check_run_name(path, run.name)
     names = [r.name for r in runs]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
@@ -53,6 +59,15 @@ def load_sweep(path: str) -> tuple[ml_collections.ConfigDict, list[SweepRun]]:
     for run in runs:  # every run's keys and types, before the first run starts
         run_config(base, run)
     return base, runs
+
+
+def check_run_name(path: str, name) -> None:
+    """A run trains in WORKDIR/runs/NAME, so NAME must be one plain folder name: '..' or 'a/b'
+    would put a run outside runs/ or inside another run's folder."""
+    if not isinstance(name, str) or name in ('', '.', '..') or any(c in name for c in '/\\\0'):
+        raise UserError(f'sweep {path} names a run {name!r}, but a run trains in '
+                        'WORKDIR/runs/NAME, so each name must be one plain folder name (not '
+                        'empty, "." or "..", without "/", "\\" or NUL); rename it.')
 
 
 REPORT_KEYS = ('units', 'literature', 'holdout')
@@ -192,7 +207,8 @@ def last_train_loss(rundir: str) -> float | None:
     """The training loss of the run's last log interval (its mean over those steps), from
     metrics.jsonl: beside the eval loss, it shows where a model starts to overfit."""
     text = storage.read_text(storage.path(rundir) / 'metrics.jsonl') or ''
-    rows = [json.loads(line) for line in text.splitlines() if '"loss"' in line]
+    rows = [parse_record(line) for line in text.splitlines() if '"loss"' in line]
+    rows = [row for row in rows if row is not None and 'loss' in row]   # not a torn line
     return rows[-1]['loss'] if rows else None
 
 

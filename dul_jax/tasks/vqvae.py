@@ -17,7 +17,7 @@ reconstruction cost, not a likelihood of x: that needs a prior over the codes), 
 decoder's mean in [0, 1] units, and the perplexity exp(H) of code usage over each eval batch.
 Pictures: test images over their reconstructions.
 
-Two stages: `export_codes` writes the code grids of the train and eval splits as an `arrays:`
+Two stages: `export_codes` writes the code grids of the splits it is given as an `arrays:`
 data set (data/arrays.py), on which the `autoregressive` task trains unchanged as the prior;
 `images_from_codes` decodes the prior's samples (experiments/vqvae_two_stage.py).
 """
@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dul_jax import data
 from dul_jax.config import check
 from dul_jax.data import arrays
 from dul_jax.losses import pixels, vq
@@ -231,19 +230,20 @@ class VQVAETask(Task, Features, ModelState, Pictures):
         mode, mean = self._decoded(self._decode(params, vq.lookup(codes, codebook)))
         return mode.astype(jnp.uint8 if self.spec.num_levels <= 256 else jnp.uint16), mean
 
-    def export_codes(self, params, directory: str, batch_size: int = 256) -> dict:
-        """Write the code grids of the train and eval splits as an `arrays:` data set in the
-        local folder `directory` (levels = codes, K of them; labels kept). Returns its info."""
-        splits = {}
-        for split in (self.spec.train_split, self.spec.eval_split):
+    def export_codes(self, params, splits: dict, directory: str) -> dict:
+        """Write the code grids of `splits` ({split name: its eval batches, with 'image', 'label'
+        and 'mask'}, e.g. from data.eval_batches) as an `arrays:` data set in the local folder
+        `directory` (levels = codes, K of them; labels kept). Returns its info."""
+        grids_of = {}
+        for split, batches in splits.items():
             grids, labels = [], []
-            for batch in data.eval_batches(self.cfg.data, batch_size, split=split):
+            for batch in batches:
                 keep = np.asarray(batch['mask']) > 0
                 codes = np.asarray(self.encode_codes(params, jnp.asarray(batch['image'])))
                 grids.append(codes[keep][..., None])
                 labels.append(np.asarray(batch['label'])[keep])
-            splits[split] = (np.concatenate(grids), np.concatenate(labels))
-        return arrays.write(directory, splits, num_levels=self.cfg.model.num_codes,
+            grids_of[split] = (np.concatenate(grids), np.concatenate(labels))
+        return arrays.write(directory, grids_of, num_levels=self.cfg.model.num_codes,
                             num_classes=self.spec.num_classes,
                             description=f'VQ-VAE code grids of {self.spec.name}')
 

@@ -9,6 +9,7 @@ folder and uploaded whole at most every SYNC_S seconds, at each `sync()` and on 
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 
@@ -18,6 +19,15 @@ import numpy as np
 from dul_jax import storage
 
 SYNC_S = 30.0
+
+
+def parse_record(line: str) -> dict | None:
+    """One metrics.jsonl line as its record, or None where it is not one (blank, or torn)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get('step'), int) else None
 
 
 class MetricWriter:
@@ -47,13 +57,31 @@ class MetricWriter:
 
     def drop_after(self, step: int) -> None:
         """Forget the records past `step` (a resumed run repeats the steps after its checkpoint),
-        rewriting metrics.jsonl atomically."""
+        rewriting metrics.jsonl atomically. Lines that are not records (a write cut short by a
+        full disk or a crash) are dropped with a warning rather than stopping every resume."""
         if not self.enabled:
             return
         path = self._jsonl.name
         self._jsonl.close()
-        with open(path, encoding='utf-8') as f:
-            kept = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+        with open(path, encoding='utf-8', errors='replace') as f:
+            lines = f.read().split('\n')
+        kept, bad = [], []
+        for number, line in enumerate(lines, 1):
+            record = parse_record(line)
+            if record is None and line.strip():
+                bad.append(number)
+            elif record is not None and record['step'] <= step:
+                kept.append(line + '\n')
+        if bad:
+            shown = self.remote / 'metrics.jsonl'
+            last = max(n for n, line in enumerate(lines, 1) if line.strip())
+            if bad == [last]:
+                print(f'warning: the last line of {shown} was cut short (a torn write); dropped '
+                      'it.', file=sys.stderr)
+            else:
+                print(f'warning: line(s) {", ".join(map(str, bad))} of {shown} are not JSON '
+                      f'records; dropped them and kept the {len(kept)} valid rows up to step '
+                      f'{step}.', file=sys.stderr)
         storage.write_atomic(path, ''.join(kept))
         self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
         self.sync(force=True)

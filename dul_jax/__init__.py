@@ -4,6 +4,13 @@
 notebook; it is imported on first use, so `import dul_jax` itself loads nothing heavy.
 """
 
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version('dul_jax')
+except _metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = 'unknown (not installed)'
+
 __all__ = ['Run', 'load_run']
 
 

@@ -13,14 +13,19 @@
   dul-jax sweep  --sweep experiments/scaling/NAME.py --workdir DIR [--shard I/N] [--no-report]
   dul-jax cooldown --workdir STABLE --steps K1,K2 --decay-steps D [--out DIR] [--config.KEY=V ...]
 
-A mistake the user can fix (bad config, missing data, unusable checkpoint) prints one sentence and
-exits with status 2; a diverged run exits with status 1.
+A mistake the user can fix (bad config, missing data, unusable checkpoint, an unwritable folder)
+prints one sentence and exits with status 2; a diverged run, a full disk or a failed checkpoint
+write prints one sentence and exits with status 1.
 """
 
 import argparse
 import sys
 
-from dul_jax.errors import UserError
+from dul_jax import __version__
+from dul_jax.errors import UserError, WorldFailed, from_os_error
+
+CONFIG_HELP = ("a config file with get_config(), or a shipped config's name such as demo "
+               '(`dul-jax configs` lists them)')
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,28 +33,29 @@ def _parser() -> argparse.ArgumentParser:
         prog='dul-jax', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='Config values are set after the command as --config.KEY=VALUE, e.g.\n'
-               '  dul-jax train --config experiments/configs/demo.py --workdir runs/demo \\\n'
+               '  dul-jax train --config demo --workdir runs/demo \\\n'
                '      --config.train.steps=2000 --config.model.dropout=0.1 '
                '--config.mesh.fsdp=-1\n'
                'VALUE is parsed as the type of the key\'s default; see `dul-jax COMMAND -h`.')
-    p.add_argument('--version', action='version', version=f'dul-jax {_version()}')
+    p.add_argument('--version', action='version', version=f'dul-jax {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
     train = sub.add_parser('train', help='train a model (resumes if WORKDIR has checkpoints)')
-    train.add_argument('--config', required=True, help='a config file with get_config()')
+    train.add_argument('--config', required=True, help=CONFIG_HELP)
     train.add_argument('--workdir', required=True)
     train.add_argument('--debug', action='store_true',
                        help='NaN checks, chex assertions, and the step run without jit')
+    sub.add_parser('configs', help='list the shipped configs: name, task, data, what it is')
     ev = sub.add_parser('eval', help='evaluate the latest checkpoint on the whole eval split')
     ev.add_argument('--workdir', required=True)
     inspect = sub.add_parser('inspect', help='print shardings, bytes per device, collectives')
-    inspect.add_argument('--config', required=True, help='a config file with get_config()')
+    inspect.add_argument('--config', required=True, help=CONFIG_HELP)
     aot = sub.add_parser(
         'compile', help='compile a run ahead of time for a TPU slice or GPU node; say if it fits',
         description='Compile the train and eval steps of `dul-jax train` for TOPOLOGY on this '
                     'host (no accelerator needed: libtpu or the CUDA plugin compiles), and print '
                     'per-chip memory, FLOPs, collectives and a roofline estimate of step time '
                     'and MFU. Exits 2 with one sentence when the run does not fit.')
-    aot.add_argument('--config', required=True, help='a config file with get_config()')
+    aot.add_argument('--config', required=True, help=CONFIG_HELP)
     aot.add_argument('--topology', default='',
                      help="KIND:SHAPE, e.g. v5e:16x16, v5p:4x4x8, v6e:8x8, v4:4x4x4, h100:8 "
                           "(default: the config's `target`)")
@@ -59,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         description='Try the meshes (data x fsdp x tensor), remat policies and microbatch counts '
                     'that N chips of KIND allow, rule out analytically those whose state cannot '
                     'fit, compile the most promising ahead of time, and print a ranked table.')
-    plan.add_argument('--config', required=True, help='a config file with get_config()')
+    plan.add_argument('--config', required=True, help=CONFIG_HELP)
     plan.add_argument('--chips', required=True, type=int, help='number of chips, e.g. 256')
     plan.add_argument('--kind', required=True, help='chip kind: v4, v5e, v5p, v6e, h100, h200')
     plan.add_argument('--max-compiles', type=int, default=6,
@@ -129,14 +135,6 @@ def _parser() -> argparse.ArgumentParser:
     cooldown.add_argument('--out', default='', help='where the branches go (default '
                                                    'WORKDIR/cooldowns)')
     return p
-
-
-def _version() -> str:
-    from importlib import metadata
-    try:
-        return metadata.version('dul_jax')
-    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
-        return 'unknown (not installed)'
 
 
 def _sweep(args) -> None:
@@ -216,6 +214,9 @@ def run(argv: list[str]) -> int:
         _cooldown(args, overrides)
         return 0
     from dul_jax import config as config_lib
+    if args.command == 'configs':
+        print(config_lib.describe_shipped())
+        return 0
     if args.command == 'data':
         from dul_jax.data import prepare
         prepare.check_overrides(overrides)
@@ -266,11 +267,24 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except WorldFailed as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    except OSError as e:
+        known = from_os_error(e)
+        if known is None:
+            raise
+        print(f'error: {known}', file=sys.stderr)
+        return 2 if isinstance(known, UserError) else 1
     except RuntimeError as e:
         from dul_jax.train.loop import TrainingDiverged
         if isinstance(e, TrainingDiverged):
             print(f'error: {e}', file=sys.stderr)
             return 1
+        if 'Unable to initialize backend' in str(e):   # e.g. JAX_PLATFORMS=tpu with no TPU
+            print(f'error: JAX could not start the platform asked for ({str(e).splitlines()[0]});'
+                  ' unset JAX_PLATFORMS or install and attach that accelerator.', file=sys.stderr)
+            return 2
         raise
 
 

@@ -9,6 +9,7 @@ import ast
 import importlib.util
 import json
 import os
+import posixpath
 import re
 
 import ml_collections
@@ -149,6 +150,9 @@ def load_file_module(path: str, kind: str, example: str):
     except SyntaxError as e:
         raise UserError(f'{kind} file {path} has a syntax error at line {e.lineno}: '
                         f'{e.msg}.') from None
+    except ModuleNotFoundError as e:
+        raise UserError(f'{kind} file {path} imports {e.name}, which is not installed; install '
+                        f'it, or fix the import.') from None
     return module
 
 
@@ -165,10 +169,71 @@ def call_file_function(path: str, function: str, kind: str, example: str, return
     return value
 
 
+def shipped_configs() -> dict[str, str]:
+    """{name: file} of the configs installed with the package as `dul_jax.configs`
+    (`experiments/configs/` in a checkout): 'demo', 'pod/gpt_1b', ...; helpers without
+    `get_config()` are left out."""
+    root = importlib.util.find_spec('dul_jax.configs').submodule_search_locations[0]
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if name.endswith('.py') and name != '__init__.py' and \
+                    'def get_config(' in open(path, encoding='utf-8').read():
+                found[os.path.relpath(path, root)[:-3].replace(os.sep, '/')] = path
+    return dict(sorted(found.items()))
+
+
+def describe_shipped() -> str:
+    """A table of the shipped configs: name, task, data set and the first sentence of each
+    docstring, read from the files without running them (a config that loads another inherits
+    what it does not set)."""
+    shipped = shipped_configs()
+    facts = {}
+
+    def fact(name):   # (task, data) that `name` sets, else what the config it loads sets
+        if name not in facts:
+            text = open(shipped[name], encoding='utf-8').read()
+            task = re.search(r"c\.task = '([^']+)'", text) or \
+                re.search(r'from dul_jax\.tasks\.(\w+) import default_model_config', text)
+            data = re.search(r"c\.data\.name = '([^']+)'", text)
+            parent = re.search(r"load_config\(os\.path\.join\(.*'(\w+)\.py'\)", text)
+            near = parent and posixpath.join(posixpath.dirname(name), parent.group(1))
+            up = fact(near) if near in shipped else fact(parent.group(1)) \
+                if parent and parent.group(1) in shipped else ('-', '-')
+            facts[name] = (task.group(1) if task else up[0], data.group(1) if data else up[1])
+        return facts[name]
+
+    rows = []
+    for name, path in shipped.items():
+        doc = ' '.join((ast.get_docstring(ast.parse(open(path, encoding='utf-8').read()))
+                        or '').split())
+        first = re.split(r'(?<!\bal)(?<!\be\.g)\.\s(?=[A-Z`])', doc, maxsplit=1)[0]
+        rows.append((name, *fact(name), first if len(first) <= 100 else first[:99] + '…'))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return '\n'.join(f'{n:{widths[0]}}  {t:{widths[1]}}  {d:{widths[2]}}  {doc}'
+                     for n, t, d, doc in rows)
+
+
+def config_file(name: str) -> str:
+    """The config file `name` stands for: a file that exists, else a shipped config by name
+    ('demo', 'demo.py' or 'experiments/configs/demo.py' from any folder); one sentence if
+    neither."""
+    if os.path.isfile(name):
+        return name
+    key = name.removeprefix('experiments/configs/').removesuffix('.py')
+    shipped = shipped_configs()
+    if key in shipped:
+        return shipped[key]
+    raise UserError(f'config {name} is neither a file nor a shipped config; pass a config file '
+                    f'or a shipped name such as demo (`dul-jax configs` lists all '
+                    f'{len(shipped)}).')
+
+
 def load_config(path: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Run `get_config()` from `path`, then apply `key=value` overrides (keys relative to root)."""
-    cfg = call_file_function(path, 'get_config', 'config', 'experiments/configs/demo.py',
-                             'a ConfigDict')
+    """Run `get_config()` from `path` (a file or a shipped config's name), then apply
+    `key=value` overrides (keys relative to root)."""
+    cfg = call_file_function(config_file(path), 'get_config', 'config', 'demo', 'a ConfigDict')
     for item in overrides:
         apply_override(cfg, item)
     return cfg

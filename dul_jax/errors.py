@@ -1,9 +1,34 @@
-"""The one exception type for mistakes a user can fix.
+"""The two exception types the CLI turns into one sentence, without a traceback.
 
-The CLI prints its message (one sentence that says what to change) and exits with status 2,
-without a traceback. Everything else is a bug and keeps its traceback.
+A `UserError` is a mistake the user can fix (bad config, missing data, an unwritable folder): the
+CLI exits with status 2. A `WorldFailed` is the world failing under a correct command (a full
+disk, a store that went away, a checkpoint write that failed): status 1. Everything else is a bug
+and keeps its traceback.
 """
+
+import errno
 
 
 class UserError(Exception):
     """A bad config, a missing data set, a corrupt checkpoint: something the user can change."""
+
+
+class WorldFailed(Exception):
+    """The machine or the store failed; the message says what was kept and how to go on."""
+
+
+_USERS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
+_WORLDS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+
+
+def from_os_error(error: OSError) -> Exception | None:
+    """The one-sentence UserError (permissions, a read-only or wrong path) or WorldFailed (a
+    full disk or quota, an I/O error) for an OSError a command met; None for any other."""
+    where = error.filename or 'a file'
+    if error.errno in _USERS:
+        return UserError(f'{where} cannot be written or read ({error.strerror}); pass a path you '
+                         'can write to, or change its permissions.')
+    if error.errno in _WORLDS:
+        return WorldFailed(f'{where} could not be written ({error.strerror}); what was saved '
+                           'before is kept: free space there and rerun the same command.')
+    return None

@@ -71,8 +71,8 @@ def test_a_missing_config_file_is_said_before_jax_is_imported(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _error_lines(proc.stderr) == [(
-        'error: config file nope.py does not exist; pass an existing --config file, e.g. '
-        'experiments/configs/demo.py.')]
+        'error: config nope.py is neither a file nor a shipped config; pass a config file or a '
+        'shipped name such as demo (`dul-jax configs` lists all 38).')]
 
 
 @pytest.mark.integration
@@ -168,3 +168,30 @@ def test_data_prepare_command_prints_one_line_and_no_tfds_warning(tmp_path):
         f'prepared digits (train: 1,500 examples; test: 297 examples) in '
         f'{tmp_path}/dul_digits/1.0.0')
     assert 'Variant folder' not in proc.stderr and 'dataset_info.json' not in proc.stderr
+
+
+@pytest.mark.integration
+def test_a_non_editable_install_knows_its_configs_from_another_folder(tmp_path):
+    site = tmp_path / 'site'
+    subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps',
+                    '--no-build-isolation', '--target', str(site), REPO],
+                   check=True, capture_output=True, timeout=300)
+    assert (site / 'dul_jax' / 'configs' / 'pod' / 'gpt_1b.py').is_file()
+    code = ('import sys\nfrom dul_jax import cli, config\n'
+            f'assert config.__file__.startswith({str(site)!r}), config.__file__\n'
+            'sys.exit(cli.main(sys.argv[1:]))\n')
+
+    def dul_jax(*argv):
+        return subprocess.run([sys.executable, '-c', code, *argv], cwd=tmp_path, check=False,
+                              capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=str(site)))
+    listed = dul_jax('configs')
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.split()[:3] == ['demo', 'autoregressive', 'digits']
+               for line in listed.stdout.splitlines())
+    # a shipped name, and the checkout's path from another folder, reach the installed file
+    for name in ('demo', 'experiments/configs/demo.py'):
+        proc = dul_jax('train', '--config', name, '--workdir', 'run', '--config.nope=1')
+        assert proc.returncode == 2, proc.stderr
+        assert _error_lines(proc.stderr)[0].startswith('error: unknown config key "nope"')
+    assert not (tmp_path / 'run').exists()

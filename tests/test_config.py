@@ -39,7 +39,7 @@ def test_bad_overrides_name_what_to_change(override, fragment):
 
 
 def test_missing_config_file():
-    with pytest.raises(UserError, match='does not exist'):
+    with pytest.raises(UserError, match='is neither a file nor a shipped config'):
         config_lib.load_config('experiments/configs/nope.py')
 
 
@@ -145,3 +145,31 @@ def test_a_run_that_asks_for_an_accelerator_is_refused_on_the_cpu():
         runtime.check_platform('gpu', 'cpu')
     with pytest.raises(UserError, match="is not one of '', cpu, tpu, gpu"):
         runtime.check_platform('cuda', 'cpu')
+
+
+def test_the_package_list_is_whole_and_shipped_configs_are_found_by_name(tmp_path, monkeypatch):
+    import tomllib
+    repo = os.path.dirname(os.path.dirname(DEMO)).removesuffix('/experiments')
+    with open(os.path.join(repo, 'pyproject.toml'), 'rb') as f:
+        listed = set(tomllib.load(f)['tool']['setuptools']['packages'])
+    found = {os.path.relpath(folder, repo).replace(os.sep, '.')
+             for folder, _, files in os.walk(os.path.join(repo, 'dul_jax'))
+             if any(f.endswith('.py') for f in files)}
+    assert listed == found | {'dul_jax.configs', 'dul_jax.configs.pod'}
+    shipped = config_lib.shipped_configs()
+    assert shipped['demo'] == DEMO and 'pod/gpt_1b' in shipped
+    assert 'diffusion_defaults' in shipped and '__init__' not in shipped
+    monkeypatch.chdir(tmp_path)   # another folder: the checkout's relative path still resolves
+    for name in ('demo', 'demo.py', 'experiments/configs/demo.py'):
+        assert config_lib.config_file(name) == DEMO
+    mine = tmp_path / 'demo.py'   # a file that exists wins over a shipped name
+    mine.write_text('')
+    assert config_lib.config_file('demo.py') == 'demo.py'
+    with pytest.raises(UserError, match=r'config dmeo is neither a file nor a shipped config; '
+                                        rf'.* lists all {len(shipped)}\)\.'):
+        config_lib.config_file('dmeo')
+    rows = {line.split()[0]: line.split()[1:3] for line in config_lib.describe_shipped().split('\n')}
+    assert set(rows) == set(shipped)
+    assert rows['demo'] == ['autoregressive', 'digits']
+    assert rows['byol_mnist'] == ['contrastive', 'mnist_test']   # from simclr_mnist.py, loaded
+    assert rows['pod/dit_xl2'][0] == 'diffusion'

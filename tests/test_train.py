@@ -22,7 +22,7 @@ from dul_jax.errors import UserError
 from dul_jax.sharding.inspect import bytes_per_device
 from dul_jax.tasks.base import StepContext
 from dul_jax.train import loop, workdir_lock
-from dul_jax.train.checkpoint import restore_position, restore_state
+from dul_jax.train.checkpoint import Checkpointer, restore_position, restore_state
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import accumulated_grads
 from dul_jax.train.writers import MetricWriter
@@ -267,27 +267,35 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_one_before_used(tmp_pa
     assert sorted(os.listdir(ckpts)) == ['2', '4', '6'] and os.listdir(ckpts + '_corrupt') == ['4']
     steps = [r['step'] for r in read_metrics(workdir) if 'loss' in r and 'eval/loss' not in r]
     assert steps == [2, 4, 6]
-    # eval likewise: the damaged step 6 is set aside (beside the first), step 4 is evaluated
+    # eval holds no lock on the workdir: it skips the damaged step 6 (a bit flip the recorded
+    # checksums see) with a warning and evaluates step 4, moving nothing
     _damage(os.path.join(ckpts, '6'), flip=True)
     cfg = config_lib.load_config(DEMO, base + ['train.steps=6'])
     loop.eval_command(cfg, workdir)
-    assert 'moved it to' in capsys.readouterr().err
+    assert f'{ckpts}/6 could not be restored' in capsys.readouterr().err
     assert os.path.isfile(os.path.join(workdir, 'eval_step_000004.json'))
-    assert sorted(os.listdir(ckpts + '_corrupt')) == ['4', '6']
+    assert sorted(os.listdir(ckpts)) == ['2', '4', '6'] and os.listdir(ckpts + '_corrupt') == ['4']
     # another model shape is a mismatch, not damage: refused, and nothing is moved
     wider = prepare(config_lib.load_config(DEMO, base + ['model.embed_dim=64']))
     with pytest.raises(UserError, match=r'/4 was saved with opt_state\.1\.0\.mu\.class_embed\.'
                                         r'embedding float32\[10, 32\], where this config has '
                                         r'float32\[10, 64\]; restore it with the model config'):
-        restore_state(ckpts, wider.abstract_state())
-    assert sorted(os.listdir(ckpts)) == ['2', '4']
+        restore_state(ckpts, wider.abstract_state(), step=4)
+    assert sorted(os.listdir(ckpts)) == ['2', '4', '6']
+    # with none intact, one sentence without "delete"; eval leaves them, a trainer sets each
+    # aside, and a step damaged again keeps both copies
     _damage(os.path.join(ckpts, '4'))
-    # a step damaged again keeps both copies; with none intact, one sentence without "delete"
     _damage(os.path.join(ckpts, '2'))
-    with pytest.raises(UserError, match=r'none of the checkpoints \[4, 2\] .* could be restored') \
-            as e:
-        restore_state(ckpts, prepare(cfg).abstract_state())
+    abstract = prepare(cfg).abstract_state()
+    with pytest.raises(UserError, match=r'none of the checkpoints \[6, 4, 2\] .* could be '
+                                        r'restored \(each left in place') as e:
+        restore_state(ckpts, abstract)
     assert 'delete' not in str(e.value)
+    assert sorted(os.listdir(ckpts)) == ['2', '4', '6']
+    ckpt = Checkpointer(ckpts, async_save=False)
+    with pytest.raises(UserError, match=r'\(each is kept in .*_corrupt/'):
+        ckpt.restore(abstract)
+    ckpt.close()
     assert sorted(os.listdir(ckpts + '_corrupt')) == ['2', '4', '4.1', '6']
     assert os.listdir(ckpts) == []
 

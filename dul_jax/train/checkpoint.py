@@ -2,20 +2,23 @@
 
 Saves are asynchronous (training continues while files are written) and collective across
 processes; restore places every array straight into the shardings of the current mesh, so a
-checkpoint written on one mesh loads on any other.
+checkpoint written on one mesh loads on any other. Each save records a checksum of every array
+(`digest`), checked on restore: orbax keeps none, and a flipped bit would restore silently.
 """
 
+import errno
 import json
 import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from dul_jax import storage
-from dul_jax.errors import UserError
+from dul_jax.errors import UserError, WorldFailed
 
 
 class Checkpointer:
@@ -26,8 +29,11 @@ class Checkpointer:
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
         self.directory = storage.path(directory)   # local or gs://: orbax takes epath
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True)   # what a failed or killed save left half-written
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.saving = None                     # the step being written in the background
+        self.committed = self.latest_step()    # the newest step known to be on disk
 
     def latest_step(self) -> int | None:
         """The newest step saved in the directory, or None if there is none."""
@@ -38,24 +44,59 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
-        """Save `state` (global arrays) and the iterator's position as `step`; collective, so
-        every process calls it. Returns whether a save was started (orbax's save policy may
-        skip a step unless `force`)."""
-        items = {'state': ocp.args.StandardSave(state)}
+        """Save `state` (global arrays), its `digest` and the iterator's position as `step`;
+        collective, so every process calls it. Returns whether a save was started (orbax's save
+        policy may skip a step unless `force`). WorldFailed if the save before it failed."""
+        self.wait_if_done(step)
+        items = {'state': ocp.args.StandardSave(state),
+                 'digest': ocp.args.JsonSave(digest(state))}
         if data_iterator is not None:
             import grain  # only runs that read data through grain need it
             items['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        try:
+            started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:  # noqa: BLE001 (orbax re-raises a failed background save here)
+            raise self._failed(self.saving or step, step, e) from None
+        if started:
+            self.saving = step
+        return started
+
+    def wait_if_done(self, step: int) -> None:
+        """Note a background save that has finished; WorldFailed, naming the last good checkpoint
+        and `step` (where training stops), if it failed. Cheap enough to call every step."""
+        if self.saving is None:
+            return
+        done = not self.manager.is_saving_in_progress()
+        try:   # once done, waiting costs nothing and raises what the finishing thread met
+            self.manager.wait_until_finished() if done else self.manager.check_for_errors()
+        except Exception as e:  # noqa: BLE001 (whatever the store or the disk raised)
+            raise self._failed(self.saving, step, e) from None
+        if done:
+            self.committed, self.saving = self.saving, None
+
+    def _failed(self, saving: int, step: int, error: Exception) -> WorldFailed:
+        self.saving = None
+        cause = _cause(error)
+        full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or \
+            'No space left' in cause
+        last = f'step {self.committed}' if self.committed is not None else 'none yet'
+        todo = ('free space there' if full else
+                'check that it can be written (space, permissions, the store reachable)')
+        return WorldFailed(f'saving checkpoint {saving} in {self.directory} failed ({cause}); '
+                           f'training stopped at step {step}, and the last good checkpoint is '
+                           f'{last}: {todo} and rerun the same command to resume from it.')
 
     def restore(self, abstract_state, data_iterator=None, step: int | None = None,
-                fall_back: bool = True):
+                fall_back: bool = True, set_aside: bool = True):
         """The state at `step` (default: latest), in abstract_state's shardings; the iterator, if
         given, is moved to where it was when the checkpoint was saved. `restored_step` says which.
 
         With no `step` and `fall_back`, a checkpoint whose files are damaged (unreadable, though
         not recorded with other shapes than abstract_state's) is moved to DIRECTORY_corrupt/ with
         a warning and the next newest is tried, so an automatic restart does not crash on it
-        again. A checkpoint recorded with other shapes is never moved: that is a config mismatch.
+        again; without `set_aside` (eval and sample, which hold no lock on the workdir) it is
+        only skipped. A checkpoint recorded with other shapes is never moved: that is a config
+        mismatch.
         """
         steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
         if not steps:
@@ -71,11 +112,16 @@ class Checkpointer:
                                 f'({damage}); it is damaged or was saved with another config, so '
                                 'restore it with the config it was saved with or use another '
                                 '--workdir.')
-            self._set_aside(candidate, damage)
+            if set_aside:
+                self._set_aside(candidate, damage)
+            elif jax.process_index() == 0:
+                print(f'warning: checkpoint {self.directory}/{candidate} could not be restored '
+                      f'({damage}); trying the next newest (the next `train` sets it aside).',
+                      file=sys.stderr)
+        kept = f'each is kept in {self.directory}_corrupt/' if set_aside else 'each left in place'
         raise UserError(f'none of the checkpoints {steps} in {self.directory} could be restored '
-                        f'(each is kept in {self.directory}_corrupt/, its cause logged); copy an '
-                        'intact checkpoint back into the directory to resume from it, or train '
-                        'again to start from step 0.')
+                        f'({kept}, its cause logged); copy an intact checkpoint back into the '
+                        'directory to resume from it, or train again to start from step 0.')
 
     def _restore_step(self, step: int, abstract_state, data_iterator):
         """(state, None), or (None, why the files are damaged); UserError if the checkpoint
@@ -92,9 +138,12 @@ class Checkpointer:
             mismatch, damage = self._compare_shapes(step, abstract_state)
         if mismatch is None and damage is None:
             try:
-                restored = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state)))
-                if data_iterator is not None:
+                items = {'state': ocp.args.StandardRestore(abstract_state)}
+                if (self.directory / str(step) / 'digest').exists():  # older ones have none
+                    items['digest'] = ocp.args.JsonRestore()
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                damage = _digest_mismatch(restored['state'], restored.get('digest'))
+                if data_iterator is not None and damage is None:
                     restore_position(self.directory / str(step) / 'data', data_iterator)
             except UserError:
                 raise
@@ -150,18 +199,71 @@ class Checkpointer:
             multihost_utils.sync_global_devices(f'dul_jax set aside checkpoint {step}')
         self.manager.reload()
 
-    def wait(self) -> None:
-        """Block until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+    def wait(self, step: int | None = None) -> None:
+        """Block until pending asynchronous saves are on disk; WorldFailed if one failed (training
+        stopped at `step`, default the step being saved)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 (whatever the store or the disk raised)
+            raise self._failed(self.saving, self.saving if step is None else step, e) from None
+        if self.saving is not None:
+            self.committed, self.saving = self.saving, None
 
     def close(self) -> None:
-        """Finish pending asynchronous writes, then release the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Finish pending asynchronous writes, then release the manager (WorldFailed as `wait`)."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any process received SIGTERM (multi-process sync point)."""
         return self.manager.reached_preemption(step)
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """The bits of `x` as uint32 values (one per element; two per 64-bit element)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    if x.dtype.itemsize >= 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    unsigned = jnp.uint8 if x.dtype.itemsize == 1 else jnp.uint16
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _sums(arrays):
+    # sum of bits(x_i) * (2i + 1) mod 2^32: exact, so the same on any mesh; an odd weight keeps
+    # every single flipped bit visible, and the position weights see swapped elements
+    def one(x):
+        bits = _bits(x).reshape(-1)
+        weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+        return jnp.sum(bits * weights, dtype=jnp.uint32)
+    return [one(x) for x in arrays]
+
+
+def digest(tree) -> dict[str, int]:
+    """{path of each array in `tree`: its checksum}, the same for a tree on any mesh or number
+    of processes (a collective: every process calls it)."""
+    leaves = [(jax.tree_util.keystr(path), leaf)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if isinstance(leaf, jax.Array)]
+    sums = jax.device_get(_sums([leaf for _, leaf in leaves]))
+    return {name: int(value) for (name, _), value in zip(leaves, sums, strict=True)}
+
+
+def _digest_mismatch(state, recorded: dict | None) -> str | None:
+    """Which restored array differs from the checksum recorded when it was saved, or None."""
+    if recorded is None:
+        return None
+    found = digest(state)
+    wrong = [name for name, value in recorded.items() if found.get(name, value) != value]
+    if wrong:
+        return (f'{len(wrong)} array(s), first {wrong[0]}, differ from the checksum recorded '
+                'when it was saved')
+    return None
 
 
 def restore_position(data_dir, data_iterator) -> None:
@@ -223,7 +325,7 @@ def restore_state(directory: str, abstract_state, step: int | None = None):
     """The state saved in `directory` (default: the latest step), for eval and sampling."""
     ckpt = Checkpointer(directory, async_save=False)
     try:
-        return ckpt.restore(abstract_state, step=step)
+        return ckpt.restore(abstract_state, step=step, set_aside=False)
     finally:
         ckpt.close()
 

@@ -85,6 +85,7 @@ class _StopSignals:
 
     def __init__(self):
         self.name = None
+        self.at_once = False   # once the last step is saved: raise Stopped, stop where it is
         self._active = jax.process_count() == 1
 
     def __enter__(self):
@@ -94,11 +95,17 @@ class _StopSignals:
 
     def _handle(self, signum, frame):
         self.name = signal.Signals(signum).name
+        if self.at_once:
+            raise _Stopped(self.name)
 
     def __exit__(self, *exc):
         if self._active:
             for s, handler in self._previous.items():
                 signal.signal(s, handler)
+
+
+class _Stopped(Exception):
+    """A stop signal during the final eval or sampling, with the last step already saved."""
 
 
 class _Profile:
@@ -138,17 +145,18 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 
 def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     """Train (or resume) the run in `workdir`; returns the final eval metrics ({} on SIGTERM)."""
-    setup = prepare(cfg, eager=debug)
-    if debug:
-        log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
+    # The lock first: a second trainer is told at once, before the model is built.
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
     with workdir_lock.exclusive(workdir, enabled=_is_main()), \
-            contextlib.closing(HostLog(workdir)) as host_log, _logging_to(host_log), \
-            Watchdog(cfg.distributed.get('heartbeat_timeout_s', 60), _say_everywhere), \
-            contextlib.closing(MetricWriter(workdir)) as writer, \
-            contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
-                                            keep=cfg.train.keep_checkpoints)) as ckpt:
-        return _Run(setup, workdir, writer, ckpt, debug).train()
+            contextlib.closing(HostLog(workdir)) as host_log, _logging_to(host_log):
+        setup = prepare(cfg, eager=debug)
+        if debug:
+            log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
+        with Watchdog(cfg.distributed.get('heartbeat_timeout_s', 60), _say_everywhere), \
+                contextlib.closing(MetricWriter(workdir)) as writer, \
+                contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
+                                                keep=cfg.train.keep_checkpoints)) as ckpt:
+            return _Run(setup, workdir, writer, ckpt, debug).train()
 
 
 class _Run:
@@ -255,6 +263,7 @@ class _Run:
                 self.pending.append(metrics)
                 self.clock = (self.clock[0], self.clock[1] + 1)
                 progress.update(1)
+                self.ckpt.wait_if_done(step)   # a failed background save stops training here
                 if self.compile_s is None:
                     self._time_first_step(state)
                 preempted = self.ckpt.reached_preemption(step)
@@ -271,14 +280,24 @@ class _Run:
                 if (tc.ckpt_every and step % tc.ckpt_every == 0) or step == tc.steps or stopping:
                     self._save(step, state)
                 if stopping:
-                    self.ckpt.wait()
+                    self.ckpt.wait(step)
                     log(f'{signals.name or "preemption notice"}: saved a checkpoint at step '
                         f'{step} in {self.ckpt.directory}; rerun the same command to resume.')
                     return {}
-            state = setup.from_step_form(state)
-            final = evaluate_all(setup, state, self.evaluation)
-            self.writer.write(step, _prefixed(final, 'eval/'))
-            paths = write_samples(setup, state, self.workdir, step, writer=self.writer)
+            # the last step is saved: a stop signal from here on ends the eval or sampling at once
+            signals.at_once = True
+            try:
+                if signals.name is not None:
+                    raise _Stopped(signals.name)
+                state = setup.from_step_form(state)
+                final = evaluate_all(setup, state, self.evaluation)
+                self.writer.write(step, _prefixed(final, 'eval/'))
+                paths = write_samples(setup, state, self.workdir, step, writer=self.writer)
+            except _Stopped as stop:
+                self.ckpt.wait(step)
+                log(f'{stop}: stopped the final eval and sampling; checkpoint {step} is saved in '
+                    f'{self.ckpt.directory}: rerun the same command to evaluate and sample it.')
+                return {}
         log(f'eval on {setup.spec.eval_split}: ' +
             ', '.join(f'{k} {v:.4f}' for k, v in final.items()))
         log(f'workdir {storage.path(self.workdir)}: config.json, metrics.jsonl, tensorboard/, '

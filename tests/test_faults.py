@@ -1,0 +1,187 @@
+"""Faults at the edges: bit rot in a checkpoint, a checkpoint write that fails in the background,
+a stop signal during the final eval, a second trainer, and the CLI's one sentence for each."""
+
+import errno
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from orbax.checkpoint._src.checkpointers import async_checkpointer
+from test_train import DEMO, read_metrics, tiny_overrides
+
+from dul_jax import cli
+from dul_jax import config as config_lib
+from dul_jax.errors import UserError, WorldFailed
+from dul_jax.train import loop, workdir_lock
+from dul_jax.train.checkpoint import Checkpointer, digest
+
+
+def _tree(seed=0):
+    rng = np.random.default_rng(seed)
+    return {'w': jnp.asarray(rng.standard_normal((64, 32)), jnp.float32),
+            'h': jnp.asarray(rng.standard_normal((16,)), jnp.bfloat16),
+            'n': jnp.asarray(rng.integers(0, 2**31, (8,)), jnp.int32),
+            'u': jnp.asarray(rng.integers(0, 2**32, (4096,), dtype=np.uint32)),  # incompressible
+            'key': jax.random.key_data(jax.random.key(seed)), 'step': jnp.asarray(7, jnp.int32)}
+
+
+def test_the_digest_is_the_same_on_any_mesh_and_sees_one_flipped_bit_or_swapped_elements():
+    tree = _tree()
+    mesh = jax.make_mesh((8,), ('data',))
+    sharded = dict(tree, w=jax.device_put(tree['w'], NamedSharding(mesh, P('data', None))))
+    assert digest(sharded) == digest(tree)
+    assert set(digest(tree)) == {"['w']", "['h']", "['n']", "['u']", "['key']",
+                                "['step']"}
+    bits = np.asarray(tree['w']).view(np.uint32).copy()
+    bits[37, 5] ^= 1 << 13
+    flipped = dict(tree, w=jnp.asarray(bits.view(np.float32)))
+    assert digest(flipped)["['w']"] != digest(tree)["['w']"]
+    assert {k: v for k, v in digest(flipped).items() if k != "['w']"} == \
+        {k: v for k, v in digest(tree).items() if k != "['w']"}
+    typed = jax.random.key(3)   # a typed key is checked by its bits
+    assert digest({'k': typed}) == digest({'k': jax.random.key_data(typed)})
+    swapped = dict(tree, n=tree['n'][::-1])
+    assert digest(swapped)["['n']"] != digest(tree)["['n']"]
+
+
+def _flip_a_bit_of(directory, array: np.ndarray):
+    """Flip one bit of `array`'s bytes where they lie in the checkpoint's data files: bit rot
+    that leaves every file readable."""
+    needle = array.tobytes()[512:544]
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, 'rb') as f:
+                data = f.read()
+            at = data.find(needle)
+            if at >= 0:
+                with open(path, 'r+b') as f:
+                    f.seek(at + 5)
+                    f.write(bytes([data[at + 5] ^ 0x10]))
+                return
+    raise AssertionError(f'the array bytes are not stored verbatim under {directory}')
+
+
+def test_a_flipped_bit_that_reads_fine_is_caught_by_the_checksum(tmp_path, capsys):
+    directory = tmp_path / 'checkpoints'
+    ckpt = Checkpointer(directory, async_save=False)
+    ckpt.save(1, _tree(1))
+    ckpt.save(2, _tree(2))
+    ckpt.close()
+    _flip_a_bit_of(directory / '2', np.asarray(_tree(2)['u']))
+    ckpt = Checkpointer(directory, async_save=False)
+    restored = ckpt.restore(jax.eval_shape(lambda: _tree(0)))
+    ckpt.close()
+    assert ckpt.restored_step == 1
+    np.testing.assert_array_equal(restored['u'], _tree(1)['u'])
+    err = capsys.readouterr().err
+    assert "1 array(s), first ['u'], differ from the checksum recorded when it was saved" in err
+    assert os.listdir(str(directory) + '_corrupt') == ['2']
+
+
+def _failing_commits(monkeypatch, fail_from: int):
+    """Make every background checkpoint commit from the `fail_from`-th on fail as a full disk."""
+    real = async_checkpointer._background_wait_for_commit_futures
+    calls = []
+
+    def commit(*args, **kwargs):
+        calls.append(1)
+        if len(calls) >= fail_from:
+            for written in args[1]:   # the writes end, and then the disk is found full
+                written.result()
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(async_checkpointer, '_background_wait_for_commit_futures', commit)
+
+
+def test_a_failed_background_save_names_the_last_good_checkpoint(tmp_path, monkeypatch):
+    directory = tmp_path / 'checkpoints'
+    _failing_commits(monkeypatch, fail_from=2)
+    ckpt = Checkpointer(directory)
+    ckpt.save(1, _tree(1))
+    ckpt.wait()
+    ckpt.save(2, _tree(2))
+    with pytest.raises(WorldFailed, match=r'saving checkpoint 2 in .* failed \(.*No space left'
+                                          r'.*\); training stopped at step 3, and the last good '
+                                          r'checkpoint is step 1: free space there'):
+        ckpt.wait(3)
+    ckpt.close()
+    assert ckpt.all_steps() == [1]
+
+
+@pytest.mark.integration
+def test_training_stops_at_a_failed_save_and_a_stop_during_the_final_eval_keeps_the_run(
+        tmp_path, tfds_dir, monkeypatch, capsys):
+    # a save that fails in the background stops training before the next one, naming step 4
+    workdir = str(tmp_path / 'full')
+    cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{
+        'train.steps': 12, 'train.ckpt_every': 4}))
+    _failing_commits(monkeypatch, fail_from=2)
+    with pytest.raises(WorldFailed, match=r'saving checkpoint 8 .* training stopped at step '
+                                          r'(8|9|1[0-2]), and the last good checkpoint is step 4'):
+        loop.train(cfg, workdir)
+    monkeypatch.undo()
+    # the half-written step 8 is removed when the checkpoints are next opened (the rerun)
+    ckpts = os.path.join(workdir, 'checkpoints')
+    assert sorted(os.listdir(ckpts)) == ['4', '8.orbax-checkpoint-tmp']
+    reopened = Checkpointer(ckpts, async_save=False)   # removed before its first save
+    reopened.save(9, _tree())
+    reopened.close()
+    assert sorted(os.listdir(ckpts)) == ['4', '9']
+
+    # SIGTERM during the final eval: the last step is saved, the eval stops at once, the run
+    # returns {}; the same command again evaluates and samples that checkpoint
+    workdir = str(tmp_path / 'stopped')
+    cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{'train.steps': 4}))
+    real = loop.evaluate_all
+
+    def evaluate_then_stopped(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(loop, 'evaluate_all', evaluate_then_stopped)
+    assert loop.train(cfg, workdir) == {}
+    assert 'SIGTERM: stopped the final eval and sampling; checkpoint 4 is saved' in \
+        capsys.readouterr().out
+    assert not any('eval/loss' in r for r in read_metrics(workdir))
+    monkeypatch.setattr(loop, 'evaluate_all', real)
+    final = loop.train(cfg, workdir)
+    assert set(final) >= {'loss', 'bits_per_dim'}
+    assert [r['step'] for r in read_metrics(workdir) if 'eval/loss' in r] == [4]
+
+
+def test_a_second_trainer_is_told_before_its_model_is_built(tmp_path, monkeypatch):
+    workdir = str(tmp_path / 'run')
+
+    def build(*args, **kwargs):
+        raise AssertionError('the model was built before the lock was checked')
+    monkeypatch.setattr(loop, 'prepare', build)
+    cfg = config_lib.load_config(DEMO, ['train.steps=1'])
+    with workdir_lock.exclusive(workdir, enabled=True), pytest.raises(UserError, match='another'):
+        loop.train(cfg, workdir)
+
+
+def test_the_cli_says_one_sentence_for_a_missing_module_and_a_failing_disk(tmp_path, capsys,
+                                                                          monkeypatch):
+    config = tmp_path / 'needs.py'
+    config.write_text(f'import wandb_not_here\nexec(open({DEMO!r}).read())\n')
+    assert cli.main(['train', '--config', str(config), '--workdir', str(tmp_path / 'r')]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: config file {config} imports wandb_not_here, which is not '
+                          'installed') and err.count('\n') == 1
+    # an OSError the command did not expect: permissions are the user's (2), a full disk the
+    # world's (1); one sentence naming the file either way
+    for number, code in ((errno.EACCES, 2), (errno.ENOSPC, 1)):
+        def run(argv, number=number):
+            raise OSError(number, os.strerror(number), '/data/out.npz')
+        monkeypatch.setattr(cli, 'run', run)
+        assert cli.main(['export']) == code
+        err = capsys.readouterr().err
+        assert err.startswith('error: /data/out.npz ') and err.count('\n') == 1
+    monkeypatch.setattr(cli, 'run', lambda argv: (_ for _ in ()).throw(OSError(errno.EBADF, 'x')))
+    with pytest.raises(OSError):
+        cli.main(['export'])

@@ -169,6 +169,11 @@ def call_file_function(path: str, function: str, kind: str, example: str, return
     return value
 
 
+def _text(path: str) -> str:
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
 def shipped_configs() -> dict[str, str]:
     """{name: file} of the configs installed with the package as `dul_jax.configs`
     (`experiments/configs/` in a checkout): 'demo', 'pod/gpt_1b', ...; helpers without
@@ -179,7 +184,7 @@ def shipped_configs() -> dict[str, str]:
         for name in files:
             path = os.path.join(folder, name)
             if name.endswith('.py') and name != '__init__.py' and \
-                    'def get_config(' in open(path, encoding='utf-8').read():
+                    'def get_config(' in _text(path):
                 found[os.path.relpath(path, root)[:-3].replace(os.sep, '/')] = path
     return dict(sorted(found.items()))
 
@@ -193,7 +198,7 @@ def describe_shipped() -> str:
 
     def fact(name):   # (task, data) that `name` sets, else what the config it loads sets
         if name not in facts:
-            text = open(shipped[name], encoding='utf-8').read()
+            text = _text(shipped[name])
             task = re.search(r"c\.task = '([^']+)'", text) or \
                 re.search(r'from dul_jax\.tasks\.(\w+) import default_model_config', text)
             data = re.search(r"c\.data\.name = '([^']+)'", text)
@@ -206,8 +211,7 @@ def describe_shipped() -> str:
 
     rows = []
     for name, path in shipped.items():
-        doc = ' '.join((ast.get_docstring(ast.parse(open(path, encoding='utf-8').read()))
-                        or '').split())
+        doc = ' '.join((ast.get_docstring(ast.parse(_text(path))) or '').split())
         first = re.split(r'(?<!\bal)(?<!\be\.g)\.\s(?=[A-Z`])', doc, maxsplit=1)[0]
         rows.append((name, *fact(name), first if len(first) <= 100 else first[:99] + '…'))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

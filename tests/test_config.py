@@ -168,7 +168,8 @@ def test_the_package_list_is_whole_and_shipped_configs_are_found_by_name(tmp_pat
     with pytest.raises(UserError, match=r'config dmeo is neither a file nor a shipped config; '
                                         rf'.* lists all {len(shipped)}\)\.'):
         config_lib.config_file('dmeo')
-    rows = {line.split()[0]: line.split()[1:3] for line in config_lib.describe_shipped().split('\n')}
+    table = config_lib.describe_shipped().split('\n')
+    rows = {line.split()[0]: line.split()[1:3] for line in table}
     assert set(rows) == set(shipped)
     assert rows['demo'] == ['autoregressive', 'digits']
     assert rows['byol_mnist'] == ['contrastive', 'mnist_test']   # from simclr_mnist.py, loaded

@@ -28,6 +28,15 @@ CONFIG_HELP = ("a config file with get_config(), or a shipped config's name such
                '(`dul-jax configs` lists them)')
 
 
+WORKDIR_HELP = 'the run folder (local or gs://): checkpoints, metrics, samples'
+RUN_HELP = 'the folder of a trained run (local or gs://)'
+_SHIPPED_NAMES = ('demo', 'igpt_digits', 'gated_pixelcnn_digits', 'mae_digits', 'ddpm_unet_digits',
+                  'vae_digits', 'vqvae_digits', 'flow_digits', 'gan_digits', 'contrastive_digits',
+                  'tiny_shakespeare_char')
+_SHIPPED = ('shipped configs (`dul-jax configs` says what each is):\n  ' +
+            '\n  '.join(_SHIPPED_NAMES) + '\n  ... and MNIST, pod-sized and scaling configs')
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='dul-jax', description=__doc__.split('\n\n')[0],
@@ -39,14 +48,22 @@ def _parser() -> argparse.ArgumentParser:
                'VALUE is parsed as the type of the key\'s default; see `dul-jax COMMAND -h`.')
     p.add_argument('--version', action='version', version=f'dul-jax {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
-    train = sub.add_parser('train', help='train a model (resumes if WORKDIR has checkpoints)')
+    train = sub.add_parser(
+        'train', help='train a model (resumes if WORKDIR has checkpoints)',
+        description='Train the model of CONFIG in WORKDIR, or resume it from its latest '
+                    'checkpoint; then evaluate it and write samples. Any config value can be set '
+                    'after the flags as --config.KEY=VALUE (e.g. --config.train.steps=2000).',
+        epilog=_SHIPPED, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument('--config', required=True, help=CONFIG_HELP)
-    train.add_argument('--workdir', required=True)
+    train.add_argument('--workdir', required=True, help=WORKDIR_HELP)
     train.add_argument('--debug', action='store_true',
                        help='NaN checks, chex assertions, and the step run without jit')
     sub.add_parser('configs', help='list the shipped configs: name, task, data, what it is')
-    ev = sub.add_parser('eval', help='evaluate the latest checkpoint on the whole eval split')
-    ev.add_argument('--workdir', required=True)
+    ev = sub.add_parser(
+        'eval', help='evaluate the latest checkpoint on the whole eval split',
+        description="Evaluate the latest checkpoint of WORKDIR with the run's own config; "
+                    '--config.KEY=VALUE overrides it, e.g. --config.eval.max_examples=0.')
+    ev.add_argument('--workdir', required=True, help=RUN_HELP)
     inspect = sub.add_parser('inspect', help='print shardings, bytes per device, collectives')
     inspect.add_argument('--config', required=True, help=CONFIG_HELP)
     aot = sub.add_parser(
@@ -71,16 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument('--max-compiles', type=int, default=6,
                       help='compile at most this many candidates (the best by the analytic '
                            'estimate)')
-    sample = sub.add_parser('sample', help='write samples from the latest checkpoint')
-    sample.add_argument('--workdir', required=True)
-    sample.add_argument('--num', type=int, default=16)
-    sample.add_argument('--seed', type=int, default=0)
+    sample = sub.add_parser(
+        'sample', help='write samples from the latest checkpoint',
+        description="Write NUM samples from the latest checkpoint of WORKDIR into "
+                    "WORKDIR/samples/, with the run's own config; --config.KEY=VALUE overrides "
+                    'it, e.g. --config.sample.guidance=2 for a diffusion run.')
+    sample.add_argument('--workdir', required=True, help=RUN_HELP)
+    sample.add_argument('--num', type=int, default=16, help='how many samples (default 16)')
+    sample.add_argument('--seed', type=int, default=0,
+                        help='the sampling seed: the same seed gives the same samples')
     for name, what in (('compress', 'images (.npy) or a file'),
                        ('decompress', 'a compressed file')):
         coder = sub.add_parser(name, help=f'{name} {what} with the model of a run (exact)')
-        coder.add_argument('--workdir', required=True)
-        coder.add_argument('--input', required=True)
-        coder.add_argument('--output', required=True)
+        coder.add_argument('--workdir', required=True, help=RUN_HELP)
+        coder.add_argument('--input', required=True, help=f'{what} (local or gs://)')
+        coder.add_argument('--output', required=True, help='the file to write (local or gs://)')
     export = sub.add_parser(
         'export', help='write the eval params of a checkpoint to one portable .msgpack file',
         description='Write the eval params (the EMA where the run keeps one) of checkpoint N '
@@ -88,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                     'arrays, "config": config.json text, "data_spec": data_spec.json text, '
                     '"step": int}. Read it with flax.serialization.msgpack_restore(open(FILE, '
                     '"rb").read()); no checkpoint code is needed.')
-    export.add_argument('--workdir', required=True)
+    export.add_argument('--workdir', required=True, help=RUN_HELP)
     export.add_argument('--output', required=True, help='FILE.msgpack (local or gs://)')
     export.add_argument('--step', type=int, default=None, help='a kept checkpoint step')
     data = sub.add_parser('data', help='data sets: `dul-jax data prepare NAME` before training',
@@ -111,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                               '~/.cache/dul_jax/tfds)')
     sweep = sub.add_parser('sweep', help='run (or resume) a sweep of runs; fit and report it')
     sweep.add_argument('--sweep', required=True, help='a sweep file with get_sweep()')
-    sweep.add_argument('--workdir', required=True)
+    sweep.add_argument('--workdir', required=True,
+                       help='where the runs go, one folder each (local or gs://)')
     sweep.add_argument('--shard', default='0/1', help='I/N: run only runs I, I+N, I+2N, ...')
     sweep.add_argument('--no-report', action='store_true',
                        help='skip the fits, plots and report.md when the sweep is complete')

@@ -1,5 +1,6 @@
 """The dul-jax command: bad input ends with status 2 and one sentence; train/eval/sample work."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -177,6 +178,7 @@ def test_a_non_editable_install_knows_its_configs_from_another_folder(tmp_path):
                     '--no-build-isolation', '--target', str(site), REPO],
                    check=True, capture_output=True, timeout=300)
     assert (site / 'dul_jax' / 'configs' / 'pod' / 'gpt_1b.py').is_file()
+    assert (site / 'dul_jax' / 'sharding' / 'gpu_targets' / 'h100.txtpb').is_file()
     code = ('import sys\nfrom dul_jax import cli, config\n'
             f'assert config.__file__.startswith({str(site)!r}), config.__file__\n'
             'sys.exit(cli.main(sys.argv[1:]))\n')
@@ -195,3 +197,18 @@ def test_a_non_editable_install_knows_its_configs_from_another_folder(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert _error_lines(proc.stderr)[0].startswith('error: unknown config key "nope"')
     assert not (tmp_path / 'run').exists()
+
+
+def test_every_flag_says_what_it_takes_and_the_configs_named_in_help_are_shipped():
+    from dul_jax import config as config_lib
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+    silent = [f'{p.prog} {a.option_strings or a.dest}' for p in parsers(cli._parser())
+              for a in p._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
+    assert silent == []
+    assert set(cli._SHIPPED_NAMES) <= set(config_lib.shipped_configs())

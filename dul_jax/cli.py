@@ -255,10 +255,11 @@ def run(argv: list[str]) -> int:
     if args.command in ('compile', 'plan'):
         _compile_or_plan(args, cfg)
         return 0
+    if args.command not in ('train', 'inspect'):
+        from dul_jax.train.workdir import load_config_of  # a folder with no run: said at once
+        cfg = load_config_of(args.workdir, overrides)
     from dul_jax import runtime
     from dul_jax.train import loop
-    if args.command not in ('train', 'inspect'):
-        cfg = loop.load_config_of(args.workdir, overrides)
     runtime.start(cfg, getattr(args, 'debug', False))
     if args.command == 'train':
         loop.train(cfg, args.workdir, debug=args.debug)

@@ -200,7 +200,7 @@ def describe_shipped() -> str:
         if name not in facts:
             text = _text(shipped[name])
             task = re.search(r"c\.task = '([^']+)'", text) or \
-                re.search(r'from dul_jax\.tasks\.(\w+) import default_model_config', text)
+                re.search(r'model_configs\.(?!gan_optimizer_groups|augment)(\w+)\(\)', text)
             data = re.search(r"c\.data\.name = '([^']+)'", text)
             parent = re.search(r"load_config\(os\.path\.join\(.*'(\w+)\.py'\)", text)
             near = parent and posixpath.join(posixpath.dirname(name), parent.group(1))
@@ -311,7 +311,8 @@ def parse_value(key: str, text: str, current):
                 return text
     except (ValueError, SyntaxError):
         pass
-    raise UserError(f'--config.{key}={text} is not a valid {kind.__name__}; give a '
+    article = 'an' if kind.__name__[0] in 'aeiou' else 'a'
+    raise UserError(f'--config.{key}={text} is not a valid {kind.__name__}; give {article} '
                     f'{kind.__name__} like {current!r}.')
 
 

@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from dul_jax import model_configs
 from dul_jax.accounting import count_params, transformer_flops_per_token, xla_flops
 from dul_jax.config import base_config
 from dul_jax.data import DataSpec
-from dul_jax.tasks.autoregressive import default_model_config
 from dul_jax.train import mfu
 from dul_jax.train.setup import prepare
 from dul_jax.train.state import make_train_step
@@ -23,7 +23,7 @@ SPEC = DataSpec(name='synthetic', kind='text', shape=(64,), num_levels=256, num_
 def gpt_setup(num_layers=3, embed_dim=64):
     cfg = base_config()
     cfg.data.seq_len = 64
-    cfg.model = default_model_config()
+    cfg.model = model_configs.autoregressive()
     cfg.model.update(num_layers=num_layers, num_heads=4, embed_dim=embed_dim,
                      mlp_dim=4 * embed_dim, scan_unroll=num_layers)
     cfg.train.batch_size = 8

@@ -7,12 +7,13 @@ import jax
 import numpy as np
 import pytest
 
+from dul_jax import model_configs
 from dul_jax.data import augment as aug
 from dul_jax.errors import UserError
 
 OFF = {'crop_scale': (1.0, 1.0), 'crop_ratio': (1.0, 1.0), 'flip': False, 'jitter_prob': 0.0,
        'blur_prob': 0.0, 'erase_prob': 0.0}
-DEFAULT = aug.default_config()
+DEFAULT = model_configs.augment()
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -28,7 +29,7 @@ augment_default = jax.jit(lambda x, k: aug.augment(x, k, DEFAULT))   # compiled 
 
 
 def _config(**changes):
-    cfg = aug.default_config()
+    cfg = model_configs.augment()
     cfg.update(changes)
     return cfg
 
@@ -166,6 +167,6 @@ def test_validate_names_the_bad_key(key, value):
 
 
 def test_validate_refuses_tiny_images():
-    aug.validate(aug.default_config(), (28, 28, 1))
+    aug.validate(model_configs.augment(), (28, 28, 1))
     with pytest.raises(UserError, match='4x4'):
-        aug.validate(aug.default_config(), (3, 28, 1))
+        aug.validate(model_configs.augment(), (3, 28, 1))

@@ -63,17 +63,27 @@ def test_real_command_exits_2_without_traceback(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_missing_config_file_is_said_before_jax_is_imported(tmp_path):
-    # the trainer's imports take seconds; a typo in the path should not wait for them
-    argv = ['train', '--config', 'nope.py', '--workdir', str(tmp_path)]
-    code = (f'import sys\nfrom dul_jax import cli\nassert cli.main({argv!r}) == 2\n'
+def test_mistakes_in_configs_and_folders_are_said_before_jax_is_imported(tmp_path):
+    # the trainer's imports take seconds; a typo should not wait for them. Every shipped config
+    # is read without jax too (dul_jax/model_configs.py).
+    cases = [(['train', '--config', 'nope.py', '--workdir', str(tmp_path)],
+              ('error: config nope.py is neither a file nor a shipped config; pass a config '
+               'file or a shipped name such as demo (`dul-jax configs` lists all 38).')),
+             (['train', '--config', 'demo', '--workdir', str(tmp_path), '--config.nope=1'],
+              'error: unknown config key "nope"; check the spelling'),
+             (['eval', '--workdir', str(tmp_path / 'none')],
+              f'error: {tmp_path / "none"} has no config.json')]
+    code = ('import sys\nfrom dul_jax import cli, config\n'
+            f'for argv in {[argv for argv, _ in cases]!r}:\n    assert cli.main(argv) == 2\n'
+            'for name in config.shipped_configs():\n    config.load_config(name)\n'
             'assert "jax" not in sys.modules, "jax was imported"\n')
     proc = subprocess.run([sys.executable, '-c', code], check=False, cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert _error_lines(proc.stderr) == [(
-        'error: config nope.py is neither a file nor a shipped config; pass a config file or a '
-        'shipped name such as demo (`dul-jax configs` lists all 38).')]
+    said = _error_lines(proc.stderr)
+    assert len(said) == len(cases)
+    for line, (_, expected) in zip(said, cases, strict=True):
+        assert line.startswith(expected), line
 
 
 @pytest.mark.integration

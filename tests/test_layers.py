@@ -8,7 +8,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'dul_jax'
 
 # What each top-level module or package of dul_jax may import from the others.
 ALLOWED = {
-    'errors': set(), 'accounting': set(), 'losses': set(), 'storage': set(),
+    'errors': set(), 'accounting': set(), 'losses': set(), 'storage': set(), 'model_configs': set(),
     'images': {'storage'},
     'config': {'errors'},
     'data': {'errors', 'storage'},
@@ -17,8 +17,8 @@ ALLOWED = {
     'models': {'ops'},
     'sampling': {'losses'},
     'metrics': {'data', 'errors', 'losses', 'models'},
-    'tasks': {'accounting', 'config', 'data', 'errors', 'images', 'losses', 'models', 'ops',
-              'sampling', 'sharding', 'storage'},
+    'tasks': {'accounting', 'config', 'data', 'errors', 'images', 'losses', 'model_configs',
+              'models', 'ops', 'sampling', 'sharding', 'storage'},
     'evaluators': {'config', 'data', 'errors', 'losses', 'metrics', 'sharding', 'tasks'},
     'train': {'accounting', 'config', 'data', 'errors', 'evaluators', 'images', 'sharding',
               'storage', 'tasks'},

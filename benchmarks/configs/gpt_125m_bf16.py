@@ -1,8 +1,8 @@
 """A GPT of about 125M parameters in bfloat16 for one accelerator: 12 layers, width 768, 12 heads,
 context 1024, a 32,768-symbol vocabulary (synthetic tokens: run with --synthetic)."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
@@ -10,7 +10,7 @@ def get_config():
     c.data.name = 'synthetic'
     c.data.seq_len = 1024
     c.data.synthetic_vocab = 32768
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 12
     c.model.num_heads = 12
     c.model.embed_dim = 768

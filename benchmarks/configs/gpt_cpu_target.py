@@ -3,8 +3,8 @@ vocab 256 (3.36M parameters), AdamW, float32. PyTorch 2.13 on this machine: ~4,3
 ~6,500 with torch.compile; a plain Flax version ~3,650. Its figures are measured under the CPU
 allocator recipe, `benchmarks/cpu_env.sh`, with the step on the calling thread (below)."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
@@ -12,7 +12,7 @@ def get_config():
     c.data.name = 'python_source'
     c.data.seq_len = 256
     c.data.synthetic_vocab = 256
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 4
     c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4

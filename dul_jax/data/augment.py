@@ -11,21 +11,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from dul_jax.errors import UserError
 
 RANGES = ('crop_scale', 'crop_ratio', 'blur_sigma', 'erase_scale', 'erase_ratio')
 PROBS = ('jitter_prob', 'blur_prob', 'erase_prob')
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """SimCLR-style defaults, without flips (digits are not mirror-symmetric) or erasing."""
-    return ml_collections.ConfigDict({
-        'crop_scale': (0.2, 1.0), 'crop_ratio': (3 / 4, 4 / 3), 'flip': False,
-        'jitter_prob': 0.8, 'brightness': 0.4, 'contrast': 0.4,
-        'blur_prob': 0.5, 'blur_sigma': (0.1, 2.0),
-        'erase_prob': 0.0, 'erase_scale': (0.02, 0.33), 'erase_ratio': (0.3, 3.3)})
 
 
 def check(condition: bool, message: str) -> None:

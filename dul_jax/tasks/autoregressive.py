@@ -9,7 +9,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax import storage
@@ -18,29 +17,12 @@ from dul_jax.config import check
 from dul_jax.data import decode_text
 from dul_jax.errors import UserError
 from dul_jax.losses.likelihood import bits_per_dim
+from dul_jax.model_configs import autoregressive as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models.gpt import GPT, shift_right
 from dul_jax.ops.cross_entropy import categorical_nll
 from dul_jax.sampling import sample_logits
 from dul_jax.tasks.base import LossOut, Task, jit_method
 from dul_jax.tasks.capabilities import Generates
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.num_layers = 4
-    m.num_heads = 4
-    m.embed_dim = 128
-    m.mlp_dim = 512
-    m.dropout = 0.0
-    m.dtype = 'float32'          # compute dtype
-    m.param_dtype = 'float32'    # or 'bfloat16': matrices and their Adam moments (cast_params)
-    m.remat = 'none'             # 'none', 'full' or 'dots'
-    # Layers per step of the scan over layers: 1 (a rolled scan) keeps compile time flat in depth;
-    # more, up to 0 = all (a plain unrolled stack), buys a faster step with compile time that
-    # grows with depth (both measured in benchmarks/README.md).
-    m.scan_unroll = 1
-    m.class_conditional = False  # condition on the data set's labels (images)
-    return m
 
 
 class AutoregressiveTask(Task, Generates):

@@ -19,13 +19,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
 from dul_jax.config import check
 from dul_jax.data import augment
 from dul_jax.losses.contrastive import byol_regression, l2_normalize, nt_xent, target_decay
+from dul_jax.model_configs import contrastive as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models.encoders import MLPHead, ResNet, ViTEncoder, linear
 from dul_jax.tasks.base import LossOut, Task, jit_method
 from dul_jax.tasks.capabilities import Features, ModelState, Pictures
@@ -33,29 +33,6 @@ from dul_jax.tasks.capabilities import Features, ModelState, Pictures
 METHODS = ('simclr', 'byol', 'supervised')
 ENCODERS = ('resnet', 'vit')
 TARGET_PARTS = ('encoder', 'projector')  # the parts of the online network BYOL's target copies
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.method = 'simclr'            # 'simclr', 'byol' or 'supervised'
-    m.encoder = 'resnet'           # 'resnet' or 'vit'
-    m.width = 32                   # resnet: the first stage's channels (then 2x, 4x, ...)
-    m.blocks = (1, 1, 1)           # resnet: residual blocks per stage
-    m.stem_stride = 1              # resnet: 2 halves the resolution before the first stage
-    m.patch_size = 4               # vit
-    m.embed_dim = 128
-    m.num_layers = 4
-    m.num_heads = 4
-    m.mlp_dim = 512
-    m.head_hidden = 512            # projector (and BYOL's predictor) hidden width
-    m.head_dim = 128               # projection width
-    m.temperature = 0.5            # simclr
-    m.target_decay = 0.99          # byol: the target's EMA rate at step 0, cosine up to 1
-    m.augment = augment.default_config()
-    m.dtype = 'float32'
-    m.remat = 'none'               # vit
-    m.scan_unroll = 1              # vit
-    return m
 
 
 class ContrastiveTask(Task, Features, ModelState, Pictures):

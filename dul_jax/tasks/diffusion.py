@@ -15,52 +15,18 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax import images
 from dul_jax.config import check
 from dul_jax.losses import diffusion as dl
 from dul_jax.losses import gaussian
+from dul_jax.model_configs import diffusion as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models.dit import DiT
 from dul_jax.models.unet import UNet
 from dul_jax.sampling import diffusion as samplers
 from dul_jax.tasks.base import LossOut, Task, jit_method
 from dul_jax.tasks.capabilities import Bounds, Generates, SampleImages
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.kind = 'unet'               # 'unet' or 'dit'
-    m.schedule = 'cosine'         # 'linear' or 'cosine'
-    m.num_steps = 1000            # T
-    m.prediction = 'eps'          # what the network outputs: 'eps', 'v' or 'x0'
-    m.weighting = 'eps'           # loss weighting: 'eps' (L_simple), 'x0', 'v', 'min_snr_gamma'
-    m.snr_gamma = 5.0             # gamma of 'min_snr_gamma'
-    m.class_conditional = True
-    m.label_dropout = 0.1         # P(label -> null class) in training: classifier-free guidance
-    m.image_size = 0              # pad images with background to this size; 0: the data's size
-    m.dropout = 0.0
-    m.dtype = 'float32'           # compute dtype
-    m.param_dtype = 'float32'     # or 'bfloat16': matrices and their Adam moments (cast_params)
-    m.num_heads = 4
-    # U-Net
-    m.channels = 64
-    m.channel_mults = (1, 2, 2)
-    m.num_res_blocks = 2
-    m.attn_resolutions = (8,)     # feature-map heights with self-attention
-    m.groups = 8                  # GroupNorm groups
-    # DiT
-    m.patch = 2
-    m.embed_dim = 128
-    m.num_layers = 4
-    m.mlp_dim = 512
-    m.remat = 'none'
-    m.scan_unroll = 1             # blocks per scan step; 0 = all (unrolled)
-    # Variance of the bound's decoder p(x_0 | x_1): 'posterior_clipped' (DDPM's code: the
-    # posterior variance at t = 2) or 'beta_1'; see losses/diffusion.py decoder_log_variance.
-    m.vlb_decoder_variance = 'posterior_clipped'
-    return m
 
 
 class DiffusionTask(Task, Bounds, Generates, SampleImages):

@@ -19,13 +19,13 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax.config import check
 from dul_jax.losses import latent
 from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
+from dul_jax.model_configs import flow as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models import bijectors
 from dul_jax.models.flows import KINDS, Dequantizer, MultiScaleFlow
 from dul_jax.tasks.base import LossOut, Task, jit_method
@@ -45,22 +45,6 @@ def _standard_normal_log_prob(x):
     """log N(x; 0, I) of each example's values, in nats: (B, ...) -> (B,)."""
     return latent.standard_normal_log_prob(x).reshape(x.shape[0], -1).sum(-1)
 PICTURE_TEMPERATURES = (0.5, 0.7, 1.0)
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.kind = 'realnvp'             # 'realnvp' or 'glow' (models/flows.py)
-    m.scales = 2                   # each but the last squeezes 2x2 and factors half out
-    m.steps = 3                    # couplings per stage (RealNVP) or flow steps per scale (Glow)
-    m.hidden = 64                  # channels of the coupling nets
-    m.blocks = 2                   # residual blocks per coupling net
-    m.scale_fn = 'tanh'            # 'tanh' (RealNVP) or 'sigmoid' (Glow) bound on the log-scale
-    m.logit_alpha = 0.05           # x -> logit(alpha + (1 - 2 alpha) x)
-    m.dequantization = 'uniform'   # 'uniform' or 'variational' (Flow++)
-    m.dequantizer_steps = 4        # couplings of the variational dequantizer
-    m.dequantizer_hidden = 32
-    m.dtype = 'float32'            # compute dtype of the coupling nets; params stay float32
-    return m
 
 
 class FlowTask(Task, Bounds, DataInit, Generates, ImportanceWeights, Pictures, SampleImages):

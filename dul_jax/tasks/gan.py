@@ -16,44 +16,18 @@ evaluator counts the modes the samples cover.
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax import images
 from dul_jax.config import check
 from dul_jax.data import toy
 from dul_jax.losses import gan as gan_losses
+from dul_jax.model_configs import gan as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models import gan as gan_models
 from dul_jax.tasks.base import LossOut, Phase, Task, jit_method
 from dul_jax.tasks.capabilities import Generates, ModelState, SampleImages, SamplePoints
 
 ARCHS = ('conv', 'mlp')
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.arch = 'conv'                # 'conv' (images: DCGAN/SNGAN-style) or 'mlp' (2-D points)
-    m.loss = 'hinge'               # 'non_saturating', 'hinge' or 'wasserstein'
-    m.spectral_norm = True         # on every discriminator layer
-    m.gradient_penalty = 0.0       # WGAN-GP's lambda (10 in the paper); 0 = off
-    m.r1 = 0.0                     # R1's gamma (the penalty is gamma / 2 E||grad||^2); 0 = off
-    m.d_steps = 1                  # discriminator updates per generator update
-    m.pack = 1                     # PacGAN: the discriminator judges groups of this many examples
-    m.z_dim = 64
-    m.g_channels = 64              # conv: the generator's width (its first map has 2x)
-    m.d_channels = 64              # conv: the discriminator's first width (then 2x, 4x)
-    m.width = 256                  # mlp: units per layer of both players
-    m.depth = 3                    # mlp: hidden layers of both players
-    m.class_conditional = False
-    m.dtype = 'float32'
-    return m
-
-
-def optimizer_groups(generator_lr: float, discriminator_lr: float) -> ml_collections.ConfigDict:
-    """optim.groups for the two players' learning rates (TTUR, Heusel et al. 2017, where they
-    differ); every other optim setting is shared."""
-    return ml_collections.ConfigDict({'generator': {'lr': generator_lr},
-                                      'discriminator': {'lr': discriminator_lr}})
 
 
 class GANTask(Task, Generates, ModelState, SampleImages, SamplePoints):

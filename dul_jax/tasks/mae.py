@@ -12,11 +12,11 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax.config import check
 from dul_jax.losses.reconstruction import masked_mse, normalize_patches, patch_variance
+from dul_jax.model_configs import mae as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models.mae import MAE, num_masked
 from dul_jax.models.patches import patchify, unpatchify
 from dul_jax.tasks.base import LossOut, Task, jit_method
@@ -24,27 +24,6 @@ from dul_jax.tasks.capabilities import Features, Pictures
 
 PROBE_POOLS = ('cls', 'mean')
 MASKED_GRAY = 0.5  # masked patches in the pictures: between the black background and white ink
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.patch_size = 2
-    m.embed_dim = 128
-    m.num_layers = 4
-    m.num_heads = 4
-    m.mlp_dim = 512
-    m.decoder_embed_dim = 64       # the decoder is narrower and shallower than the encoder
-    m.decoder_layers = 2
-    m.decoder_heads = 4
-    m.decoder_mlp_dim = 256
-    m.mask_ratio = 0.75
-    m.norm_pix_loss = False        # targets normalised per patch (mean 0, variance 1)
-    m.dtype = 'float32'            # compute dtype
-    m.param_dtype = 'float32'      # or 'bfloat16': matrices and their Adam moments (cast_params)
-    m.remat = 'none'               # 'none', 'full' or 'dots'
-    m.scan_unroll = 1              # layers per scan step; 0 = all (unrolled)
-    m.probe_pool = 'cls'           # probe features: the cls token, or the mean of patch tokens
-    return m
 
 
 class MAETask(Task, Features, Pictures):

@@ -13,7 +13,6 @@ in place of PixelCNN++'s linear coefficients between the channels of one shared 
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax.config import check
@@ -23,6 +22,7 @@ from dul_jax.losses.logistic_mixture import (
     discretized_logistic_mixture_log_probs,
     discretized_logistic_mixture_nll,
 )
+from dul_jax.model_configs import pixelcnn as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models import pixelcnn_decode
 from dul_jax.models.pixelcnn import GatedPixelCNN, PixelCNN
 from dul_jax.ops.cross_entropy import categorical_nll
@@ -32,20 +32,6 @@ from dul_jax.tasks.capabilities import Generates
 
 MODELS = {'pixelcnn': PixelCNN, 'gated': GatedPixelCNN}
 OUTPUTS = ('categorical', 'logistic_mixture')
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.kind = 'gated'               # 'pixelcnn' or 'gated'
-    m.output = 'categorical'       # 'categorical' or 'logistic_mixture'
-    m.num_mixtures = 5             # logistic mixture components
-    m.hidden = 64                  # channels of every hidden layer
-    m.num_layers = 8               # residual blocks (pixelcnn) or gated layers (gated)
-    m.kernel_size = 3
-    m.first_kernel_size = 7
-    m.dtype = 'float32'            # compute dtype; params stay float32
-    m.class_conditional = False    # a per-class bias in every layer
-    return m
 
 
 class PixelCNNTask(Task, Generates):

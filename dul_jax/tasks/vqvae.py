@@ -25,7 +25,6 @@ data set (data/arrays.py), on which the `autoregressive` task trains unchanged a
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from dul_jax.config import check
@@ -33,6 +32,7 @@ from dul_jax.data import arrays
 from dul_jax.losses import pixels, vq
 from dul_jax.losses.gaussian import levels_to_unit
 from dul_jax.losses.likelihood import bits_per_dim
+from dul_jax.model_configs import vqvae as default_model_config  # noqa: F401 (the contract)
 from dul_jax.models.vqvae import VQVAE
 from dul_jax.tasks.base import LossOut, Task, jit_method
 from dul_jax.tasks.capabilities import Features, ModelState, Pictures
@@ -40,24 +40,6 @@ from dul_jax.tasks.capabilities import Features, ModelState, Pictures
 MAX_CODES = 65536   # code grids are exported as uint16 levels at most
 CODEBOOK_UPDATES = ('gradient', 'ema')
 DECODE_CHUNK = 8    # examples whose level probabilities are made at once
-
-
-def default_model_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict()
-    m.stages = 2                   # stride-2 stages: a (H/4, W/4) code grid; 1 for 8x8 digits
-    m.hidden = 64                  # width at the code grid; halved per stage towards pixels
-    m.res_channels = 32            # the residual blocks' bottleneck
-    m.res_blocks = 2
-    m.code_dim = 32                # D, the dimension of each code vector
-    m.num_codes = 128              # K, the codebook size (the prior's vocabulary)
-    m.beta = 0.25                  # weight of the commitment loss (the paper's 0.25)
-    m.codebook_update = 'gradient'  # 'gradient' (codebook loss) or 'ema' (running averages)
-    m.ema_decay = 0.99             # 'ema': the averages' decay (Sonnet's 0.99)
-    m.restart_threshold = 0.0      # 'ema': restart codes used less often per step; 0 = never
-    m.likelihood = 'logistic_mixture'  # 'bernoulli' (2 levels), 'categorical', 'logistic_mixture'
-    m.mixtures = 5                 # logistic components per pixel value
-    m.dtype = 'float32'            # compute dtype; params stay float32
-    return m
 
 
 class VQVAETask(Task, Features, ModelState, Pictures):

@@ -33,7 +33,7 @@ from dul_jax.train.run import open_run
 from dul_jax.train.setup import Setup, prepare
 from dul_jax.train.state import eval_key, eval_params
 from dul_jax.train.warm_start import warm_start
-from dul_jax.train.workdir import kept_spec, load_config_of, write_spec  # noqa: F401 (cli's)
+from dul_jax.train.workdir import kept_spec, load_config_of, write_spec  # noqa: F401 (scripts')
 from dul_jax.train.writers import HostLog, MetricWriter
 
 

@@ -6,12 +6,17 @@ without the training data: a char-level run's vocabulary, a data set's shape and
 in the spec. Workdirs from before data_spec.json fall back on `data.describe`.
 """
 
+from __future__ import annotations
+
 import sys
+from typing import TYPE_CHECKING
 
 from dul_jax import config as config_lib
-from dul_jax import data, storage
+from dul_jax import storage
 from dul_jax.errors import UserError
-from dul_jax.tasks import base as tasks_base
+
+if TYPE_CHECKING:   # both import jax: imported where used, so a missing run is said at once
+    from dul_jax import data
 
 CONFIG_FILE = 'config.json'
 SPEC_FILE = 'data_spec.json'
@@ -40,6 +45,7 @@ def kept_spec(cfg, workdir: str) -> data.DataSpec:
     """The DataSpec of the run in `workdir` for `cfg`: the kept one, unless `cfg` (overrides)
     changes a data key it follows from, or the workdir predates data_spec.json; then
     `data.describe`, which needs the data set."""
+    from dul_jax import data
     root = storage.path(workdir)
     text = storage.read_text(root / SPEC_FILE)
     saved_cfg = storage.read_text(root / CONFIG_FILE)
@@ -58,6 +64,7 @@ def kept_spec(cfg, workdir: str) -> data.DataSpec:
 def with_defaults(saved):
     """`saved` with the keys a newer dul_jax added since the run was trained set to their
     defaults (base_config and the family's default_model_config); saved values win."""
+    from dul_jax.tasks import base as tasks_base
     defaults = config_lib.base_config().to_dict()
     family = sys.modules[tasks_base.task_class(saved.task).__module__]
     if hasattr(family, 'default_model_config'):

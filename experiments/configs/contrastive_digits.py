@@ -2,15 +2,15 @@
 quick look at the family on the CPU (`--config.model.method=byol` or `supervised` for the others).
 Ends with a linear probe and cosine 20-NN on the frozen encoder's features."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.contrastive import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'contrastive'
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.contrastive()
     c.model.update(width=16, blocks=(1, 1), head_hidden=128, head_dim=64)
     c.model.augment.update(crop_scale=(0.5, 1.0), blur_sigma=(0.1, 1.0))
     c.optim.update(lr=1e-3, warmup_steps=50, weight_decay=1e-4)

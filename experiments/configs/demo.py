@@ -4,14 +4,14 @@ Every pixel is one token; the model learns p(pixel | pixels before it, digit cla
 to train in about two minutes on a 2-core CPU; samples are a PNG grid, one column per class.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
     c = base_config()
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 3
     c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4

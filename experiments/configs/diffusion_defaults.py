@@ -2,15 +2,15 @@
 sampler's keys, and the variational bound as the end-of-run evaluation. On its own it trains the
 default U-Net on digits; the other diffusion configs load it and change what they need."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.diffusion import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'diffusion'
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.diffusion()
     c.optim.ema_decay = 0.999
     c.sample.sampler = 'ddim'         # 'ddim' (eta below) or 'ddpm' (ancestral)
     c.sample.steps = 100              # sampling steps on an even grid of 1..T; 0: all T

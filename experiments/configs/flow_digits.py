@@ -1,15 +1,15 @@
 """Glow on scikit-learn's 8x8 digits (17 levels) with variational dequantization: a small flow
 that trains in a few minutes on the CPU (and the base of the flow tests)."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.flow import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'flow'
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.flow()
     c.model.kind = 'glow'
     c.model.scales = 2
     c.model.steps = 4

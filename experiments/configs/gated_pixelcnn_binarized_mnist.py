@@ -6,15 +6,15 @@ and trained far longer). This config: 10 gated layers 32 wide (a 7x7 first layer
 no blind spot, a softmax over the 2 levels; 214,626 parameters.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.pixelcnn import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'pixelcnn'
     c.data.name = 'binarized_mnist'
-    c.model = default_model_config()
+    c.model = model_configs.pixelcnn()
     c.model.kind = 'gated'
     c.model.output = 'categorical'
     c.model.hidden = 32

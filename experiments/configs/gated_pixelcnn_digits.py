@@ -4,15 +4,15 @@ pixel, reported in bits/dim (compare the iGPT `demo.py`: 1.75 bits/dim test afte
 A few minutes on a 2-core CPU; samples are a PNG grid with one column per class.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.pixelcnn import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'pixelcnn'
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.pixelcnn()
     c.model.kind = 'gated'
     c.model.output = 'categorical'
     c.model.hidden = 64

@@ -6,15 +6,15 @@ levels share probability mass; the edge bins 0 and 255 take the tails, where MNI
 and stroke pixels sit.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.pixelcnn import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'pixelcnn'
     c.data.name = 'mnist_test'
-    c.model = default_model_config()
+    c.model = model_configs.pixelcnn()
     c.model.kind = 'gated'
     c.model.output = 'logistic_mixture'
     c.model.num_mixtures = 5

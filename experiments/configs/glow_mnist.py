@@ -6,15 +6,15 @@ half factored out, squeeze to 7x7x8, 8 more steps; coupling nets of 48 channels 
 residual block. The logit's alpha is 1e-6, as MAF and FFJORD use on MNIST.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.flow import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'flow'
     c.data.name = 'mnist_test'
-    c.model = default_model_config()
+    c.model = model_configs.flow()
     c.model.kind = 'glow'
     c.model.scales = 2
     c.model.steps = 8

@@ -4,14 +4,14 @@ Literature for the same data: PixelCNN 81.30 nats/image, Gated PixelRNN 79.20. C
 attention the dominant cost; on a CPU this config is for checking, an accelerator runs it properly.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
     c = base_config()
     c.data.name = 'binarized_mnist'
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 4
     c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4

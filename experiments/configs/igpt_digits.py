@@ -1,13 +1,13 @@
 """iGPT on 8x8 digits (17 levels, raster order, 64 tokens), unconditional: reports bits/dim."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
     c = base_config()
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 4
     c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.embed_dim = 128

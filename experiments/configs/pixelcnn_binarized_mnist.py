@@ -4,15 +4,15 @@ convolutions) on binarized MNIST: test NLL in nats/image (literature: 81.30 for 
 The blind-spot baseline for gated_pixelcnn_binarized_mnist.py, at a similar cost per step.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.pixelcnn import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'pixelcnn'
     c.data.name = 'binarized_mnist'
-    c.model = default_model_config()
+    c.model = model_configs.pixelcnn()
     c.model.kind = 'pixelcnn'
     c.model.output = 'categorical'
     c.model.hidden = 48

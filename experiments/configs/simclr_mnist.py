@@ -8,15 +8,15 @@ byol_mnist.py and supervised_mnist.py train the others on the same encoder;
 experiments/results/contrastive_mnist compares them.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.contrastive import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'contrastive'
     c.data.name = 'mnist_test'
-    c.model = default_model_config()
+    c.model = model_configs.contrastive()
     c.model.update(width=32, blocks=(1, 1, 1), stem_stride=2, head_hidden=512, head_dim=128,
                    temperature=0.5)
     c.model.augment.update(crop_scale=(0.3, 1.0))

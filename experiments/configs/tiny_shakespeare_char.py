@@ -4,8 +4,8 @@ Reference on this split: a 4-layer, 128-wide model with context 64 reaches about
 after 2,000 steps at batch 12; this config trains longer on bigger batches to go below 1.90.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
@@ -13,7 +13,7 @@ def get_config():
     c.data.name = 'tiny_shakespeare'
     c.data.text_vocab = 'chars'
     c.data.seq_len = 64
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 4
     c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4

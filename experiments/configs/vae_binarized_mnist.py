@@ -6,15 +6,15 @@ Literature: Burda et al. 2016 (k = 5000, dynamically binarized MNIST): VAE 86.76
 nats; the Gated PixelCNN here: 88.16 nats on this split.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.vae import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'vae'
     c.data.name = 'binarized_mnist'
-    c.model = default_model_config()
+    c.model = model_configs.vae()
     c.model.likelihood = 'bernoulli'
     # Fully connected, as Burda et al.'s (theirs: 200-200 and 50 latents): the IWAE bound at
     # k = 5000 on 10,000 images costs 5e7 decoder passes, which a conv decoder (46 MFLOP per

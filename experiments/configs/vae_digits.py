@@ -1,15 +1,15 @@
 """VAE on scikit-learn's 8x8 digits (17 levels) with a discretized logistic mixture decoder: a
 small fully connected model that trains in a few minutes on the CPU."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.vae import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'vae'
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.vae()
     c.model.channels = ()
     c.model.hidden = (256, 256)
     c.model.latent_dim = 16

@@ -5,15 +5,15 @@ Measured (shared CPU, --config.train.steps=500, 1 min): test decoder 1.68 bits/d
 codebook perplexity 13.2 of 32.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.vqvae import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'vqvae'
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.vqvae()
     c.model.stages = 1
     c.model.hidden = 32
     c.model.res_channels = 16

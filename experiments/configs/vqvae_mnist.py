@@ -10,15 +10,15 @@ on 1,000 images (real 5.10, Gaussian fit 138.9). experiments/results/vqvae_mnist
 codebook loss without EMA or restarts.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.vqvae import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'vqvae'
     c.data.name = 'mnist_test'
-    c.model = default_model_config()
+    c.model = model_configs.vqvae()
     c.model.stages = 2
     c.model.hidden = 64
     c.model.res_channels = 32

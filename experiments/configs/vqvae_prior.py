@@ -3,15 +3,15 @@ the code grid in raster order, one token per code) on the codes that
 `experiments/vqvae_two_stage.py export-codes` wrote as an `arrays:` data set (default: those of
 runs/vqvae_mnist, a 7x7 grid of 128 codes; pass --config.data.name=arrays:FOLDER for another)."""
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
     c = base_config()
     c.task = 'autoregressive'
     c.data.name = 'arrays:runs/vqvae_mnist/codes'
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 4
     c.model.scan_unroll = 0       # unrolled: the faster step for a few layers on the CPU
     c.model.num_heads = 4

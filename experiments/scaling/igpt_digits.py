@@ -8,9 +8,9 @@ Digits has only 1,500 training images, so the largest models reach the data's li
 of L(N) = E + A N^-alpha, and overfitting); the report says how far a power law holds here.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
 from dul_jax.scaling.sweep import SweepRun, kaplan_learning_rate, measure_overrides
-from dul_jax.tasks.autoregressive import default_model_config
 
 SHAPES = {'L2_d8': (2, 8, 2), 'L2_d16': (2, 16, 2), 'L2_d24': (2, 24, 2), 'L3_d32': (3, 32, 4),
           'L3_d64': (3, 64, 4), 'L4_d96': (4, 96, 4)}
@@ -19,7 +19,7 @@ SHAPES = {'L2_d8': (2, 8, 2), 'L2_d16': (2, 16, 2), 'L2_d24': (2, 24, 2), 'L3_d3
 def get_sweep():
     c = base_config()
     c.data.name = 'digits'
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.scan_unroll = 0       # unrolled, as the published sweep ran: the faster CPU step
     c.optim.warmup_steps = 60
     c.optim.min_lr_ratio = 0.1

@@ -13,9 +13,9 @@ over each run's own length (Chinchilla's point: a schedule longer than the run b
 Every run is evaluated on the same first 1,024 validation windows (131k bytes).
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
 from dul_jax.scaling.sweep import isoflop_runs, kaplan_learning_rate
-from dul_jax.tasks.autoregressive import default_model_config
 
 SEQ_LEN, BATCH = 128, 16
 TRAIN_BYTES = 11_526_191
@@ -40,7 +40,7 @@ def base():
     c = base_config()
     c.data.name = 'python_source'
     c.data.seq_len = SEQ_LEN
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.scan_unroll = 0       # unrolled, as the published sweep ran: the faster CPU step
     c.optim.min_lr_ratio = 0.1
     c.train.batch_size = BATCH

@@ -6,8 +6,8 @@ Data: synthetic tokens of the real shape, so `dul-jax compile` and `plan` need n
 `data.name` at a text set to train. `target` is the slice this config is sized for.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
@@ -18,7 +18,7 @@ def get_config():
     c.data.name = 'synthetic'
     c.data.seq_len = 2048
     c.data.synthetic_vocab = 32768
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 24
     c.model.num_heads = 16
     c.model.embed_dim = 2048

@@ -5,8 +5,8 @@ float32 master weights split over all 128 chips (FSDP), every block recomputed i
 Data: synthetic tokens of the real shape (see gpt_1b.py). `target` is the slice it is sized for.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.autoregressive import default_model_config
 
 
 def get_config():
@@ -17,7 +17,7 @@ def get_config():
     c.data.name = 'synthetic'
     c.data.seq_len = 2048
     c.data.synthetic_vocab = 32768
-    c.model = default_model_config()
+    c.model = model_configs.autoregressive()
     c.model.num_layers = 40
     c.model.num_heads = 32
     c.model.embed_dim = 4096

@@ -5,8 +5,8 @@ v5e-256 slice: 4096 images a step (He et al. 2022 pre-train at 4096), bf16 compu
 Data: synthetic images of ImageNet's training shape (see gpt_1b.py); `target` is the slice.
 """
 
+from dul_jax import model_configs
 from dul_jax.config import base_config
-from dul_jax.tasks.mae import default_model_config
 
 
 def get_config():
@@ -17,7 +17,7 @@ def get_config():
     c.data.synthetic_shape = (224, 224, 3)
     c.data.synthetic_levels = 256
     c.data.synthetic_classes = 1000
-    c.model = default_model_config()
+    c.model = model_configs.mae()
     c.model.patch_size = 16
     c.model.num_layers = 24
     c.model.embed_dim = 1024

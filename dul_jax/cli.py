@@ -97,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument('--num', type=int, default=16, help='how many samples (default 16)')
     sample.add_argument('--seed', type=int, default=0,
                         help='the sampling seed: the same seed gives the same samples')
+    sample.add_argument('--prompt', help='text models: every sample continues this text')
+    sample.add_argument('--temperature', type=float,
+                        help="divides the logits of token models (default the run's, 1.0)")
+    sample.add_argument('--top_k', type=int,
+                        help='token models: sample among the k likeliest tokens (0: all)')
+    sample.add_argument('--label', type=int,
+                        help='class-conditional models: every sample of this class (default: '
+                             'each class in turn)')
     for name, what in (('compress', 'images (.npy) or a file'),
                        ('decompress', 'a compressed file')):
         coder = sub.add_parser(name, help=f'{name} {what} with the model of a run (exact)')
@@ -258,6 +266,9 @@ def run(argv: list[str]) -> int:
     if args.command not in ('train', 'inspect'):
         from dul_jax.train.workdir import load_config_of  # a folder with no run: said at once
         cfg = load_config_of(args.workdir, overrides)
+        for key in ('prompt', 'temperature', 'top_k', 'label'):   # sample's own flags
+            if getattr(args, key, None) is not None:
+                config_lib.set_value(cfg, f'sample.{key}', getattr(args, key))
     from dul_jax import runtime
     from dul_jax.train import loop
     runtime.start(cfg, getattr(args, 'debug', False))

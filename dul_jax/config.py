@@ -98,6 +98,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.num = 16
     c.sample.temperature = 1.0
     c.sample.top_k = 0                          # 0: sample from the full distribution
+    c.sample.label = -1     # class-conditional models: every sample of this class; -1: 0, 1, ...
+    c.sample.prompt = ''    # text models: every sample continues this text
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
@@ -401,6 +403,9 @@ def validate_common(cfg) -> None:
                                       f'{cfg.eval.max_examples}.')
     check(cfg.sample.num > 0, f'sample.num must be positive, got {cfg.sample.num}; the run '
                               'writes samples at its end.')
+    check(cfg.sample.temperature > 0, 'sample.temperature must be positive (1: the model\'s own '
+          f'distribution), got {cfg.sample.temperature}.')
+    check(cfg.sample.top_k >= 0, f'sample.top_k must be >= 0 (0: all), got {cfg.sample.top_k}.')
     check(t.profile_steps >= 0 and t.profile_start >= 1,
           f'train.profile_steps must be >= 0 (0: off) and train.profile_start >= 1, got '
           f'{t.profile_steps} and {t.profile_start}.')

@@ -6,6 +6,7 @@ import pathlib
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_train import DEMO, REPO, tiny_overrides
@@ -16,6 +17,7 @@ from dul_jax import compress as compress_lib
 from dul_jax import config as config_lib
 from dul_jax.data import DataSpec, pipeline, sources
 from dul_jax.errors import UserError
+from dul_jax.models.gpt import shift_right
 from dul_jax.train import loop
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
@@ -176,6 +178,21 @@ def test_char_run_samples_decode_with_the_kept_vocabulary(tmp_path, tfds_dir, sh
     assert all(len(t) == 16 and set(t) <= set(vocab) for t in texts)
     with open(path) as f:
         assert f.read() == ''.join(f'===== sample {i} =====\n{t}\n' for i, t in enumerate(texts))
+    # a prompt is every sample's start; greedy (top_k 1) continuations through the KV cache are
+    # the argmax of the full forward pass over the same tokens, position by position
+    greedy = dul_jax.load_run(workdir, overrides=['sample.prompt=ROMEO:', 'sample.top_k=1'])
+    out = greedy.sample(2, seed=0)['samples']
+    prompt = data.encode_text('ROMEO:', run.spec)
+    assert (out[:, :6] == prompt).all() and (out[0] == out[1]).all()
+    logits = greedy.model.apply({'params': greedy.params},
+                                shift_right(jnp.asarray(out[:1]), greedy.model.bos), None)
+    np.testing.assert_array_equal(np.argmax(logits[0, 6:], -1), out[0, 6:])
+    for bad, said in (('sample.prompt=ROMEO\u00e9', 'characters the model never saw'),
+                      ('sample.prompt=' + 'a' * 16, 'is 16 tokens, but the model sees 16'),
+                      ('sample.temperature=0.0', 'sample.temperature must be positive'),
+                      ('sample.label=3', 'sample.label=3 needs a class-conditional model')):
+        with pytest.raises(UserError, match=said):
+            dul_jax.load_run(workdir, overrides=[bad])
 
 
 def test_a_run_from_before_newer_config_keys_loads_with_their_defaults(image_run, tmp_path):
@@ -192,3 +209,16 @@ def test_a_run_from_before_newer_config_keys_loads_with_their_defaults(image_run
     (old / 'config.json').write_text(json.dumps(saved))
     cfg = loop.load_config_of(str(old))
     assert cfg.model.dropout == 0.0 and cfg.eval.fid.num == 0 and cfg.model.num_layers == 7
+
+
+def test_sample_label_fixes_every_conditional_sample_and_a_prompt_needs_text():
+    from dul_jax.tasks.base import make_task
+    spec = DataSpec('digits', 'image', (8, 8, 1), 17, 10, None, 'train', 'test', 1500, 297)
+    cfg = config_lib.load_config(DEMO, ['sample.label=7'])
+    assert make_task(cfg, spec).sample_labels(4).tolist() == [7, 7, 7, 7]
+    cfg = config_lib.load_config(DEMO)
+    assert make_task(cfg, spec).sample_labels(12).tolist() == [*range(10), 0, 1]
+    for bad, said in (('sample.label=10', r'a class in \[0, 10\)'),
+                      ('sample.prompt=once', 'sample.prompt is for text models')):
+        with pytest.raises(UserError, match=said):
+            make_task(config_lib.load_config(DEMO, [bad]), spec)

@@ -14,7 +14,7 @@ import numpy as np
 from dul_jax import storage
 from dul_jax.accounting import count_params, transformer_flops_per_token
 from dul_jax.config import check
-from dul_jax.data import decode_text
+from dul_jax.data import decode_text, encode_text
 from dul_jax.errors import UserError
 from dul_jax.losses.likelihood import bits_per_dim
 from dul_jax.model_configs import autoregressive as default_model_config  # noqa: F401 (the contract)
@@ -45,6 +45,24 @@ class AutoregressiveTask(Task, Generates):
         m = self.cfg.model
         check(m.embed_dim % m.num_heads == 0,
               f'model.embed_dim={m.embed_dim} must be a multiple of model.num_heads={m.num_heads}.')
+        self.prompt_tokens()   # a prompt it cannot take is said before anything compiles
+
+    @property
+    def takes_prompt(self):
+        return self.spec.is_text
+
+    def prompt_tokens(self) -> np.ndarray:
+        """sample.prompt as token ids under the data's vocabulary ((0,) without one)."""
+        prompt = self.cfg.sample.get('prompt', '')
+        if not prompt or not self.spec.is_text:
+            return np.zeros((0,), np.int32)
+        unknown = sorted(set(prompt) - set(self.spec.vocab)) if self.spec.vocab else []
+        check(not unknown, f'sample.prompt has characters the model never saw ({unknown[:5]}); '
+              f'its vocabulary is the {len(self.spec.vocab)} characters of its training text.')
+        tokens = encode_text(prompt, self.spec)
+        check(len(tokens) < self.length, f'sample.prompt is {len(tokens)} tokens, but the model '
+              f'sees {self.length}; give a shorter prompt.')
+        return tokens
 
     def example_size(self):
         return self.length
@@ -88,27 +106,31 @@ class AutoregressiveTask(Task, Generates):
     # ---- sampling -------------------------------------------------------------------------
 
     @jit_method('num')
-    def _sample_tokens(self, params, rng, num, labels):
+    def _sample_tokens(self, params, rng, num, labels, forced):
         decoder = self.model.clone(decode=True)
         dummy = jnp.zeros((num, self.length), jnp.int32)
         cache_shapes = jax.eval_shape(lambda: decoder.init(jax.random.key(0), dummy, labels))
         cache = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_shapes['cache'])
         temperature, top_k = self.cfg.sample.temperature, self.cfg.sample.top_k
 
-        def step(carry, _):
+        def step(carry, given):   # given: the prompt's token at this position, or -1
             cache, token, rng = carry
             logits, updated = decoder.apply({'params': params, 'cache': cache}, token[:, None],
                                             labels, mutable=['cache'])
             rng, sub = jax.random.split(rng)
             token = sample_logits(sub, logits[:, 0], temperature, top_k).astype(jnp.int32)
+            token = jnp.where(given >= 0, given, token)
             return (updated['cache'], token, rng), token
 
         start = jnp.full((num,), self.model.bos, jnp.int32)
-        _, tokens = jax.lax.scan(step, (cache, start, rng), None, length=self.length)
+        given = jnp.full((self.length, num), -1, jnp.int32)
+        given = given.at[:forced.shape[0]].set(forced[:, None])
+        _, tokens = jax.lax.scan(step, (cache, start, rng), given)
         return tokens.T
 
     def sample(self, params, rng, num):
-        tokens = self._sample_tokens(params, rng, num, self.sample_labels(num))
+        tokens = self._sample_tokens(params, rng, num, self.sample_labels(num),
+                                     jnp.asarray(self.prompt_tokens()))
         return {'samples': tokens.reshape((num,) + tuple(self.spec.shape))}
 
     def position_decoder(self, params):

@@ -100,6 +100,7 @@ class Task:
     ...) are the capabilities of tasks/capabilities.py.
     """
     models: dict[str, nn.Module]
+    takes_prompt = False   # True: `sample` continues sample.prompt (text models)
     # Parameter collections that are lookup tables, not matmul weights: left out of N (the
     # non-embedding parameters of scaling laws) by `dul-jax sweep`.
     embedding_names: tuple[str, ...] = ()
@@ -187,6 +188,13 @@ class Task:
         check(not m.get('class_conditional', False) or self.spec.num_classes > 0,
               f'model.class_conditional needs labels, but data set "{self.spec.name}" has none; '
               'set --config.model.class_conditional=False.')
+        label = self.cfg.sample.get('label', -1)
+        check(label == -1 or (self.conditional and 0 <= label < self.spec.num_classes),
+              f'sample.label={label} needs a class-conditional model and a class in '
+              f'[0, {self.spec.num_classes}); leave it at -1 (every class in turn) otherwise.')
+        check(not self.cfg.sample.get('prompt', '') or self.takes_prompt,
+              f'sample.prompt is for text models; task "{self.name}" on "{self.spec.name}" '
+              'samples without one.')
 
     def flops_per_example(self, params) -> float | None:
         """Analytic training FLOPs per example where the family knows them; None lets the trainer
@@ -237,9 +245,13 @@ class Task:
         return batch['label'].astype(jnp.int32) if self.conditional else None
 
     def sample_labels(self, num: int) -> jax.Array | None:
-        """Classes 0, 1, ..., K-1, 0, ... for `num` conditional samples (a grid's columns)."""
-        return jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes if self.conditional \
-            else None
+        """Classes 0, 1, ..., K-1, 0, ... for `num` conditional samples (a grid's columns), or
+        all of class `sample.label` where it is set."""
+        if not self.conditional:
+            return None
+        label = self.cfg.sample.get('label', -1)
+        return jnp.full((num,), label, jnp.int32) if label >= 0 else \
+            jnp.arange(num, dtype=jnp.int32) % self.spec.num_classes
 
     def save_image_grid(self, levels: np.ndarray, path: str, num_levels: int | None = None,
                         cols: int | None = None) -> str:

@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument('--debug', action='store_true',
                        help='NaN checks, chex assertions, and the step run without jit')
     sub.add_parser('configs', help='list the shipped configs: name, task, data, what it is')
+    config = sub.add_parser('config', help='`dul-jax config show --config C`: the resolved config')
+    config_sub = config.add_subparsers(dest='config_command', required=True)
+    show = config_sub.add_parser(
+        'show', help='print the config a run would use, overrides applied',
+        description='Print CONFIG with the --config.KEY=VALUE overrides applied, as the JSON a '
+                    "run keeps in WORKDIR/config.json: every key it would use, before anything is "
+                    'built.')
+    show.add_argument('--config', required=True, help=CONFIG_HELP)
     ev = sub.add_parser(
         'eval', help='evaluate the latest checkpoint on the whole eval split',
         description="Evaluate the latest checkpoint of WORKDIR with the run's own config; "
@@ -247,6 +255,9 @@ def run(argv: list[str]) -> int:
     from dul_jax import config as config_lib
     if args.command == 'configs':
         print(config_lib.describe_shipped())
+        return 0
+    if args.command == 'config':
+        print(config_lib.to_json(config_lib.load_config(args.config, overrides)))
         return 0
     if args.command == 'data':
         from dul_jax.data import prepare

@@ -222,3 +222,18 @@ def test_every_flag_says_what_it_takes_and_the_configs_named_in_help_are_shipped
               for a in p._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
     assert silent == []
     assert set(cli._SHIPPED_NAMES) <= set(config_lib.shipped_configs())
+
+
+def test_config_show_prints_the_resolved_config(capsys):
+    import json
+
+    from dul_jax import config as config_lib
+    assert cli.main(['config', 'show', '--config', 'demo', '--config.train.steps=5',
+                     '--config.model.dropout=0.25']) == 0
+    shown = json.loads(capsys.readouterr().out)
+    expected = config_lib.load_config('demo', ['train.steps=5', 'model.dropout=0.25']).to_dict()
+    assert shown['train']['steps'] == 5 and shown['model']['dropout'] == 0.25
+    assert set(shown) == set(expected) and shown['optim'] == expected['optim']
+    assert config_lib.from_json(json.dumps(shown)) == config_lib.from_json(
+        config_lib.to_json(config_lib.load_config('demo', ['train.steps=5', 'model.dropout=0.25'])))
+    assert cli.main(['config', 'show', '--config', 'demo', '--config.nope=1']) == 2

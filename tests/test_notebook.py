@@ -1,9 +1,12 @@
 """examples/load_and_sample.ipynb runs top to bottom on a freshly trained run and reports the
-bits/dim the trainer's own final eval measured on the same examples."""
+bits/dim the trainer's own final eval measured on the same examples; it finds the repository's
+runs/demo from the folder Jupyter starts it in, says how to make the run where there is none, and
+is committed with the outputs of a real demo run."""
 
 import json
 import os
 import re
+import shutil
 
 import nbclient
 import nbformat
@@ -16,10 +19,26 @@ from dul_jax.train import loop
 NOTEBOOK = os.path.join(REPO, 'examples', 'load_and_sample.ipynb')
 
 
-def test_committed_notebook_has_no_outputs():
+def test_the_committed_notebook_shows_a_real_runs_outputs():
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    code = [c for c in nb.cells if c.cell_type == 'code']
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == 'error']
+    text = ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
+    assert 'autoregressive on digits (8, 8, 1), checkpoint step 800' in text   # `make demo`'s
+    assert any('image/png' in o.get('data', {}) for o in outputs)
+    assert 1.0 < float(re.search(r'bits/dim on the first 64 eval examples: (\S+)', text)[1]) < 2.5
+    assert '/work/' not in json.dumps(nb) and '/home/' not in json.dumps(nb)   # no local paths
+
+
+def _execute(nb, folder, monkeypatch):
+    """Run `nb` with the kernel started in `folder`, importing this checkout's dul_jax with the
+    test's JAX settings (os.environ); its outputs."""
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
+        p for p in (REPO, os.environ.get('PYTHONPATH')) if p))
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name='python3', allow_errors=True,
+                                     resources={'metadata': {'path': str(folder)}})
+    client.execute()
+    return [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
 
 
 @pytest.mark.integration
@@ -31,14 +50,15 @@ def test_notebook_loads_samples_and_scores_a_run(tmp_path, tfds_dir, monkeypatch
     loop.train(cfg, workdir)
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         final = [r for r in map(json.loads, f) if 'eval/bits_per_dim' in r][-1]
-    monkeypatch.setenv('DUL_JAX_RUN', workdir)
-    # the kernel imports this checkout's dul_jax, with the test's JAX settings (os.environ)
-    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
-        p for p in (REPO, os.environ.get('PYTHONPATH')) if p))
+    # as Jupyter starts it: the kernel in the notebook's folder of a checkout with runs/demo
+    checkout = tmp_path / 'checkout'
+    (checkout / 'examples').mkdir(parents=True)
+    (checkout / 'pyproject.toml').write_text('')
+    (checkout / 'runs').mkdir()
+    os.symlink(workdir, checkout / 'runs' / 'demo')
+    monkeypatch.delenv('DUL_JAX_RUN', raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
-                            resources={'metadata': {'path': str(tmp_path)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.outputs]
+    outputs = _execute(nb, checkout / 'examples', monkeypatch)
     assert not [o for o in outputs if o.output_type == 'error']
     text = ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
     assert 'autoregressive on digits (8, 8, 1), checkpoint step 6' in text
@@ -46,3 +66,14 @@ def test_notebook_loads_samples_and_scores_a_run(tmp_path, tfds_dir, monkeypatch
     printed = float(re.search(r'bits/dim on the first 64 eval examples: (\S+)', text).group(1))
     # one device here, eight in the trainer: the sums may differ in the last float bits
     assert printed == pytest.approx(final['eval/bits_per_dim'], rel=1e-5)
+
+    # no run there: the first cell says in plain words how to make one
+    shutil.rmtree(checkout / 'runs')
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = nb.cells[:2]
+    [error] = [o for o in _execute(nb, checkout / 'examples', monkeypatch)
+               if o.output_type == 'error']
+    assert error.ename == 'SystemExit'
+    assert error.evalue == (f'No trained run in {checkout}/runs/demo. Train the demo with `make '
+                            f'demo` in {checkout} (a few minutes), or set DUL_JAX_RUN to the '
+                            'folder of a run.')

@@ -20,6 +20,7 @@ def autoregressive() -> ml_collections.ConfigDict:
     # grows with depth (both measured in benchmarks/README.md).
     m.scan_unroll = 1
     m.class_conditional = False  # condition on the data set's labels (images)
+    m.mup_base_width = 0           # > 0: µP with this base width (train/mup.py); 0: standard
     return m
 
 
@@ -55,6 +56,7 @@ def mae() -> ml_collections.ConfigDict:
     m.remat = 'none'               # 'none', 'full' or 'dots'
     m.scan_unroll = 1              # layers per scan step; 0 = all (unrolled)
     m.probe_pool = 'cls'           # probe features: the cls token, or the mean of patch tokens
+    m.mup_base_width = 0           # > 0: µP with this base width (train/mup.py); 0: standard
     return m
 
 
@@ -89,6 +91,7 @@ def diffusion() -> ml_collections.ConfigDict:
     # Variance of the bound's decoder p(x_0 | x_1): 'posterior_clipped' (DDPM's code: the
     # posterior variance at t = 2) or 'beta_1'; see losses/diffusion.py decoder_log_variance.
     m.vlb_decoder_variance = 'posterior_clipped'
+    m.mup_base_width = 0           # > 0: µP with this base width (train/mup.py); 0: standard
     return m
 
 

@@ -26,6 +26,8 @@ from dul_jax.tasks.capabilities import Generates
 
 
 class AutoregressiveTask(Task, Generates):
+    width_keys = ('embed_dim', 'mlp_dim', 'num_heads')
+
     embedding_names = ('tok_embed', 'pos_embed', 'class_embed')
 
     def __init__(self, cfg, spec):

@@ -101,6 +101,8 @@ class Task:
     """
     models: dict[str, nn.Module]
     takes_prompt = False   # True: `sample` continues sample.prompt (text models)
+    # model keys that grow with width, for µP's base-width model (train/mup.py); () has no µP
+    width_keys: tuple[str, ...] = ()
     # Parameter collections that are lookup tables, not matmul weights: left out of N (the
     # non-embedding parameters of scaling laws) by `dul-jax sweep`.
     embedding_names: tuple[str, ...] = ()

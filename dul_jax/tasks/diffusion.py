@@ -31,6 +31,11 @@ from dul_jax.tasks.capabilities import Bounds, Generates, SampleImages
 
 class DiffusionTask(Task, Bounds, Generates, SampleImages):
 
+    @property
+    def width_keys(self):
+        """µP's width keys: the DiT's (the U-Net has no µP here)."""
+        return ('embed_dim', 'mlp_dim', 'num_heads') if self.cfg.model.kind == 'dit' else ()
+
     def __init__(self, cfg, spec):
         m = cfg.model
         self.height, self.width, self.channels = spec.shape if spec.is_image else (0,) * 3

@@ -27,6 +27,8 @@ MASKED_GRAY = 0.5  # masked patches in the pictures: between the black backgroun
 
 
 class MAETask(Task, Features, Pictures):
+    width_keys = ('embed_dim', 'mlp_dim', 'num_heads', 'decoder_embed_dim',
+                  'decoder_mlp_dim', 'decoder_heads')
 
     def build_model(self):
         m = self.cfg.model

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from dul_jax import data, evaluators
 from dul_jax.config import check, validate_common
@@ -21,6 +22,7 @@ from dul_jax.sharding import mesh as mesh_lib
 from dul_jax.sharding import pmap as pmap_lib
 from dul_jax.tasks import make_task
 from dul_jax.tasks.capabilities import ModelState
+from dul_jax.train import mup
 from dul_jax.train.evaluation import Evaluation, masked_sums
 from dul_jax.train.optim import check_groups, make_group_optimizers, make_optimizer
 from dul_jax.train.state import (
@@ -49,6 +51,7 @@ class Setup:
     eager: bool = False       # --debug: steps run without jit, so sharding constraints are off
     # how the one train step runs: the jit or the pmap path (sharding/pmap.py)
     parallel: Any = dataclasses.field(default_factory=pmap_lib.Partitioned)
+    mup_roles: dict | None = None   # µP's role of each parameter (train/mup.py); None: off
 
     def context(self):
         """Mesh and axis rules in scope while tracing, so the models' logical constraints apply.
@@ -78,7 +81,7 @@ class Setup:
                             shapes, self.state_shardings)
 
     def _init_unboxed(self, rng) -> TrainState:
-        return nn.meta.unbox(_init_boxed(self.task, self.tx, self.cfg, rng))
+        return nn.meta.unbox(_init_boxed(self.task, self.tx, self.cfg, self.mup_roles, rng))
 
     def init_state(self, seed: int) -> TrainState:
         """Initialise directly into the target shardings: no full replica on any one device."""
@@ -189,7 +192,14 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
         mesh_lib.check_process_rows(mesh_lib.batch_sharding(mesh, rules), cfg.train.batch_size)
     tx, schedule = make_group_optimizers(cfg.optim, cfg.train.steps, groups) if groups else \
         make_optimizer(cfg.optim, cfg.train.steps)
-    boxed = jax.eval_shape(functools.partial(_init_boxed, task, tx, cfg), jax.random.key(0))
+    mup_roles = None
+    if cfg.model.get('mup_base_width', 0):
+        check(not groups, f'µP (model.mup_base_width) is for one optimizer; task "{task.name}" '
+                          'has several players.')
+        mup_roles = _mup_roles(task, cfg, spec)
+        tx = optax.chain(tx, mup.scale_updates(mup_roles, mup.width_multiplier(cfg)))
+    boxed = jax.eval_shape(functools.partial(_init_boxed, task, tx, cfg, mup_roles),
+                           jax.random.key(0))
     logical_specs = nn.get_partition_spec(boxed)
     if cfg.optim.get('optimizer', 'adamw') == 'lars':   # optax.lars: one norm per array
         specs = jax.tree.leaves(logical_specs.params,
@@ -201,7 +211,7 @@ def prepare(cfg, eager: bool = False, devices=None, spec: data.DataSpec | None =
     mesh_lib.check_divisible(nn.meta.unbox(boxed.params), logical_specs.params,
                              state_shardings.params)
     return Setup(cfg, spec, task, mesh, rules, tx, schedule, state_shardings, logical_specs,
-                 mesh_lib.batch_sharding(mesh, rules), eager, parallel)
+                 mesh_lib.batch_sharding(mesh, rules), eager, parallel, mup_roles)
 
 
 def describe_data(cfg) -> data.DataSpec:
@@ -216,11 +226,24 @@ def describe_data(cfg) -> data.DataSpec:
     return spec or data.describe(cfg.data)
 
 
-def _init_boxed(task, tx, cfg, rng) -> TrainState:
+def _mup_roles(task, cfg, spec) -> dict[str, str]:
+    """Each parameter's µP role, from its shape here and in the model at the base width."""
+    check(task.width_keys, f'task "{task.name}" has no µP parametrization (model.mup_base_width); '
+                           'set it to 0.')
+    base_task = make_task(mup.base_config(cfg, task.width_keys), spec)
+    batch, key = dummy_batch(spec, 1), jax.random.key(0)
+    return mup.roles(jax.eval_shape(task.init, key, batch),
+                     jax.eval_shape(base_task.init, key, batch))
+
+
+def _init_boxed(task, tx, cfg, mup_roles, rng) -> TrainState:
     """A fresh train state with boxed (logically partitioned) params."""
     param_rng, state_rng = jax.random.split(rng)
     batch = dummy_batch(task.spec, 1)
-    params = cast_params(task.init(param_rng, batch), param_dtype(cfg))
+    params = task.init(param_rng, batch)
+    if mup_roles is not None:
+        params = mup.scale_init(params, mup_roles, mup.width_multiplier(cfg))
+    params = cast_params(params, param_dtype(cfg))
     model_state = task.init_model_state(param_rng, batch) \
         if isinstance(task, ModelState) else None
     return create_state(params, tx, state_rng, cfg.optim.ema_decay, model_state,

@@ -1,0 +1,42 @@
+"""µP's learning-rate transfer, the classic check (Yang et al. 2022, Fig. 1): iGPT on scikit-learn's
+8x8 digits at widths 32 to 256 (2 layers, heads of 16), each trained at six learning rates, in
+the standard parametrization and in µP with base width 32. Under µP the best learning rate of
+width 32 should be the best at every width; in the standard one it should drift down as width
+grows. 48 short runs, about half an hour on a 2-core CPU:
+
+    dul-jax sweep --sweep experiments/sweeps/mup_transfer_digits.py \\
+        --workdir runs/mup_transfer_digits --no-report
+    python experiments/mup_transfer.py runs/mup_transfer_digits
+"""
+
+from dul_jax import model_configs
+from dul_jax.config import base_config
+from dul_jax.scaling.sweep import SweepRun
+
+WIDTHS = (32, 64, 128, 256)
+LEARNING_RATES = tuple(2.0 ** k for k in range(-11, -5))   # 4.9e-4 to 1.6e-2
+BASE_WIDTH = 32
+
+
+def get_sweep():
+    c = base_config()
+    c.data.name = 'digits'
+    c.model = model_configs.autoregressive()
+    c.model.num_layers = 2
+    c.model.scan_unroll = 0
+    c.optim.warmup_steps = 20
+    c.optim.min_lr_ratio = 0.1
+    c.optim.weight_decay = 0.0     # µP's rates are per layer; decay would add its own scale
+    c.train.update(steps=200, batch_size=32, log_every=100, eval_every=0, ckpt_every=200,
+                   keep_checkpoints=1)
+    c.eval.max_examples = 0
+    c.sample.num = 2
+    runs = []
+    for parametrization, base in (('sp', 0), ('mup', BASE_WIDTH)):
+        for width in WIDTHS:
+            for lr in LEARNING_RATES:
+                runs.append(SweepRun(f'{parametrization}_w{width}_lr{lr:.2e}', {
+                    'model.embed_dim': width, 'model.mlp_dim': 4 * width,
+                    'model.num_heads': width // 16, 'model.mup_base_width': base,
+                    'optim.lr': lr}))
+    return c, runs

@@ -19,6 +19,7 @@ write prints one sentence and exits with status 1.
 """
 
 import argparse
+import os
 import sys
 
 from dul_jax import __version__
@@ -335,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """The `dul-jax` command."""
+    """The `dul-jax` command (its own process, so it may set the environment gcsfs reads)."""
+    if os.environ.get('STORAGE_EMULATOR_HOST'):
+        # an emulator has no storage-control API: gcsfs's bucket-type lookup, on by default,
+        # would warn about missing credentials on every call
+        os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
     sys.exit(main())
 
 

@@ -211,3 +211,14 @@ def test_compress_reads_and_writes_gcs_files(bucket):
     assert _read(path) == b'DULZ' + bytes(range(256))
     with pytest.raises(UserError, match='does not exist'):
         _read(f'{bucket}/coded/missing.npy')
+
+
+def test_the_cli_against_an_emulator_says_one_line_without_credential_warnings(bucket, tmp_path):
+    proc = subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'eval', '--workdir',
+                           f'{bucket}/no_run'], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=120, check=False)
+    assert proc.returncode == 2
+    said = (f'error: {bucket}/no_run has no config.json; pass the --workdir of a run started '
+            'with `dul-jax train`.')
+    assert proc.stderr.splitlines() == [said]
+

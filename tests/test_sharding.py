@@ -238,7 +238,8 @@ def _launch_cli(workdir, port, process_id, extra=(), num_processes=2):
 
 
 @pytest.mark.integration
-def test_processes_started_with_different_configs_are_refused_on_every_process(tmp_path):
+def test_processes_started_with_different_configs_or_workdirs_are_refused_on_every_process(
+        tmp_path):
     port = free_port()
     procs = [_launch_cli(str(tmp_path / 'run'), port, i, [f'--config.train.steps={10 + i}'])
              for i in range(2)]
@@ -248,6 +249,16 @@ def test_processes_started_with_different_configs_are_refused_on_every_process(t
         assert ('error: the 2 processes were started with different configs (process(es) 1 '
                 'differ from process 0); start every process with the same --config') in err
     assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+    # each its own workdir: they would save halves of one checkpoint in two places
+    port = free_port()
+    procs = [_launch_cli(str(tmp_path / f'run{i}'), port, i) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err[-3000:]
+        said = [line for line in err.splitlines() if line.startswith('error:')]
+        assert said == [('error: process(es) 1 were given another --workdir than process 0; '
+                         'give every process the same --workdir, a folder they all reach.')]
+    assert not os.path.exists(tmp_path / 'run0') and not os.path.exists(tmp_path / 'run1')
 
 
 @pytest.mark.integration

@@ -69,17 +69,34 @@ def check_same_config(cfg) -> None:
     calls it after `initialize`; a no-op in a single process."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     shared = json.loads(json.dumps(cfg.to_dict(), default=list))  # tuples as lists, as in files
     shared.pop('distributed', None)
     for key in ('dir', 'tfds_dir'):   # local paths may differ between hosts
         shared.get('data', {}).pop(key, None)
-    digest = hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).digest()
+    differ = _differ_from_process_0(json.dumps(shared, sort_keys=True))
+    if differ:
+        raise UserError(f'the {jax.process_count()} processes were started with different '
+                        f'configs (process(es) {", ".join(map(str, differ))} differ from process '
+                        '0); start every process with the same --config file and --config.KEY '
+                        'values.')
+
+
+def check_same_workdir(workdir: str) -> None:
+    """UserError on every process unless all were given the same --workdir (they save one
+    checkpoint together). Collective; a no-op in a single process."""
+    if jax.process_count() == 1:
+        return
+    differ = _differ_from_process_0(workdir)
+    if differ:
+        raise UserError(f'process(es) {", ".join(map(str, differ))} were given another --workdir '
+                        'than process 0; give every process the same --workdir, a folder they '
+                        'all reach.')
+
+
+def _differ_from_process_0(text: str) -> list[int]:
+    """The processes whose `text` differs from process 0's (compared by digest)."""
+    from jax.experimental import multihost_utils
+    digest = hashlib.sha256(text.encode()).digest()
     # uint32 words: without jax_enable_x64 an int64 would be cut to 32 bits on the way
     words = multihost_utils.process_allgather(np.frombuffer(digest[:16], np.uint32))
-    differ = [i for i in range(len(words)) if not np.array_equal(words[i], words[0])]
-    if differ:
-        raise UserError(f'the {len(words)} processes were started with different configs '
-                        f'(process(es) {", ".join(map(str, differ))} differ from process 0); start '
-                        'every process with the same --config file and --config.KEY values.')
+    return [i for i in range(len(words)) if not np.array_equal(words[i], words[0])]

@@ -23,6 +23,7 @@ from dul_jax import config as config_lib
 from dul_jax import data, evaluators, images, storage
 from dul_jax.accounting import count_params
 from dul_jax.errors import UserError
+from dul_jax.sharding import distributed
 from dul_jax.sharding.liveness import Watchdog
 from dul_jax.sharding.mesh import to_host
 from dul_jax.tasks.capabilities import DataInit, Generates, Pictures
@@ -147,6 +148,7 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     """Train (or resume) the run in `workdir`; returns the final eval metrics ({} on SIGTERM)."""
     # The lock first: a second trainer is told at once, before the model is built.
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
+    distributed.check_same_workdir(workdir)
     with workdir_lock.exclusive(workdir, enabled=_is_main()), \
             contextlib.closing(HostLog(workdir)) as host_log, _logging_to(host_log):
         setup = prepare(cfg, eager=debug)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import quick_compiles
 
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
@@ -25,14 +26,10 @@ from dul_jax.train.state import step_rng
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'experiments/configs/contrastive_digits.py'
 
 
-@pytest.fixture
-def quick_compiles():
-    """XLA without most optimizations: half the compile time, the same values up to rounding
-    (not for runs: the trainer's CPU peak-FLOPs matmul would crawl)."""
-    before = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
-    yield
-    jax.config.update('jax_disable_most_optimizations', before)
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def tiny_config(tfds_dir, **extra):
@@ -86,7 +83,7 @@ def test_byol_regression_and_target_decay():
 # ---- the global batch on meshes --------------------------------------------------------------
 
 @pytest.mark.integration
-def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir, quick_compiles):
+def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir):
     batch, rng = digits_batch(32), jax.random.key(3)
     results, params = [], None
     for mesh, devices in (({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1]),
@@ -97,7 +94,8 @@ def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir, quic
         setup = prepare(cfg, devices=devices)
         task = setup.task
         with setup.context():
-            params = params or nn.meta.unbox(task.init(jax.random.key(0), batch))
+            params = params or jax.jit(lambda key, task=task: nn.meta.unbox(
+                task.init(key, batch)))(jax.random.key(0))
             placed = jax.device_put(params, setup.state_shardings.params)
             ctx = StepContext(jnp.int32(0), model_state={})
             (value, _), grads = jax.jit(jax.value_and_grad(
@@ -110,11 +108,11 @@ def test_loss_and_gradients_on_data_fsdp_and_one_device_are_equal(tfds_dir, quic
         difference = optax.global_norm(jax.tree.map(lambda a, b: a - b, grads, grads_1))
         assert float(difference) < 1e-4 * grad_norm
     # shard-local negatives (the common bug: 4 examples per device) give another loss
-    x = task._pixels(jnp.asarray(batch['image']))
-    z = np.asarray(task._project(params, jnp.concatenate(_views(task, x, rng))))
-    np.testing.assert_allclose(value_1, contrastive.nt_xent(z[:32], z[32:], 0.5).mean(),
-                               rtol=1e-5)
-    local = np.mean([contrastive.nt_xent(z[i:i + 4], z[32 + i:36 + i], 0.5).mean()
+    z = np.asarray(jax.jit(lambda p, images: task._project(p, jnp.concatenate(
+        _views(task, task._pixels(images), rng))))(params, batch['image']))
+    nt_xent = jax.jit(contrastive.nt_xent, static_argnums=2)
+    np.testing.assert_allclose(value_1, nt_xent(z[:32], z[32:], 0.5).mean(), rtol=1e-5)
+    local = np.mean([nt_xent(z[i:i + 4], z[32 + i:36 + i], 0.5).mean()
                      for i in range(0, 32, 4)])
     assert abs(local - value_1) > 0.5
 
@@ -125,8 +123,7 @@ def _views(task, x, rng):
 
 
 @pytest.mark.integration
-def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfds_dir,
-                                                                             quick_compiles):
+def test_byol_target_gets_no_gradient_and_follows_the_updated_online_network(tfds_dir):
     cfg = tiny_config(tfds_dir, **{'model.method': 'byol', 'train.steps': 100,
                                    'optim.warmup_steps': 0})   # a real first update
     setup = prepare(cfg, devices=jax.devices()[:1])

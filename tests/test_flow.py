@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import quick_compiles
 
 from dul_jax import config as config_lib
 from dul_jax import data
@@ -25,6 +26,12 @@ from dul_jax.train import loop
 from dul_jax.train.setup import prepare
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def tiny_config(tfds_dir, **extra):
@@ -44,11 +51,16 @@ def tiny_config(tfds_dir, **extra):
 
 
 def _perturbed(params, scale=0.1):
-    """Params moved off their (often identity) init, so every part of a layer matters."""
-    leaves, tree = jax.tree.flatten(nn.meta.unbox(params))
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    return jax.tree.unflatten(tree, [p + scale * jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, keys)])
+    """Params moved off their (often identity) init, so every part of a layer matters (the
+    noise drawn by numpy: no op-by-op compiles)."""
+    rng = np.random.default_rng(7)
+    return jax.tree.map(lambda p: jnp.asarray(p + scale * rng.normal(size=p.shape), p.dtype),
+                        nn.meta.unbox(params))
+
+
+def _init(module, *args):
+    """module.init(key 1, *args), in one jit rather than op by op."""
+    return jax.jit(module.init)(jax.random.key(1), *args)
 
 
 def _check_bijection(module, x, params):
@@ -81,7 +93,7 @@ LAYERS = {
 def test_every_layer_inverts_and_its_log_det_is_the_jacobians(name):
     x = jax.random.uniform(jax.random.key(0), (3, 4, 4, 2), minval=0.05, maxval=0.95)
     layer = LAYERS[name]
-    _check_bijection(layer, x, _perturbed(layer.init(jax.random.key(1), x).get('params', {})))
+    _check_bijection(layer, x, _perturbed(_init(layer, x).get('params', {})))
 
 
 @pytest.mark.parametrize('kind', ['realnvp', 'glow'])
@@ -91,7 +103,7 @@ def test_whole_flow_inverts_and_its_log_det_is_the_jacobians(kind):
                           scale_fn='tanh' if kind == 'realnvp' else 'sigmoid')
     # actnorms initialised on a batch of 32 (on 2, at 1x1 after two squeezes, they blow up)
     x = jax.random.uniform(jax.random.key(0), (32, 4, 4, 2), minval=0.01, maxval=0.99)
-    params = _perturbed(flow.init(jax.random.key(1), x)['params'])
+    params = _perturbed(_init(flow, x)['params'])
     _check_bijection(flow, x[:2], params)
     # squeeze is its own inverse's inverse, and moves values without changing them
     np.testing.assert_array_equal(bj.unsqueeze(bj.squeeze(x)), x)
@@ -103,12 +115,18 @@ def test_dequantizer_log_det_is_the_jacobians():
     deq = Dequantizer(steps=2, hidden=4, blocks=0)
     image = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1), minval=-1, maxval=1)
     eps = jax.random.normal(jax.random.key(1), image.shape)
-    params = _perturbed(deq.init(jax.random.key(2), image, eps)['params'])
-    u, ldj = deq.apply({'params': params}, image, eps)
-    jac = jax.jacfwd(lambda e: deq.apply({'params': params}, image[:1], e.reshape(1, 4, 4, 1))[0]
-                     .reshape(-1))(eps[:1].reshape(-1))
+    params = _perturbed(_init(deq, image, eps)['params'])
+
+    @jax.jit
+    def run(params, image, eps):
+        u, ldj = deq.apply({'params': params}, image, eps)
+        jac = jax.jacfwd(lambda e: deq.apply({'params': params}, image[:1],
+                                             e.reshape(1, 4, 4, 1))[0].reshape(-1))(
+            eps[:1].reshape(-1))
+        return u, ldj, jnp.linalg.slogdet(jac)[1]
+    u, ldj, log_abs_det = run(params, image, eps)
     assert bool(jnp.all((u > 0) & (u < 1)))
-    np.testing.assert_allclose(ldj[0], jnp.linalg.slogdet(jac)[1], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ldj[0], log_abs_det, rtol=1e-4, atol=1e-3)
 
 
 def test_actnorm_init_whitens_the_first_batch_it_sees():

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from conftest import quick_compiles
 
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
@@ -27,6 +28,12 @@ from dul_jax.train.setup import prepare
 from dul_jax.train.state import make_train_step, step_rng
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def tiny_config(name, tfds_dir=None, **extra):
@@ -180,15 +187,18 @@ def test_one_step_is_each_player_in_turn_with_its_own_optimizer():
 def test_a_step_on_a_2x2x2_mesh_matches_one_device():
     batch = {'point': np.random.default_rng(2).normal(size=(32, 2)).astype(np.float32),
              'label': np.zeros(32, np.int32)}
-    out = []
+    out, host = [], None
     for mesh, devices in (({'data': 1, 'fsdp': 1, 'tensor': 1}, jax.devices()[:1]),
                           ({'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())):
         cfg = toy_config(**{'model.d_steps': 2, 'optim.ema_decay': 0.9})
         cfg.mesh.update(mesh)
         setup = prepare(cfg, devices=devices)
         with setup.context():
-            start = jax.device_get(setup.init_state(0).params)
-            state, metrics = setup.train_step()(setup.init_state(0), setup.put_batch(batch))
+            # one init, placed in each mesh's shardings (the step donates what it is given)
+            host = host or jax.device_get(setup.init_state(0))
+            start = host.params
+            state, metrics = setup.train_step()(jax.device_put(host, setup.state_shardings),
+                                                setup.put_batch(batch))
             update = jax.tree.map(lambda a, b: a - b, jax.device_get(state.params), start)
             # the EMA follows the generator alone: 0.9 start + 0.1 new
             assert set(state.ema_params) == {'generator'}
@@ -256,9 +266,9 @@ def test_conv_players_shapes_and_levels(tfds_dir):
     with setup.context():
         state = setup.init_state(0)
         images = task.sample_images(state.params, jax.random.key(0), 20)
-        logits, _ = task._discriminate(state.params, state.model_state,
-                                       task._real({'image': images}), task.sample_labels(20),
-                                       update=True)
+        logits, _ = jax.jit(lambda params, model_state, images: task._discriminate(
+            params, model_state, task._real({'image': images}), task.sample_labels(20),
+            update=True))(state.params, state.model_state, images)
     assert images.shape == (20, 8, 8, 1) and images.dtype == jnp.uint8
     assert 0 <= int(images.min()) and int(images.max()) <= 16 and len(np.unique(images)) > 2
     assert logits.shape == (20,) and np.isfinite(np.asarray(logits)).all()

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import train_losses
+from conftest import quick_compiles, train_losses
 from PIL import Image
 
 from dul_jax import config as config_lib
@@ -28,6 +28,12 @@ MAE_DIGITS = os.path.join(REPO, 'experiments', 'configs', 'mae_digits.py')
 TINY_MODEL = {'model.embed_dim': 32, 'model.num_layers': 1, 'model.num_heads': 2,
               'model.mlp_dim': 64, 'model.decoder_embed_dim': 16, 'model.decoder_layers': 1,
               'model.decoder_heads': 2, 'model.decoder_mlp_dim': 32}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def tiny_cfg(tfds_dir, **extra):
@@ -215,12 +221,14 @@ def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
     cfg = tiny_cfg(tfds_dir)
     batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
     batches = [next(batches) for _ in range(3)]
-    trajectories = {}
+    trajectories, start = {}, None
     for sizes in ({'data': 8, 'fsdp': 1, 'tensor': 1}, {'data': 1, 'fsdp': 8, 'tensor': 1},
                   {'data': 2, 'fsdp': 2, 'tensor': 2}):
         cfg.mesh.update(sizes)
         setup = prepare(cfg)
-        state = setup.init_state(0)
+        # one init (the tiny run's), placed in each mesh's shardings: a compile, not three
+        start = start or jax.device_get(setup.init_state(0))
+        state = jax.device_put(start, setup.state_shardings)
         if sizes['fsdp'] == 8:
             specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.params)]
             assert any('fsdp' in jax.tree.leaves(tuple(spec)) for spec in specs)
@@ -275,7 +283,7 @@ class EncoderVariantsTest(chex.TestCase):
                     decoder_mlp_dim=16, mask_ratio=0.5)
         images = _images(5, batch=2)[:, :4, :4]
         rngs = {'params': jax.random.key(0), 'masking': jax.random.key(1)}
-        params = nn.meta.unbox(model.init(rngs, images))['params']
+        params = nn.meta.unbox(jax.jit(model.init)(rngs, images))['params']
         encode = self.variant(lambda x: model.apply({'params': params}, x, method=MAE.encode,
                                                     rngs={'masking': jax.random.key(2)}))
         latent, mask, _ = encode(images)

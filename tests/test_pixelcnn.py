@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import quick_compiles
 from scipy import integrate, special
 
 from dul_jax import config as config_lib
@@ -24,6 +25,12 @@ from dul_jax.train.setup import prepare
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, 'experiments', 'configs', 'gated_pixelcnn_digits.py')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def random_params(init, *args, scale=0.3, bias_scale=0.0, seed=0):
@@ -320,12 +327,14 @@ def test_loss_trajectory_is_the_same_on_every_mesh(tfds_dir):
     cfg = tiny_config(tfds_dir, **TRAINED)
     iterator = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
     batches = [next(iterator) for _ in range(3)]
-    trajectories = {}
+    trajectories, start = {}, None
     for name, (d, f, t) in meshes.items():
         cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = d, f, t
         setup = prepare(cfg)
+        # one init (the training run's), placed in each mesh's shardings: a compile, not three
+        start = start or jax.device_get(setup.init_state(0))
         with setup.context():
-            state = setup.init_state(0)
+            state = jax.device_put(start, setup.state_shardings)
             step = setup.train_step()
             losses = []
             for batch in batches:

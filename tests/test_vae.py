@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import train_losses
+from conftest import perturbed_params, quick_compiles, train_losses
 
 from dul_jax import config as config_lib
 from dul_jax.errors import UserError
@@ -22,6 +22,12 @@ from dul_jax.train.setup import prepare
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
 IWAE = {'model.objective': 'iwae', 'model.train_samples': 2}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def tiny_config(tfds_dir, **extra):
@@ -44,10 +50,7 @@ def tiny_config(tfds_dir, **extra):
 def vae(tfds_dir):
     """A fully connected task (fast op by op) with random params, and a batch of real digits."""
     setup = prepare(tiny_config(tfds_dir, **{'model.channels': ()}), devices=jax.devices()[:1])
-    params = jax.device_get(jax.jit(setup._init_unboxed)(jax.random.key(0)).params)
-    noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(params)))
-    params = jax.tree.unflatten(jax.tree.structure(params), [
-        p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(jax.tree.leaves(params), noise)])
+    params = perturbed_params(setup.task, setup.dummy_batch(), scale=0.1)
     from dul_jax import data
     batch = next(data.eval_batches(setup.cfg.data, 8, max_examples=8))
     batch.pop('mask')
@@ -105,10 +108,11 @@ def test_iwae_of_one_draw_is_the_elbo_estimate_and_rises_with_k(vae):
     rng = jax.random.key(3)
     # k = 1 with the bound_terms draw: -(reconstruction + log q - log p(z)); its mean over
     # draws is the ELBO with the analytic KL
-    log_w = task.log_importance_weights(params, batch, rng, 1)
+    weights = jax.jit(task.log_importance_weights, static_argnums=3)
+    log_w = weights(params, batch, rng, 1)
     np.testing.assert_array_equal(latent.iwae_bound(log_w), log_w[:, 0])
-    draws = jax.jit(task.log_importance_weights, static_argnums=3)(params, batch, rng, 4000)
-    terms = task.bound_terms(params, batch, rng)
+    draws = weights(params, batch, rng, 4000)
+    terms = jax.jit(task.bound_terms)(params, batch, rng)
     analytic = -(terms['kl'] + jax.jit(_mean_reconstruction, static_argnums=0)(task, params, batch))
     standard_error = draws.std(-1) / math.sqrt(draws.shape[-1])
     assert np.all(np.abs(draws.mean(-1) - analytic) < 4 * standard_error + 1e-3)
@@ -135,10 +139,11 @@ def test_bound_is_exactly_log_p_when_the_posterior_is_the_prior_and_x_ignores_z(
                                               and 'kernel' in jax.tree_util.keystr(path))
         else p, params)
     z0 = jnp.zeros((1, task.cfg.model.latent_dim))
-    log_probs = task.pixel_log_probs(params, z0)[0]
+    log_probs = jax.jit(task.pixel_log_probs)(params, z0)[0]
     x = batch['image'].astype(jnp.int32)
     log_px = jnp.take_along_axis(log_probs[None], x[..., None], -1).reshape(8, -1).sum(-1)
-    bound = iwae.log_likelihood_bound(task, params, batch, jax.random.key(0), 60, 20)
+    bound = jax.jit(iwae.log_likelihood_bound, static_argnums=(0, 4, 5))(
+        task, params, batch, jax.random.key(0), 60, 20)
     np.testing.assert_allclose(bound, log_px, rtol=1e-5)
 
 
@@ -163,10 +168,11 @@ def test_kl_warm_up_weighs_the_kl_by_the_step(vae):
     task.cfg.model.kl_warmup_steps = 10
     try:
         rng = jax.random.key(2)
-        m = task.loss(params, batch, rng, StepContext(jnp.int32(0))).metrics
+        loss_at = jax.jit(lambda step: task.loss(params, batch, rng, StepContext(step)))
+        m = loss_at(jnp.int32(0)).metrics
         dims = task.example_size()
         for step, weight in ((0, 0.0), (5, 0.5), (10, 1.0), (50, 1.0)):
-            loss = task.loss(params, batch, rng, StepContext(jnp.int32(step))).loss
+            loss = loss_at(jnp.int32(step)).loss
             np.testing.assert_allclose(loss * dims, m['reconstruction'] + weight * m['kl'],
                                        rtol=1e-5)
     finally:
@@ -229,13 +235,16 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
     cfg = tiny_config(tfds_dir, **IWAE)
     it = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
     batches = [next(it) for _ in range(2)]
-    losses = {}
+    losses, start = {}, None
     # data=8 is the tiny run's mesh; 2x2x2 shards batch, params (fsdp) and widths (tensor) at once
     for mesh in ({'data': 8, 'fsdp': 1, 'tensor': 1}, {'data': 2, 'fsdp': 2, 'tensor': 2}):
         for axis, size in mesh.items():
             cfg.mesh[axis] = size
         setup = prepare(cfg, devices=jax.devices()[:math.prod(mesh.values())])
-        _, losses[tuple(mesh.values())] = train_losses(setup, setup.init_state(0), batches)
+        # one init (the tiny run's), placed in each mesh's shardings: a compile, not two
+        start = start or jax.device_get(setup.init_state(0))
+        _, losses[tuple(mesh.values())] = train_losses(
+            setup, jax.device_put(start, setup.state_shardings), batches)
     reference = losses[(8, 1, 1)]
     assert all(math.isfinite(v) for v in reference)
     for mesh, trajectory in losses.items():

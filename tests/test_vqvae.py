@@ -6,11 +6,12 @@ import math
 import pathlib
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import train_losses
+from conftest import quick_compiles, train_losses
 
 from dul_jax import config as config_lib
 from dul_jax import data
@@ -20,6 +21,12 @@ from dul_jax.train import loop
 from dul_jax.train.setup import prepare
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'experiments/configs'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _quick_compiles():
+    with quick_compiles():
+        yield
 
 
 def tiny_config(tfds_dir, **extra):
@@ -42,13 +49,19 @@ def tiny_config(tfds_dir, **extra):
 def task_and_params(tfds_dir):
     setup = prepare(tiny_config(tfds_dir), devices=jax.devices()[:1])
     task = setup.task
-    params = jax.device_get(jax.jit(setup._init_unboxed)(jax.random.key(0)).params)
+    params = jax.device_get(jax.jit(lambda key: nn.meta.unbox(task.init(
+        key, setup.dummy_batch())))(jax.random.key(0)))
     # codes drawn from the encoder's outputs at init, so that many are the nearest to something
     images = next(data.eval_batches(task.cfg.data, 16, max_examples=16))['image']
-    z_e = np.asarray(task._encode(params, jnp.asarray(images))[0]).reshape(-1, 8)
+    z_e = np.asarray(encode(task, params, jnp.asarray(images))[0]).reshape(-1, 8)
     pick = np.random.default_rng(0).choice(len(z_e), 16, replace=False)
     params['codebook'] = z_e[pick]
     return task, params
+
+
+def encode(task, params, levels):
+    """task._encode (z_e and the codebook) in one jit rather than op by op."""
+    return jax.jit(task._encode)(params, levels)
 
 
 # ---- the quantiser ----------------------------------------------------------------------------
@@ -132,13 +145,17 @@ def test_sharded_training_agrees_over_meshes(tfds_dir):
     cfg = tiny_config(tfds_dir)
     it = data.train_iterator(cfg.data, cfg.train.batch_size, seed=0)
     batches = [next(it) for _ in range(2)]
-    losses = {}
+    losses, start = {}, None
     # data=8 is the tiny run's mesh; 2x2x2 shards batch, params (fsdp) and widths (tensor) at once
     for mesh in ({'data': 8, 'fsdp': 1, 'tensor': 1}, {'data': 2, 'fsdp': 2, 'tensor': 2}):
         for axis, size in mesh.items():
             cfg.mesh[axis] = size
         setup = prepare(cfg)
-        state, losses[tuple(mesh.values())] = train_losses(setup, setup.init_state(0), batches)
+        # one init (the tiny run's), placed in each mesh's shardings: a compile, not two; the
+        # codebook's running averages (model_state) are sharded and updated on each mesh too
+        start = start or jax.device_get(setup.init_state(0))
+        state, losses[tuple(mesh.values())] = train_losses(
+            setup, jax.device_put(start, setup.state_shardings), batches)
         specs = [x.sharding.spec for x in jax.tree.leaves(state.params)]
         if mesh['fsdp'] == 2:
             assert any('fsdp' in jax.tree.leaves(tuple(s)) for s in specs)
@@ -170,7 +187,7 @@ def test_exported_codes_are_the_models_argmin_and_train_the_prior(task_and_param
     exported = next(data.eval_batches(codes_cfg, 64, max_examples=64))
     np.testing.assert_array_equal(exported['label'], images['label'])
     # the argmin, recomputed by brute force from the encoder's outputs and the codebook
-    z_e, codebook = task._encode(params, jnp.asarray(images['image']))
+    z_e, codebook = encode(task, params, jnp.asarray(images['image']))
     brute = ((np.asarray(z_e)[..., None, :] - np.asarray(codebook)) ** 2).sum(-1).argmin(-1)
     np.testing.assert_array_equal(exported['image'][..., 0], brute)
     assert len(np.unique(brute)) > 2
@@ -257,7 +274,7 @@ def test_an_ema_step_sets_the_codebook_from_the_averages_and_restarts_dead_codes
         state = setup.init_state(0)
         start = jax.device_get(state.params['codebook'])
         np.testing.assert_allclose(vq.ema_codebook(state.model_state, 0.0), start, rtol=1e-6)
-        z_e, _ = setup.task._encode(state.params, jnp.asarray(batch['image']))
+        z_e, _ = encode(setup.task, state.params, jnp.asarray(batch['image']))
         new, metrics = setup.train_step()(state, setup.put_batch(batch))   # donates state
     z = np.asarray(z_e).reshape(-1, 8)
     codes = vq.nearest_codes(jnp.asarray(z), jnp.asarray(start))

@@ -28,9 +28,10 @@ def curves(results):
     """{parametrization: {width: {lr: loss}}} from the sweep's rows (diverged runs: inf)."""
     out = collections.defaultdict(lambda: collections.defaultdict(dict))
     for r in results:
-        kind = 'mup' if r.get('model.mup_base_width') else 'sp'
+        o = r['overrides']
+        kind = 'mup' if o['model.mup_base_width'] else 'sp'
         loss = float('inf') if r.get('diverged') or r.get('loss') is None else r['loss']
-        out[kind][r['model.embed_dim']][r['optim.lr']] = loss
+        out[kind][o['model.embed_dim']][o['optim.lr']] = loss
     return out
 
 

@@ -1,8 +1,8 @@
 """µP's learning-rate transfer, the classic check (Yang et al. 2022, Fig. 1): iGPT on scikit-learn's
-8x8 digits at widths 32 to 256 (2 layers, heads of 16), each trained at six learning rates, in
+8x8 digits at widths 32 to 256 (2 layers, heads of 16), each trained at eight learning rates, in
 the standard parametrization and in µP with base width 32. Under µP the best learning rate of
 width 32 should be the best at every width; in the standard one it should drift down as width
-grows. 48 short runs, about half an hour on a 2-core CPU:
+grows. 64 short runs, about an hour on a 2-core CPU:
 
     dul-jax sweep --sweep experiments/sweeps/mup_transfer_digits.py \\
         --workdir runs/mup_transfer_digits --no-report
@@ -14,7 +14,7 @@ from dul_jax.config import base_config
 from dul_jax.scaling.sweep import SweepRun
 
 WIDTHS = (32, 64, 128, 256)
-LEARNING_RATES = tuple(2.0 ** k for k in range(-11, -5))   # 4.9e-4 to 1.6e-2
+LEARNING_RATES = tuple(2.0 ** k for k in range(-11, -3))   # 4.9e-4 to 6.3e-2
 BASE_WIDTH = 32
 
 

@@ -32,7 +32,7 @@ def get_sweep():
     c.eval.max_examples = 0
     c.sample.num = 2
     runs = []
-    for parametrization, base in (('sp', 0), ('mup', BASE_WIDTH)):
+    for parametrization, base in (('mup', BASE_WIDTH), ('sp', 0)):
         for width in WIDTHS:
             for lr in LEARNING_RATES:
                 runs.append(SweepRun(f'{parametrization}_w{width}_lr{lr:.2e}', {

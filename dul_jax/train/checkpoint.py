@@ -48,6 +48,8 @@ class Checkpointer:
         collective, so every process calls it. Returns whether a save was started (orbax's save
         policy may skip a step unless `force`). WorldFailed if the save before it failed."""
         self.wait_if_done(step)
+        if self.saving is not None:   # orbax finishes it before starting this one: see how it ends
+            self.wait(step)
         items = {'state': ocp.args.StandardSave(state),
                  'digest': ocp.args.JsonSave(digest(state))}
         if data_iterator is not None:

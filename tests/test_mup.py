@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import quick_compiles
 
 from dul_jax import config as config_lib
 from dul_jax.data import DataSpec
@@ -16,6 +17,12 @@ from dul_jax.train import mup
 from dul_jax.train.setup import prepare
 
 DIGITS = DataSpec('digits', 'image', (8, 8, 1), 17, 10, None, 'train', 'test', 1500, 297)
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _quick():
+    with quick_compiles():
+        yield
 
 
 def _cfg(width, base, **extra):
@@ -43,22 +50,26 @@ def test_roles_come_from_the_base_width_shapes():
 def test_adam_steps_and_readout_init_scale_by_width_and_the_base_width_is_standard():
     key = jax.random.key(0)
     sp, mu, at_base = (prepare(_cfg(64, b), spec=DIGITS) for b in (0, 16, 64))
-    p_sp, p_mu, p_base = (jax.device_get(s.init_state(0).params) for s in (sp, mu, at_base))
+    p_sp, p_mu = (jax.device_get(s.init_state(0).params) for s in (sp, mu))
     # init: the readout is 1/sqrt(4) of the standard one; everything else is the same values
     np.testing.assert_allclose(p_mu['head']['kernel'], p_sp['head']['kernel'] / 2, rtol=1e-6)
     np.testing.assert_array_equal(p_mu['stack']['blocks']['mlp']['fc']['kernel'],
                                   p_sp['stack']['blocks']['mlp']['fc']['kernel'])
-    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, p_base, p_sp)))
+    assert set(at_base.mup_roles.values()) == {mup.OTHER}   # at the base width nothing grows
+    unscaled = mup.scale_init(p_sp, mu.mup_roles, 1.0)       # and m = 1 scales nothing
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, unscaled, p_sp)))
     # one Adam step on the same gradients: hidden and readout updates are 1/4, others equal
     grads = jax.tree.map(lambda p: jax.random.normal(key, p.shape, p.dtype), p_sp)
-    u_sp, _ = sp.tx.update(grads, sp.tx.init(p_sp), p_sp)
-    u_mu, _ = mu.tx.update(grads, mu.tx.init(p_sp), p_sp)
-    u_base, _ = at_base.tx.update(grads, at_base.tx.init(p_sp), p_sp)
+
+    def first_update(setup):
+        return jax.device_get(jax.jit(lambda g, p: setup.tx.update(g, setup.tx.init(p), p)[0])(
+            grads, p_sp))
+    u_sp, u_mu, u_base = (first_update(s) for s in (sp, mu, at_base))
+    by_path = dict(jax.tree_util.tree_flatten_with_path(u_mu)[0])
     for path, a in jax.tree_util.tree_flatten_with_path(u_sp)[0]:
         name = jax.tree_util.keystr(path)
-        b = dict(jax.tree_util.tree_flatten_with_path(u_mu)[0])[path]
         ratio = 0.25 if mu.mup_roles[name] in (mup.HIDDEN, mup.READOUT) else 1.0
-        np.testing.assert_allclose(b, a * ratio, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(by_path[path], a * ratio, rtol=1e-6, err_msg=name)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, u_base, u_sp)))
 
 

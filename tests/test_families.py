@@ -4,7 +4,7 @@ dul_jax/tasks/ is found by its file name."""
 
 import json
 import os
-import shutil
+import sys
 import textwrap
 
 import jax
@@ -217,18 +217,17 @@ def test_a_family_outside_the_package_runs_through_the_cli(tmp_path, tfds_dir, m
     assert 'defines no TASK' in capsys.readouterr().err
 
 
-def test_a_family_file_in_the_tasks_folder_is_found_by_name():
+def test_a_family_file_in_the_tasks_folder_is_found_by_name(tmp_path, monkeypatch):
+    # a second folder on the package's path stands for dul_jax/tasks/: the source tree is left
+    # alone (other workers read it)
+    import dul_jax.tasks
     name = 'zz_test_independent_pixels'
-    path = os.path.join(os.path.dirname(base.__file__), f'{name}.py')
-    assert not os.path.exists(path)
-    try:
-        with open(path, 'w') as f:
-            f.write(FAMILY)
-        assert name in base.builtin_families()
-        assert base.task_class(name).__name__ == 'IndependentPixels'
-    finally:
-        os.remove(path)
-        shutil.rmtree(os.path.join(os.path.dirname(path), '__pycache__', name), ignore_errors=True)
+    (tmp_path / f'{name}.py').write_text(FAMILY)
+    monkeypatch.setattr(dul_jax.tasks, '__path__', [*dul_jax.tasks.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, f'dul_jax.tasks.{name}', raising=False)
+    assert name in base.builtin_families() and 'vae' in base.builtin_families()
+    assert base.task_class(name).__name__ == 'IndependentPixels'
+    monkeypatch.delitem(sys.modules, f'dul_jax.tasks.{name}')
     with pytest.raises(UserError, match='unknown task "no_such_family"'):
         base.task_class('no_such_family')
 

@@ -8,7 +8,6 @@ usually `default_model_config()`. Modules are imported by name when a config ask
 
 import dataclasses
 import importlib
-import os
 import pkgutil
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -57,9 +56,9 @@ class Phase:
 
 
 def builtin_families() -> list[str]:
-    """The family modules shipped in dul_jax/tasks/."""
-    here = os.path.dirname(__file__)
-    return sorted(m.name for m in pkgutil.iter_modules([here])
+    """The family modules of the dul_jax.tasks package (dul_jax/tasks/)."""
+    package = importlib.import_module('dul_jax.tasks')
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
                   if m.name not in ('base', 'capabilities'))
 
 

@@ -272,6 +272,8 @@ def run(argv: list[str]) -> int:
         # before the trainer's imports (jax, flax, orbax: seconds), so a wrong path or key is
         # said at once
         cfg = config_lib.load_config(args.config, overrides)
+        if args.command == 'train':
+            config_lib.check_tracking(cfg)
     if args.command in ('compile', 'plan'):
         _compile_or_plan(args, cfg)
         return 0

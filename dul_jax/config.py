@@ -94,6 +94,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.iwae = ml_collections.ConfigDict({'k': 5000, 'chunk': 500, 'batch_size': 10,
                                              'examples': 0})             # 0: the whole eval split
 
+    # Where metrics go besides metrics.jsonl (always written): 'tensorboard', 'wandb' (pip install
+    # 'dul_jax[wandb]') or 'package.module:Class', a Tracker of your own (docs/trackers.md).
+    c.tracking = ml_collections.ConfigDict()
+    c.tracking.trackers = ('tensorboard',)
+    c.tracking.wandb = ml_collections.ConfigDict({
+        'project': 'dul_jax', 'entity': '', 'name': '',   # name '': the workdir's folder name
+        'tags': (), 'mode': ''})   # mode '': W&B's default (WANDB_MODE); 'offline', 'online'
+
     c.sample = ml_collections.ConfigDict()
     c.sample.num = 16
     c.sample.temperature = 1.0
@@ -380,6 +388,29 @@ def check_schedule(optim, total_steps: int) -> None:
               f'fit in the run, but optim.warmup_steps={warmup} plus {decay} decay steps exceed '
               f'train.steps={total_steps}; lower optim.warmup_steps, optim.decay_steps or '
               'optim.decay_fraction, or raise train.steps.')
+
+
+TRACKERS = ('tensorboard', 'wandb')   # or 'package.module:Class' (train/trackers.py)
+
+
+def check_tracking(cfg) -> None:
+    """UserError for `tracking.trackers` entries that cannot be built; imports none of them."""
+    for name in cfg.tracking.trackers:
+        if name == 'wandb' and importlib.util.find_spec('wandb') is None:
+            raise UserError('tracking.trackers includes "wandb", but Weights & Biases is not '
+                            "installed; pip install 'dul_jax[wandb]' (or `pip install wandb`).")
+        if name in TRACKERS:
+            continue
+        module, colon, attr = str(name).partition(':')
+        check(bool(colon and module and attr.isidentifier()), f'tracking.trackers has '
+              f'"{name}"; each entry is "tensorboard", "wandb" or "package.module:TrackerClass" '
+              '(metrics.jsonl is always written).')
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        check(found is not None, f'tracking.trackers has "{name}", but no module {module} can '
+                                 'be imported; install it or put it on PYTHONPATH.')
 
 
 def validate_common(cfg) -> None:

@@ -140,10 +140,14 @@ def test_ctrl_c_saves_a_checkpoint_and_returns(tmp_path, tfds_dir, monkeypatch, 
 
 
 @pytest.mark.integration
-def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_rows(tmp_path,
-                                                                                  tfds_dir):
+def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_rows(
+        tmp_path, tfds_dir, monkeypatch):
     workdir = str(tmp_path / 'run')
-    first = tiny_overrides(tfds_dir, **{'train.steps': 10, 'train.log_every': 2})
+    # with every tracker on (W&B offline): a resume goes on in the same W&B run
+    monkeypatch.setenv('WANDB_CONFIG_DIR', str(tmp_path / 'wandb_home'))
+    first = tiny_overrides(tfds_dir, **{'train.steps': 10, 'train.log_every': 2,
+                                        'tracking.trackers': "('tensorboard', 'wandb')",
+                                        'tracking.wandb.mode': 'offline'})
     loop.train(config_lib.load_config(DEMO, first), workdir)
     with open(os.path.join(workdir, 'config.json')) as f:
         saved = f.read()
@@ -168,6 +172,13 @@ def test_resume_keeps_the_old_config_refuses_other_shapes_and_drops_repeated_row
         assert f.read() == saved
     with open(os.path.join(workdir, 'config.json')) as f:
         assert json.load(f)['optim']['lr'] == 0.002
+    with open(os.path.join(workdir, 'summary.json')) as f:      # the last eval, as logged
+        assert json.load(f) == {k: v for k, v in read_metrics(workdir)[-1].items()}
+    with open(os.path.join(workdir, 'wandb_run_id')) as f:
+        run_id = f.read().strip()
+    runs = os.listdir(os.path.join(workdir, 'wandb'))
+    assert len([r for r in runs if r.startswith('offline-run-') and r.endswith(run_id)]) == 2
+    # (the refused resume started none)
 
 
 @pytest.mark.integration
@@ -417,7 +428,7 @@ def test_a_damaged_metrics_file_loses_no_valid_row_on_resume(tmp_path, capsys, d
     path = tmp_path / 'metrics.jsonl'
     path.write_text(damage)
     writer = MetricWriter(str(tmp_path))
-    writer.drop_after(2)          # what a resume from the checkpoint at step 2 does
+    writer.start(2)          # what a resume from the checkpoint at step 2 does
     writer.write(3, {'loss': 0.5})
     writer.close()
     assert read_metrics(str(tmp_path)) == [{'step': 1, 'loss': 1.0}, {'step': 2, 'loss': 0.5},

@@ -30,7 +30,7 @@ from dul_jax import storage
 from dul_jax.accounting import count_params, xla_flops
 from dul_jax.errors import UserError
 from dul_jax.tasks.capabilities import Features
-from dul_jax.train.writers import parse_record
+from dul_jax.train.trackers import parse_record
 
 RESULT = 'result.json'
 

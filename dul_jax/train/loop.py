@@ -148,6 +148,7 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     """Train (or resume) the run in `workdir`; returns the final eval metrics ({} on SIGTERM)."""
     # The lock first: a second trainer is told at once, before the model is built.
     # closing() in reverse order on any exit: a crash still finishes pending checkpoint writes
+    config_lib.check_tracking(cfg)
     distributed.check_same_workdir(workdir)
     with workdir_lock.exclusive(workdir, enabled=_is_main()), \
             contextlib.closing(HostLog(workdir)) as host_log, _logging_to(host_log):
@@ -155,7 +156,7 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
         if debug:
             log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
         with Watchdog(cfg.distributed.get('heartbeat_timeout_s', 60), _say_everywhere), \
-                contextlib.closing(MetricWriter(workdir)) as writer, \
+                contextlib.closing(MetricWriter(workdir, cfg.tracking.trackers, cfg)) as writer, \
                 contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
                                                 keep=cfg.train.keep_checkpoints)) as ckpt:
             return _Run(setup, workdir, writer, ckpt, debug).train()
@@ -204,8 +205,8 @@ class _Run:
                                 'another --workdir.') from None
             start = self.ckpt.restored_step
             self.last_good = start
-            self.writer.drop_after(start)
             log(f'resumed from {self.ckpt.directory}/{start}')
+        self.writer.start(start)
         self._record_config(start)
         return state, start
 
@@ -294,6 +295,7 @@ class _Run:
                 state = setup.from_step_form(state)
                 final = evaluate_all(setup, state, self.evaluation)
                 self.writer.write(step, _prefixed(final, 'eval/'))
+                self.writer.write_summary({'step': step, **_prefixed(final, 'eval/')})
                 paths = write_samples(setup, state, self.workdir, step, writer=self.writer)
             except _Stopped as stop:
                 self.ckpt.wait(step)

@@ -1,15 +1,13 @@
-"""Where metrics go: WORKDIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events
-in WORKDIR/tensorboard/; and what each process says, in WORKDIR/logs/process_<i>.log.
+"""Where metrics go: to the run's trackers (trackers.py: metrics.jsonl always, TensorBoard events
+in WORKDIR/tensorboard/ by default, Weights & Biases or your own by `tracking.trackers`); and what
+each process says, in WORKDIR/logs/process_<i>.log.
 
-Only process 0 writes; on other processes the writer is a no-op, so callers need no checks. A
-workdir on an object store (gs://) cannot be appended to, so both are written to a local staging
-folder and uploaded whole at most every SYNC_S seconds, at each `sync()` and on close.
+Only process 0 writes metrics; on other processes the writer is a no-op, so callers need no checks.
+A workdir on an object store (gs://) cannot be appended to, so trackers write to a local staging
+folder, uploaded whole at most every SYNC_S seconds, at each `sync()` and on close.
 """
 
-import json
-import math
 import os
-import sys
 import tempfile
 import time
 
@@ -17,25 +15,19 @@ import jax
 import numpy as np
 
 from dul_jax import storage
+from dul_jax.train import trackers as trackers_lib
 
 SYNC_S = 30.0
 
 
-def parse_record(line: str) -> dict | None:
-    """One metrics.jsonl line as its record, or None where it is not one (blank, or torn)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get('step'), int) else None
-
-
 class MetricWriter:
-    """Appends to WORKDIR/metrics.jsonl and writes WORKDIR/tensorboard/ (process 0 only)."""
+    """Fans metrics, images, hparams and the summary out to the run's trackers (process 0 only).
+    `names` are `tracking.trackers` entries; cfg is the run's config (W&B and custom trackers
+    read their settings from it)."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, names=('tensorboard',), cfg=None):
         self.enabled = jax.process_index() == 0
-        self._jsonl = self._tb = self._staging = None
+        self.trackers, self._staging = [], None   # the trackers begin at `start`
         if not self.enabled:
             return
         self.remote = storage.path(workdir)
@@ -51,72 +43,43 @@ class MetricWriter:
         self.local = local
         self._uploaded = {}          # staged file -> size when last uploaded
         self._last_sync = time.monotonic()
-        self._jsonl = open(os.path.join(local, 'metrics.jsonl'), 'a', encoding='utf-8')  # noqa: SIM115
-        from tensorboardX import SummaryWriter  # imported late: only process 0 needs it
-        self._tb = SummaryWriter(os.path.join(local, 'tensorboard'))
+        self._workdir, self._names, self._cfg = workdir, names, cfg
 
-    def drop_after(self, step: int) -> None:
-        """Forget the records past `step` (a resumed run repeats the steps after its checkpoint),
-        rewriting metrics.jsonl atomically. Lines that are not records (a write cut short by a
-        full disk or a crash) are dropped with a warning rather than stopping every resume."""
+    def start(self, step: int = 0) -> None:
+        """Start the trackers for a run that goes on from `step` (0: a fresh run), once its
+        state is restored, so a refused resume starts none. A resumed run repeats the steps after
+        `step`: each tracker forgets them if it can (metrics.jsonl is rewritten up to `step`)."""
         if not self.enabled:
             return
-        path = self._jsonl.name
-        self._jsonl.close()
-        with open(path, encoding='utf-8', errors='replace') as f:
-            lines = f.read().split('\n')
-        kept, bad = [], []
-        for number, line in enumerate(lines, 1):
-            record = parse_record(line)
-            if record is None and line.strip():
-                bad.append(number)
-            elif record is not None and record['step'] <= step:
-                kept.append(line + '\n')
-        if bad:
-            shown = self.remote / 'metrics.jsonl'
-            last = max(n for n, line in enumerate(lines, 1) if line.strip())
-            if bad == [last]:
-                print(f'warning: the last line of {shown} was cut short (a torn write); dropped '
-                      'it.', file=sys.stderr)
-            else:
-                print(f'warning: line(s) {", ".join(map(str, bad))} of {shown} are not JSON '
-                      f'records; dropped them and kept the {len(kept)} valid rows up to step '
-                      f'{step}.', file=sys.stderr)
-        storage.write_atomic(path, ''.join(kept))
-        self._jsonl = open(path, 'a', encoding='utf-8')  # noqa: SIM115
-        self.sync(force=True)
+        self.trackers.append(trackers_lib.Jsonl(self.local, self._workdir, self._cfg))
+        for name in dict.fromkeys(self._names):
+            cls = trackers_lib.tracker_class(name)
+            self.trackers.append(cls(self.local, self._workdir, self._cfg))
+        if step:
+            for tracker in self.trackers:
+                tracker.rewind(step)
+            self.sync(force=True)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        """One record {'step': step, **metrics}, flushed; non-finite values are written to the
-        JSON as strings ("nan", "inf") and to TensorBoard as they are."""
-        if not self.enabled:
-            return
-        clean = {k: float(v) for k, v in metrics.items()}
-        record = {'step': int(step)}
-        record.update({k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()})
-        self._jsonl.write(json.dumps(record) + '\n')
-        self._jsonl.flush()
-        for k, v in clean.items():
-            self._tb.add_scalar(k, v, step)
-        self.sync()
+        """One logged step's metrics; non-finite values are kept (as strings in the JSON)."""
+        self._each('scalars', int(step), {k: float(v) for k, v in metrics.items()})
 
     def write_image(self, step: int, name: str, image: np.ndarray) -> None:
-        """A uint8 (H, W) or (H, W, C) image (e.g. a grid of samples) to TensorBoard's images."""
-        if not self.enabled:
-            return
-        self._tb.add_image(name, image, step, dataformats='HW' if image.ndim == 2 else 'HWC')
-        self.sync()
+        """A uint8 (H, W) or (H, W, C) image (e.g. a grid of samples)."""
+        self._each('image', int(step), name, image)
 
-    def write_hparams(self, hparams: dict, metrics=('loss', 'eval/loss')) -> None:
-        """The run's config (flat keys) to TensorBoard's hparams tab, beside the named scalars."""
-        if not self.enabled:
-            return
-        from tensorboardX.summary import hparams as hparams_summaries
-        values = {k: v if isinstance(v, int | float | str | bool) else str(v)
-                  for k, v in hparams.items()}
-        # in this run's own event file (add_hparams would start a sub-run beside it)
-        for summary in hparams_summaries(values, dict.fromkeys(metrics, 0.0)):
-            self._tb.file_writer.add_summary(summary)
+    def write_hparams(self, hparams: dict) -> None:
+        """The run's config (flat keys): TensorBoard's hparams tab, W&B's config."""
+        self._each('hparams', hparams)
+
+    def write_summary(self, metrics: dict[str, float]) -> None:
+        """The run's final metrics: WORKDIR/summary.json, W&B's run summary."""
+        self._each('summary', {k: v if isinstance(v, int) else float(v)
+                               for k, v in metrics.items()})
+
+    def _each(self, method: str, *args) -> None:
+        for tracker in self.trackers:
+            getattr(tracker, method)(*args)
         self.sync()
 
     def sync(self, force: bool = False) -> None:
@@ -125,7 +88,8 @@ class MetricWriter:
             return
         if not force and time.monotonic() - self._last_sync < SYNC_S:
             return
-        self._tb.flush()
+        for tracker in self.trackers:
+            tracker.flush()
         for folder, _, files in os.walk(self.local):
             for name in files:
                 local = os.path.join(folder, name)
@@ -138,13 +102,14 @@ class MetricWriter:
         self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        """Close both files and upload what is staged (the writer is unusable after)."""
-        if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
-            self.sync(force=True)
-            if self._staging is not None:
-                self._staging.cleanup()
+        """Close every tracker and upload what is staged (the writer is unusable after)."""
+        if not self.enabled:
+            return
+        for tracker in reversed(self.trackers):
+            tracker.close()
+        self.sync(force=True)
+        if self._staging is not None:
+            self._staging.cleanup()
 
 
 class HostLog:

@@ -19,6 +19,7 @@ write prints one sentence and exits with status 1.
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -337,8 +338,27 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+class _OneLine(logging.Filter):
+    """Drops the traceback from a log record, keeping its line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def one_line_library_errors() -> None:
+    """gcsfs and orbax (through absl's logger) log every failed request or save with its
+    traceback before the error reaches the CLI, which ends in one sentence: keep their records
+    to one line each. DUL_JAX_TRACEBACKS=1 keeps the tracebacks."""
+    if os.environ.get('DUL_JAX_TRACEBACKS') != '1':
+        for name in ('gcsfs', 'absl'):
+            logging.getLogger(name).addFilter(_OneLine())
+
+
 def entry_point() -> None:
-    """The `dul-jax` command (its own process, so it may set the environment gcsfs reads)."""
+    """The `dul-jax` command (its own process, so it may set the environment gcsfs reads and
+    the logging of the libraries it drives)."""
+    one_line_library_errors()
     if os.environ.get('STORAGE_EMULATOR_HOST'):
         # an emulator has no storage-control API: gcsfs's bucket-type lookup, on by default,
         # would warn about missing credentials on every call

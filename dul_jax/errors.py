@@ -19,11 +19,14 @@ class WorldFailed(Exception):
 
 _USERS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR)
 _WORLDS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+_UNREACHABLE = (errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN)
 
 
 def from_os_error(error: OSError) -> Exception | None:
     """The one-sentence UserError (permissions, a read-only or wrong path) or WorldFailed (a
-    full disk or quota, an I/O error) for an OSError a command met; None for any other."""
+    full disk or quota, an I/O error, a store that cannot be reached) for an OSError a command
+    met; None for any other."""
     where = error.filename or 'a file'
     if error.errno in _USERS:
         return UserError(f'{where} cannot be written or read ({error.strerror}); pass a path you '
@@ -31,4 +34,8 @@ def from_os_error(error: OSError) -> Exception | None:
     if error.errno in _WORLDS:
         return WorldFailed(f'{where} could not be written ({error.strerror}); what was saved '
                            'before is kept: free space there and rerun the same command.')
+    if error.errno in _UNREACHABLE:   # aiohttp's connector errors are OSErrors with the errno
+        return WorldFailed(f'the storage could not be reached ({str(error).splitlines()[0]}); '
+                           'what was saved before is kept: rerun the same command once it is '
+                           'back.')
     return None

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import free_port
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint._src.checkpointers import async_checkpointer
@@ -16,8 +17,8 @@ from test_train import DEMO, read_metrics, tiny_overrides
 
 from dul_jax import cli
 from dul_jax import config as config_lib
-from dul_jax.errors import UserError, WorldFailed
-from dul_jax.train import loop, workdir_lock
+from dul_jax.errors import UserError, WorldFailed, from_os_error
+from dul_jax.train import loop, workdir_lock, writers
 from dul_jax.train.checkpoint import Checkpointer, digest
 
 
@@ -133,6 +134,24 @@ def test_training_stops_at_a_failed_save_and_a_stop_during_the_final_eval_keeps_
     reopened.close()
     assert sorted(os.listdir(ckpts)) == ['4', '9']
 
+    # the store gone while logging (gcsfs's connector error from the metrics upload): one
+    # sentence with the step and the last checkpoint on disk
+    workdir = str(tmp_path / 'unreachable')
+    refused, real_write = _refused(), writers.MetricWriter.write
+
+    def write(self, step, metrics):
+        if step >= 10:
+            raise refused
+        real_write(self, step, metrics)
+    monkeypatch.setattr(writers.MetricWriter, 'write', write)
+    cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir, **{
+        'train.steps': 12, 'train.ckpt_every': 4, 'train.log_every': 2}))
+    with pytest.raises(WorldFailed, match=r'^training stopped at step 10, and the last good '
+                                          r'checkpoint is step (4|8) in .*: the storage could '
+                                          r'not be reached \(Cannot connect to host'):
+        loop.train(cfg, workdir)
+    monkeypatch.undo()
+
     # SIGTERM during the final eval: the last step is saved, the eval stops at once, the run
     # returns {}; the same command again evaluates and samples that checkpoint
     workdir = str(tmp_path / 'stopped')
@@ -151,6 +170,73 @@ def test_training_stops_at_a_failed_save_and_a_stop_during_the_final_eval_keeps_
     final = loop.train(cfg, workdir)
     assert set(final) >= {'loss', 'bits_per_dim'}
     assert [r['step'] for r in read_metrics(workdir) if 'eval/loss' in r] == [4]
+
+
+def _refused() -> OSError:
+    """A real aiohttp connector error, what gcsfs raises once the store is gone."""
+    import asyncio
+
+    import aiohttp
+
+    async def connect():
+        async with aiohttp.ClientSession() as session:
+            await session.get(f'http://127.0.0.1:{free_port()}/')
+    try:
+        asyncio.run(connect())
+    except aiohttp.ClientConnectorError as e:
+        return e
+    raise AssertionError('a closed port accepted a connection')
+
+
+def test_a_store_that_cannot_be_reached_is_the_world_failing():
+    error = _refused()
+    known = from_os_error(error)
+    assert isinstance(known, WorldFailed)
+    assert str(known).startswith('the storage could not be reached (Cannot connect to host '
+                                 '127.0.0.1:')
+    assert str(known).endswith('rerun the same command once it is back.')
+
+
+def test_staged_files_the_store_cannot_take_at_the_end_are_kept_and_named(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(writers.storage, 'is_url', lambda path: True)   # stage, as for gs://
+    (tmp_path / 'gone').write_text('')        # the "store": a path no folder can be made under
+    remote = str(tmp_path / 'gone' / 'run')
+    writer = writers.MetricWriter(remote, names=())
+    writer.start()
+    writer.write(1, {'loss': 2.5})
+    log = writers.HostLog(remote)
+    log.write('step 1 done')
+    writer.close()
+    log.close()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith(f'warning: could not upload to {remote}')
+                                 for line in err)
+    kept = [line.rsplit('kept in ', 1)[1].rstrip('.') for line in err]
+    with open(os.path.join(kept[0], 'metrics.jsonl')) as f:
+        assert f.read() == '{"step": 1, "loss": 2.5}\n'
+    with open(os.path.join(kept[1], 'process_0.log')) as f:
+        assert f.read().endswith(' step 1 done\n')
+
+
+def test_library_tracebacks_become_one_line_in_the_cli(monkeypatch):
+    import logging
+    logger = logging.getLogger('gcsfs')
+    monkeypatch.setattr(logger, 'filters', [])
+    monkeypatch.delenv('DUL_JAX_TRACEBACKS', raising=False)
+    cli.one_line_library_errors()
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(logging.Formatter().format(record))
+    logger.addHandler(handler)
+    try:
+        try:
+            raise _refused()
+        except OSError:
+            logger.exception('_request out of retries on exception')
+    finally:
+        logger.removeHandler(handler)
+    assert records == ['_request out of retries on exception']
 
 
 def test_a_second_trainer_is_told_before_its_model_is_built(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 (gcp-storage-emulator, with the behaviours of GCS it lacks added in tests/gcs_emulator.py): train,
 Ctrl-C save, bit-identical resume, eval, sample, TensorBoard, the lease lock, a two-run sweep."""
 
+import errno
 import hashlib
 import json
 import os
@@ -156,7 +157,7 @@ def test_a_tfds_dir_in_the_bucket_is_prepared_once_then_read_from_there(bucket, 
     assert list(home.iterdir()) == []
 
 
-def test_lease_refuses_a_second_trainer_and_expires(bucket, monkeypatch):
+def test_lease_refuses_a_second_trainer_and_expires(bucket, monkeypatch, capsys):
     run = f'{bucket}/runs/locked'
     with workdir_lock.exclusive(run):
         holder = (epath.Path(run) / '.lock').read_text()
@@ -170,6 +171,18 @@ def test_lease_refuses_a_second_trainer_and_expires(bucket, monkeypatch):
     monkeypatch.setattr(workdir_lock, 'LEASE_TTL_S', 0.0)
     with workdir_lock.exclusive(run):
         assert f'pid {os.getpid()}' in (epath.Path(run) / '.lock').read_text()
+    # the store gone when the run ends: the lease is left to expire, with one warning
+    import fsspec
+    fs = fsspec.core.url_to_fs(run)[0]   # the cached instance the lease uses
+
+    def refused(path, **kwargs):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, 'Connect call failed')
+    monkeypatch.setattr(fs, 'rm_file', refused)
+    with workdir_lock.exclusive(run):
+        pass
+    assert capsys.readouterr().err == (f'warning: could not remove the lease {run}/.lock '
+                                       '([Errno 111] Connect call failed); it expires 0 s after '
+                                       'its last renewal.\n')
 
 
 SWEEP = '''

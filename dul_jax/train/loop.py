@@ -22,7 +22,7 @@ import tqdm
 from dul_jax import config as config_lib
 from dul_jax import data, evaluators, images, storage
 from dul_jax.accounting import count_params
-from dul_jax.errors import UserError
+from dul_jax.errors import UserError, WorldFailed, from_os_error
 from dul_jax.sharding import distributed
 from dul_jax.sharding.liveness import Watchdog
 from dul_jax.sharding.mesh import to_host
@@ -159,7 +159,16 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
                 contextlib.closing(MetricWriter(workdir, cfg.tracking.trackers, cfg)) as writer, \
                 contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
                                                 keep=cfg.train.keep_checkpoints)) as ckpt:
-            return _Run(setup, workdir, writer, ckpt, debug).train()
+            run = _Run(setup, workdir, writer, ckpt, debug)
+            try:
+                return run.train()
+            except OSError as e:   # a store gone away or a full disk while logging: one sentence
+                known = from_os_error(e)
+                if not isinstance(known, WorldFailed):
+                    raise
+                last = f'step {ckpt.committed}' if ckpt.committed is not None else 'none yet'
+                raise WorldFailed(f'training stopped at step {run.step}, and the last good '
+                                  f'checkpoint is {last} in {ckpt.directory}: {known}') from None
 
 
 class _Run:
@@ -175,6 +184,7 @@ class _Run:
         self.pending, self.history = [], []   # device metrics not yet fetched; fetched, unlogged
         self.last_good = None                 # the newest checkpoint whose losses were all finite
         self.compile_s = None
+        self.step = None                      # the last step taken
         self.evaluation = Evaluation(setup)   # its compiled eval functions serve every eval
 
     def _restore_or_init(self):
@@ -237,6 +247,7 @@ class _Run:
         eval metrics, or {} after a SIGTERM or preemption (with a checkpoint saved)."""
         setup, tc = self.setup, self.cfg.train
         state, step = self._restore_or_init()
+        self.step = step
         self.flops_per_step, flops_source = mfu.model_flops_per_step(setup, state, tc.batch_size)
         state = setup.to_step_form(state)
         log(f'{setup.task.name} on {setup.spec.name}: {count_params(state.params):,} params, '
@@ -262,6 +273,7 @@ class _Run:
                 profile.before(step + 1)
                 state, metrics = step_fn(state, setup.put_train_batch(next(self.data_iter)))
                 step += 1
+                self.step = step
                 profile.after(step, state)
                 self.pending.append(metrics)
                 self.clock = (self.clock[0], self.clock[1] + 1)

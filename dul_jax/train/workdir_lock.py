@@ -10,6 +10,7 @@ exit; a lease not renewed for LEASE_TTL_S (its holder was killed) is taken over.
 import contextlib
 import fcntl
 import os
+import sys
 import threading
 import time
 import uuid
@@ -103,5 +104,10 @@ def _lease(lock_path, holder, workdir):
     finally:
         stop.set()
         thread.join()
-        with contextlib.suppress(FileNotFoundError):
+        try:
             fs.rm_file(key)
+        except FileNotFoundError:
+            pass
+        except OSError as e:  # the store went away: the lease expires on its own
+            print(f'warning: could not remove the lease {lock_path} ({str(e).splitlines()[0]}); '
+                  f'it expires {LEASE_TTL_S:.0f} s after its last renewal.', file=sys.stderr)

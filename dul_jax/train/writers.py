@@ -8,6 +8,8 @@ folder, uploaded whole at most every SYNC_S seconds, at each `sync()` and on clo
 """
 
 import os
+import shutil
+import sys
 import tempfile
 import time
 
@@ -32,8 +34,7 @@ class MetricWriter:
             return
         self.remote = storage.path(workdir)
         if storage.is_url(self.remote):
-            self._staging = tempfile.TemporaryDirectory(prefix='dul_jax_metrics_')
-            local = self._staging.name
+            self._staging = local = tempfile.mkdtemp(prefix='dul_jax_metrics_')
             if (self.remote / 'metrics.jsonl').is_file():  # a resumed run appends to its rows
                 with open(os.path.join(local, 'metrics.jsonl'), 'wb') as f:
                     f.write((self.remote / 'metrics.jsonl').read_bytes())
@@ -107,9 +108,9 @@ class MetricWriter:
             return
         for tracker in reversed(self.trackers):
             tracker.close()
-        self.sync(force=True)
-        if self._staging is not None:
-            self._staging.cleanup()
+        if self._staging is not None and _uploaded_or_kept(
+                lambda: self.sync(force=True), self.remote, self._staging):
+            shutil.rmtree(self._staging)
 
 
 class HostLog:
@@ -122,8 +123,8 @@ class HostLog:
         self.remote = storage.path(workdir) / 'logs' / name
         self._staging = None
         if storage.is_url(self.remote):
-            self._staging = tempfile.TemporaryDirectory(prefix='dul_jax_log_')
-            local = os.path.join(self._staging.name, name)
+            self._staging = tempfile.mkdtemp(prefix='dul_jax_log_')
+            local = os.path.join(self._staging, name)
             if self.remote.is_file():   # a resumed run goes on in the same log
                 with open(local, 'wb') as f:
                     f.write(self.remote.read_bytes())
@@ -147,6 +148,18 @@ class HostLog:
 
     def close(self) -> None:
         self._file.close()
-        if self._staging is not None:
-            self._upload()
-            self._staging.cleanup()
+        if self._staging is not None and _uploaded_or_kept(self._upload, self.remote,
+                                                           self._staging):
+            shutil.rmtree(self._staging)
+
+
+def _uploaded_or_kept(upload, remote, staging: str) -> bool:
+    """Run the last upload of a staging folder; if the store cannot take it (it went away),
+    say where the files are kept instead of raising over the error that ended the run."""
+    try:
+        upload()
+        return True
+    except OSError as e:
+        print(f'warning: could not upload to {remote} ({str(e).splitlines()[0]}); the files are '
+              f'kept in {staging}.', file=sys.stderr)
+        return False

@@ -46,12 +46,54 @@ def tfds_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp('tfds'))
 
 
+# Where a clone has no ../shared/data, the raw files are fetched here once, checksummed.
+DATA_CACHE = pathlib.Path(os.environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache') \
+    / 'dul_jax' / 'test_data'
+
+
+def raw_data_folder(shared: pathlib.Path, cache: pathlib.Path) -> tuple[str | None, str]:
+    """(a folder holding every raw file of the local data sets, '') or (None, why not).
+
+    `shared` where it exists (the project machines' ../shared/data), or $DUL_JAX_DATA_DIR where it
+    holds them all; else `cache`, after fetching what it lacks through the project's own download
+    route (sha256-checked; $DUL_JAX_DATA_URL picks a mirror of the same layout)."""
+    if shared.is_dir():
+        return str(shared), ''
+    from dul_jax.data import catalog, download
+    from dul_jax.errors import UserError
+    given = os.environ.get('DUL_JAX_DATA_DIR')
+    if given and all((pathlib.Path(given) / raw.path).is_file()
+                     for files in download.RAW_FILES.values() for raw in files):
+        return given, ''
+    advice = ('set DUL_JAX_DATA_DIR to a folder holding them (layout: docs/data.md) or '
+              'DUL_JAX_DATA_URL to a mirror of that layout, and rerun')
+    try:
+        base = download.base_url('')
+        if not base and not catalog.internet_reachable():
+            return None, f'the raw data files are not here and there is no internet; {advice}'
+        for name in download.RAW_FILES:
+            download.ensure_files(name, cache, base)
+    except UserError as e:
+        return None, f'the raw data files are not here and could not be fetched ({e}); {advice}'
+    return str(cache), ''
+
+
+@pytest.fixture(scope='session')
+def _raw_data():
+    folder, why = raw_data_folder(SHARED_DATA, DATA_CACHE)
+    if folder is not None:
+        os.environ.setdefault('DUL_JAX_DATA_DIR', folder)
+    return folder, why
+
+
 @pytest.fixture
-def shared_data():
-    """../shared/data, or skip: a user's fresh clone has no shared folder beside it."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f'{SHARED_DATA} is absent (only the project machines have it)')
-    return str(SHARED_DATA)
+def shared_data(_raw_data):
+    """The raw data files: ../shared/data on the project machines, else fetched once into
+    DATA_CACHE through the download route; a skip saying how to provide them where neither works."""
+    folder, why = _raw_data
+    if folder is None:
+        pytest.skip(why)
+    return folder
 
 
 def free_port() -> int:

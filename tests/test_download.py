@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 import scipy.io
-from conftest import free_port
+from conftest import free_port, raw_data_folder
 
 from dul_jax import config, data
 from dul_jax.data import catalog, download, image_builders
@@ -127,6 +127,30 @@ def test_an_unreachable_server_names_the_url_and_the_folder(tmp_path, serve, sha
     with pytest.raises(UserError, match=r'could not download .*/tinyshakespeare/input.txt '
                                         r'\(HTTP Error 404: File not found\); put the file'):
         data.describe(make_cfg(tmp_path, 'tiny_shakespeare', url=serve(tmp_path / 'empty')))
+
+
+def test_a_clone_without_the_shared_folder_fetches_the_test_data_or_says_how(
+        tmp_path, serve, shared_data, monkeypatch):
+    # a mirror (here, a server on 127.0.0.1 serving the shared files): every file fetched and
+    # checked into the cache, and a second call fetches nothing
+    monkeypatch.delenv('DUL_JAX_DATA_DIR', raising=False)
+    monkeypatch.setenv(download.URL_VARIABLE, serve(shared_data))
+    absent, cache = tmp_path / 'no_shared_folder', tmp_path / 'cache'
+    assert raw_data_folder(absent, cache) == (str(cache), '')
+    for raw in (raw for files in download.RAW_FILES.values() for raw in files):
+        assert sha256(cache / raw.path) == sha256(pathlib.Path(shared_data) / raw.path)
+    monkeypatch.setenv(download.URL_VARIABLE, f'http://127.0.0.1:{free_port()}')  # now down
+    assert raw_data_folder(absent, cache) == (str(cache), '')
+    # offline with nothing cached: the reason, and how to provide the files
+    folder, why = raw_data_folder(absent, tmp_path / 'empty_cache')
+    assert folder is None
+    assert why.startswith('the raw data files are not here and could not be fetched (could not '
+                          'download http://127.0.0.1:')
+    assert why.endswith('set DUL_JAX_DATA_DIR to a folder holding them (layout: docs/data.md) '
+                        'or DUL_JAX_DATA_URL to a mirror of that layout, and rerun')
+    # a folder of the user's own, named by DUL_JAX_DATA_DIR, is used as it is
+    monkeypatch.setenv('DUL_JAX_DATA_DIR', str(cache))
+    assert raw_data_folder(absent, tmp_path / 'unused') == (str(cache), '')
 
 
 def test_present_files_are_verified_too(tmp_path):

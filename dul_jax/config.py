@@ -6,11 +6,13 @@ config, so an unknown key or a wrong type is refused before anything compiles.
 """
 
 import ast
+import functools
 import importlib.util
 import json
 import os
 import posixpath
 import re
+import types
 
 import ml_collections
 
@@ -148,15 +150,31 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def _is_url(path: str) -> bool:
+    return re.match(r'^[a-z][a-z0-9+.-]*://', path) is not None   # gs://, and what epath reads
+
+
 def load_file_module(path: str, kind: str, example: str):
-    """The Python file `path` (a config or sweep file), executed as a module."""
-    if not os.path.isfile(path):
+    """The Python file `path` (a config or sweep file; local, or on a store such as gs://),
+    executed as a module."""
+    if _is_url(path):
+        from dul_jax import storage  # only here: it imports etils and, for gs://, gcsfs
+        source = storage.read_text(storage.path(path))
+        if source is None:
+            raise UserError(f'{kind} file {path} does not exist; pass an existing --{kind} '
+                            f'file, e.g. {example}.')
+        module = types.ModuleType(f'_dul_jax_{kind}')
+        module.__file__ = path
+        run = functools.partial(exec, compile(source, path, 'exec'), module.__dict__)
+    elif not os.path.isfile(path):
         raise UserError(f'{kind} file {path} does not exist; pass an existing --{kind} file, '
                         f'e.g. {example}.')
-    spec = importlib.util.spec_from_file_location(f'_dul_jax_{kind}', path)
-    module = importlib.util.module_from_spec(spec)
+    else:
+        spec = importlib.util.spec_from_file_location(f'_dul_jax_{kind}', path)
+        module = importlib.util.module_from_spec(spec)
+        run = functools.partial(spec.loader.exec_module, module)
     try:
-        spec.loader.exec_module(module)
+        run()
     except SyntaxError as e:
         raise UserError(f'{kind} file {path} has a syntax error at line {e.lineno}: '
                         f'{e.msg}.') from None
@@ -233,7 +251,7 @@ def config_file(name: str) -> str:
     """The config file `name` stands for: a file that exists, else a shipped config by name
     ('demo', 'demo.py' or 'experiments/configs/demo.py' from any folder); one sentence if
     neither."""
-    if os.path.isfile(name):
+    if os.path.isfile(name) or _is_url(name):
         return name
     key = name.removeprefix('experiments/configs/').removesuffix('.py')
     shipped = shipped_configs()

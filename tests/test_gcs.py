@@ -18,8 +18,8 @@ from conftest import gcs_emulator
 from etils import epath
 
 import dul_jax
+from dul_jax import cli, data
 from dul_jax import config as config_lib
-from dul_jax import data
 from dul_jax.data import catalog
 from dul_jax.errors import UserError
 from dul_jax.scaling import sweep
@@ -215,6 +215,23 @@ def test_two_run_sweep_on_gcs(bucket, tfds_dir, tmp_path):
     # finished runs are skipped when the sweep is run again
     again = sweep.run_sweep(str(path), workdir)
     assert [r['wall_s'] for r in again] == [r['wall_s'] for r in results]
+
+
+def test_a_config_file_in_the_bucket_is_read_from_there(bucket, capsys):
+    path = f'{bucket}/configs/short_demo.py'
+    (epath.Path(path)).write_text(
+        'from dul_jax import config as config_lib\n\n\n'
+        'def get_config():\n'
+        "    c = config_lib.load_config('demo')\n"
+        '    c.train.steps = 7\n'
+        '    return c\n')
+    cfg = config_lib.load_config(path, ['optim.lr=0.01'])
+    demo = config_lib.load_config('demo')
+    assert (cfg.train.steps, cfg.optim.lr, cfg.task) == (7, 0.01, demo.task)
+    assert cli.main(['config', 'show', '--config', path]) == 0
+    assert json.loads(capsys.readouterr().out)['train']['steps'] == 7
+    with pytest.raises(UserError, match=f'config file {bucket}/configs/nope.py does not exist'):
+        config_lib.load_config(f'{bucket}/configs/nope.py')
 
 
 def test_compress_reads_and_writes_gcs_files(bucket):

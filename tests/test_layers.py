@@ -10,7 +10,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'dul_jax'
 ALLOWED = {
     'errors': set(), 'accounting': set(), 'losses': set(), 'storage': set(), 'model_configs': set(),
     'images': {'storage'},
-    'config': {'errors'},
+    'config': {'errors', 'storage'},
     'data': {'errors', 'storage'},
     'sharding': {'errors'},
     'ops': {'errors', 'losses'},               # each kernel's plain reference

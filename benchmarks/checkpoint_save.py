@@ -6,8 +6,8 @@ on (its default off GPUs) and off, for a state of N replicated arrays on this ho
 
 Replica-parallel saving slices each replicated array once per device so every replica writes a
 part; each slice is a compiled op per shape and device, paid on the first save of a process. Run
-once per setting (the type handler is registered process-wide); prints the first and second
-save and the first restore, through dul_jax's Checkpointer.
+once per setting (`Checkpointer(replica_parallel=...)`, `train.ckpt_replica_parallel`); prints
+the first and second save and the first restore, through dul_jax's Checkpointer.
 """
 
 import argparse
@@ -16,7 +16,6 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -26,10 +25,8 @@ def main() -> None:
     p.add_argument('--arrays', type=int, default=100)
     p.add_argument('--parallel', choices=('on', 'off'), default='on')
     args = p.parse_args()
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=args.parallel == 'on'),
-        override=True)
     from dul_jax.train import checkpoint
+    parallel = args.parallel == 'on'
     mesh = jax.make_mesh((jax.device_count(),), ('data',))
     replicated = NamedSharding(mesh, P())
     rng = np.random.default_rng(0)
@@ -40,7 +37,7 @@ def main() -> None:
                             tree)
     for attempt in ('first', 'second'):
         folder = tempfile.mkdtemp()
-        ckpt = checkpoint.Checkpointer(folder, async_save=False)
+        ckpt = checkpoint.Checkpointer(folder, async_save=False, replica_parallel=parallel)
         start = time.perf_counter()
         ckpt.save(1, tree)
         ckpt.close()

@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ckpt_every = 500
     c.train.sample_every = 0                    # 0: sample only at the end
     c.train.keep_checkpoints = 3
+    # orbax's replica-parallel saving: each replicated array's writing split among its replicas;
+    # faster for big replicated states on many hosts, but the first save compiles a slice per
+    # array and device (train/checkpoint.py)
+    c.train.ckpt_replica_parallel = False
     c.train.profile_steps = 0                   # steps traced by jax.profiler into tensorboard/
     c.train.profile_start = 10                  # the first traced step (after compilation)
 

@@ -23,15 +23,7 @@ import sys
 import time
 
 import jax
-import orbax.checkpoint as ocp
 import pytest
-
-# orbax's replica-parallel saving (its default off GPUs) slices each replicated array once per
-# device, compiling a slice op per shape and device: 9-12 s of a tiny run's first save on 8 CPU
-# devices. The tests' arrays are tiny, so each is written whole by its first replica instead
-# (read back the same way; runs in subprocesses keep orbax's default).
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -171,7 +163,6 @@ def quick_compiles():
     the same values up to rounding), with the trainer's CPU peak-FLOP/s fixed at 1e11: measuring
     it runs a 2048^3 matmul that takes ~10 s optimized and crawls unoptimized, and only the logged
     MFU uses it. For a module: `with quick_compiles(): yield` in an autouse fixture."""
-    import jax
 
     from dul_jax.train import mfu
     before = jax.config.read('jax_disable_most_optimizations')
@@ -189,7 +180,6 @@ def perturbed_params(task, batch, scale=0.2, seed=0):
     as host arrays: random everywhere, the layers a family initialises to zero included, so every
     output and every gradient is non-trivial. `batch`: what task.init takes (a dummy batch)."""
     import flax.linen as nn
-    import jax
     import numpy as np
     params = jax.device_get(jax.jit(lambda key: nn.meta.unbox(task.init(key, batch)))(
         jax.random.key(0)))
@@ -201,7 +191,6 @@ def loss_and_grads(setup, params, batch, rng, step=0):
     """(the task's training loss, its gradients) at host `params` on a host `batch`, both placed
     as a run on setup's mesh places them, in one jit: what two meshes must agree on. Host
     arrays."""
-    import jax
     import jax.numpy as jnp
 
     from dul_jax.tasks.base import StepContext
@@ -216,7 +205,6 @@ def loss_and_grads(setup, params, batch, rng, step=0):
 def assert_same_loss_and_grads(got, want, rtol=1e-5, grad_rtol=1e-4, err_msg=''):
     """`got` and `want` from loss_and_grads agree: the losses to rtol, the gradients to
     grad_rtol of their global norm; the reference's gradients are finite and not all zero."""
-    import jax
     import numpy as np
     import optax
     (value, grads), (value_ref, grads_ref) = got, want

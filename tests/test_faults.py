@@ -50,6 +50,31 @@ def test_the_digest_is_the_same_on_any_mesh_and_sees_one_flipped_bit_or_swapped_
     assert digest(swapped)["['n']"] != digest(tree)["['n']"]
 
 
+def test_replica_parallel_saving_is_each_checkpointers_choice_and_old_checkpoints_load(tmp_path):
+    import orbax.checkpoint as ocp
+    mesh = jax.make_mesh((8,), ('data',))
+    tree = jax.device_put(_tree(), NamedSharding(mesh, P()))     # replicated on 8 devices
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                            tree)
+    handler = ocp.type_handlers.get_type_handler(jax.Array)
+    for parallel in (False, True):
+        directory = str(tmp_path / f'parallel_{parallel}')
+        ckpt = Checkpointer(directory, async_save=False, replica_parallel=parallel)
+        ckpt.save(1, tree)
+        ckpt.close()
+        restored = Checkpointer(directory).restore(abstract)
+        jax.tree.map(np.testing.assert_array_equal, restored, tree)
+    # orbax's process-wide registry is left as it was
+    assert ocp.type_handlers.get_type_handler(jax.Array) is handler
+    # a checkpoint written the way this project did before (orbax's StandardSave) still loads
+    old = str(tmp_path / 'standard_save')
+    with ocp.CheckpointManager(old) as manager:
+        manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(tree)))
+    ckpt = Checkpointer(old)
+    jax.tree.map(np.testing.assert_array_equal, ckpt.restore(abstract), tree)
+    assert ckpt.restored_step == 3
+
+
 def _flip_a_bit_of(directory, array: np.ndarray):
     """Flip one bit of `array`'s bytes where they lie in the checkpoint's data files: bit rot
     that leaves every file readable."""

@@ -144,6 +144,11 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
 
 
+def _checkpointer(cfg, workdir: str) -> Checkpointer:
+    return Checkpointer(storage.path(workdir) / 'checkpoints', keep=cfg.train.keep_checkpoints,
+                        replica_parallel=cfg.train.ckpt_replica_parallel)
+
+
 def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
     """Train (or resume) the run in `workdir`; returns the final eval metrics ({} on SIGTERM)."""
     # The lock first: a second trainer is told at once, before the model is built.
@@ -157,8 +162,7 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
             log('--debug: one device, the train step without jit, NaN checks and chex asserts on')
         with Watchdog(cfg.distributed.get('heartbeat_timeout_s', 60), _say_everywhere), \
                 contextlib.closing(MetricWriter(workdir, cfg.tracking.trackers, cfg)) as writer, \
-                contextlib.closing(Checkpointer(storage.path(workdir) / 'checkpoints',
-                                                keep=cfg.train.keep_checkpoints)) as ckpt:
+                contextlib.closing(_checkpointer(cfg, workdir)) as ckpt:
             run = _Run(setup, workdir, writer, ckpt, debug)
             try:
                 return run.train()

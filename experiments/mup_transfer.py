@@ -25,17 +25,21 @@ NAMES = {'sp': 'standard', 'mup': 'µP'}
 
 
 def curves(results):
-    """{parametrization: {width: {lr: loss}}} from the sweep's rows (diverged runs: inf)."""
-    out = collections.defaultdict(lambda: collections.defaultdict(dict))
+    """({parametrization: {width: {lr: mean loss over seeds}}}, the same with the seeds'
+    losses) from the sweep's rows (a diverged run's loss: inf)."""
+    seeds = collections.defaultdict(lambda: collections.defaultdict(
+        lambda: collections.defaultdict(list)))
     for r in results:
         o = r['overrides']
         kind = 'mup' if o['model.mup_base_width'] else 'sp'
         loss = float('inf') if r.get('diverged') or r.get('loss') is None else r['loss']
-        out[kind][o['model.embed_dim']][o['optim.lr']] = loss
-    return out
+        seeds[kind][o['model.embed_dim']][o['optim.lr']].append(loss)
+    means = {kind: {w: {lr: sum(v) / len(v) for lr, v in lrs.items()} for w, lrs in widths.items()}
+             for kind, widths in seeds.items()}
+    return means, seeds
 
 
-def table(data) -> str:
+def table(data, seeds) -> str:
     lrs = sorted({lr for widths in data.values() for lrs in widths.values() for lr in lrs})
     lines = ['| parametrization | width | ' + ' | '.join(f'lr 2^{math.log2(lr):.0f}' for lr in lrs)
              + ' | best lr | off the base\'s best |',
@@ -44,12 +48,20 @@ def table(data) -> str:
         widths = sorted(data[kind])
         best = {w: min(data[kind][w], key=data[kind][w].get) for w in widths}
         for w in widths:
-            cells = [f'**{data[kind][w][lr]:.4f}**' if lr == best[w] else
-                     f'{data[kind][w].get(lr, float("nan")):.4f}' for lr in lrs]
+            cells = [_cell(data[kind][w].get(lr, float('nan')), seeds[kind][w][lr],
+                           lr == best[w]) for lr in lrs]
             shift = math.log2(best[w] / best[widths[0]])
             lines.append(f'| {NAMES[kind]} | {w} | ' + ' | '.join(cells) +
                          f' | 2^{math.log2(best[w]):.0f} | {shift:+.0f} octave(s) |')
     return '\n'.join(lines)
+
+
+def _cell(mean, losses, best) -> str:
+    """The mean loss, bold where best; with several seeds, their count and half-range."""
+    text = f'**{mean:.4f}**' if best else f'{mean:.4f}'
+    if len(losses) > 1:
+        text += f' ±{(max(losses) - min(losses)) / 2:.4f} ({len(losses)} seeds)'
+    return text
 
 
 def plot(data, path) -> None:
@@ -73,9 +85,9 @@ def main() -> None:
     p.add_argument('workdir', help='the sweep workdir (its results.jsonl)')
     p.add_argument('--out', default='experiments/results/mup_transfer')
     args = p.parse_args()
-    data = curves(load_results(os.path.join(args.workdir, 'results.jsonl')))
+    data, seeds = curves(load_results(os.path.join(args.workdir, 'results.jsonl')))
     os.makedirs(args.out, exist_ok=True)
-    text = table(data)
+    text = table(data, seeds)
     with open(os.path.join(args.out, 'table.md'), 'w') as f:
         f.write(text + '\n')
     plot(data, os.path.join(args.out, 'lr_transfer.png'))

@@ -34,16 +34,34 @@ def curves(results):
         kind = 'mup' if o['model.mup_base_width'] else 'sp'
         loss = float('inf') if r.get('diverged') or r.get('loss') is None else r['loss']
         seeds[kind][o['model.embed_dim']][o['optim.lr']].append(loss)
+    base = min(seeds['mup'])   # at the base width µP is the standard model: pool their seeds
+    for lr, losses in seeds['sp'].get(base, {}).items():
+        if len(losses) > len(seeds['mup'][base][lr]):
+            seeds['mup'][base][lr] = losses
     means = {kind: {w: {lr: sum(v) / len(v) for lr, v in lrs.items()} for w, lrs in widths.items()}
              for kind, widths in seeds.items()}
     return means, seeds
 
 
+def fitted_optimum(curve: dict) -> float:
+    """log2 of the best learning rate, from a parabola in log2(lr) through the lowest mean
+    loss and its two neighbours (less noisy than the argmin on a grid of octaves); the grid's
+    end where the lowest loss lies there."""
+    lrs = sorted(curve)
+    i = min(range(len(lrs)), key=lambda j: curve[lrs[j]])
+    if i in (0, len(lrs) - 1):
+        return math.log2(lrs[i])
+    x = [math.log2(lrs[j]) for j in (i - 1, i, i + 1)]
+    y = [curve[lrs[j]] for j in (i - 1, i, i + 1)]
+    curvature = y[0] - 2 * y[1] + y[2]     # the grid is even in log2(lr)
+    return x[1] + 0.5 * (y[0] - y[2]) / curvature * (x[2] - x[1])
+
+
 def table(data, seeds) -> str:
     lrs = sorted({lr for widths in data.values() for lrs in widths.values() for lr in lrs})
     lines = ['| parametrization | width | ' + ' | '.join(f'lr 2^{math.log2(lr):.0f}' for lr in lrs)
-             + ' | best lr | off the base\'s best |',
-             '|---|---|' + '---|' * len(lrs) + '---|---|']
+             + ' | best lr | off the base\'s best | fitted best log2 lr | fitted, off the base |',
+             '|---|---|' + '---|' * len(lrs) + '---|---|---|---|']
     for kind in ('sp', 'mup'):
         widths = sorted(data[kind])
         best = {w: min(data[kind][w], key=data[kind][w].get) for w in widths}
@@ -51,8 +69,11 @@ def table(data, seeds) -> str:
             cells = [_cell(data[kind][w].get(lr, float('nan')), seeds[kind][w][lr],
                            lr == best[w]) for lr in lrs]
             shift = math.log2(best[w] / best[widths[0]])
+            fitted = fitted_optimum(data[kind][w])
+            fitted_shift = fitted - fitted_optimum(data[kind][widths[0]])
             lines.append(f'| {NAMES[kind]} | {w} | ' + ' | '.join(cells) +
-                         f' | 2^{math.log2(best[w]):.0f} | {shift:+.0f} octave(s) |')
+                         f' | 2^{math.log2(best[w]):.0f} | {shift:+.0f} octave(s) | '
+                         f'{fitted:.2f} | {fitted_shift:+.2f} |')
     return '\n'.join(lines)
 
 

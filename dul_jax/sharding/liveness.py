@@ -50,9 +50,12 @@ class Watchdog:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc):
-        """Stop beating and say so, so that peers still finishing do not count this one lost."""
-        if self._thread is not None:
+    def __exit__(self, exc_type, *exc):
+        """Stop beating and say so, so that peers still finishing do not count this one lost.
+        Left by an exception (a collective or a checkpoint barrier failing as a peer dies), keep
+        watching instead: JAX's shutdown barrier at exit would abort this process with a C++
+        stack, and the watchdog ends it first, in its one sentence."""
+        if self._thread is not None and exc_type is None:
             self._stop.set()
             self._thread.join()
             # the coordinator may already have finished: then nobody is left to tell

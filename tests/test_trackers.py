@@ -144,6 +144,28 @@ class Recorder(Tracker):
 '''
 
 
+def test_a_resume_in_the_same_second_keeps_the_earlier_tensorboard_events(tmp_path, monkeypatch):
+    """tensorboardX names event files by the second: a resume in the same second must not
+    truncate the first file (the clock is frozen here so both writers share a second)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboardX import event_file_writer
+
+    class FrozenClock:
+        time = staticmethod(lambda: 1_800_000_000.5)
+    monkeypatch.setattr(event_file_writer, 'time', FrozenClock)
+    workdir = str(tmp_path / 'run')
+    for start, steps in ((None, (1, 2, 3, 4)), (2, (3,))):
+        writer = MetricWriter(workdir, ('tensorboard',))
+        writer.start(start or 0)
+        for step in steps:
+            writer.write(step, {'loss': 1.0 / step if start is None else 0.9})
+        writer.close()
+    assert len(os.listdir(os.path.join(workdir, 'tensorboard'))) >= 2
+    events = EventAccumulator(os.path.join(workdir, 'tensorboard')).Reload()
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars('loss')] == [
+        (1, 1.0), (2, 0.5), (3, 0.9)]
+
+
 def test_a_tracker_of_your_own_plugs_in_by_module_and_class(tmp_path, monkeypatch):
     (tmp_path / 'my_trackers.py').write_text('import os\n' + RECORDER)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -13,6 +13,7 @@ import math
 import os
 import secrets
 import sys
+import time
 
 import numpy as np
 
@@ -110,8 +111,12 @@ class TensorBoard(Tracker):
     def __init__(self, directory, workdir, cfg=None):
         super().__init__(directory, workdir, cfg)
         from tensorboardX import SummaryWriter
+        # tensorboardX names its files by the second and host and opens them 'wb': a second
+        # writer within the same second would truncate the first; a nanosecond suffix keeps
+        # each file and sorts them in the order TensorBoard must read them
         self._new = lambda purge_step=None: SummaryWriter(
-            os.path.join(directory, 'tensorboard'), purge_step=purge_step)
+            os.path.join(directory, 'tensorboard'), purge_step=purge_step,
+            filename_suffix=f'.{time.time_ns()}')
         self._tb = self._new()
 
     def scalars(self, step, values):

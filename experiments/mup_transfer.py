@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 
+from dul_jax.scaling import fit
 from dul_jax.scaling.report import load_results
 
 NAMES = {'sp': 'standard', 'mup': 'µP'}
@@ -43,20 +44,6 @@ def curves(results):
     return means, seeds
 
 
-def fitted_optimum(curve: dict) -> float:
-    """log2 of the best learning rate, from a parabola in log2(lr) through the lowest mean
-    loss and its two neighbours (less noisy than the argmin on a grid of octaves); the grid's
-    end where the lowest loss lies there."""
-    lrs = sorted(curve)
-    i = min(range(len(lrs)), key=lambda j: curve[lrs[j]])
-    if i in (0, len(lrs) - 1):
-        return math.log2(lrs[i])
-    x = [math.log2(lrs[j]) for j in (i - 1, i, i + 1)]
-    y = [curve[lrs[j]] for j in (i - 1, i, i + 1)]
-    curvature = y[0] - 2 * y[1] + y[2]     # the grid is even in log2(lr)
-    return x[1] + 0.5 * (y[0] - y[2]) / curvature * (x[2] - x[1])
-
-
 def table(data, seeds) -> str:
     lrs = sorted({lr for widths in data.values() for lrs in widths.values() for lr in lrs})
     lines = ['| parametrization | width | ' + ' | '.join(f'lr 2^{math.log2(lr):.0f}' for lr in lrs)
@@ -69,8 +56,8 @@ def table(data, seeds) -> str:
             cells = [_cell(data[kind][w].get(lr, float('nan')), seeds[kind][w][lr],
                            lr == best[w]) for lr in lrs]
             shift = math.log2(best[w] / best[widths[0]])
-            fitted = fitted_optimum(data[kind][w])
-            fitted_shift = fitted - fitted_optimum(data[kind][widths[0]])
+            fitted = fit.best_log2_lr(data[kind][w])
+            fitted_shift = fitted - fit.best_log2_lr(data[kind][widths[0]])
             lines.append(f'| {NAMES[kind]} | {w} | ' + ' | '.join(cells) +
                          f' | 2^{math.log2(best[w]):.0f} | {shift:+.0f} octave(s) | '
                          f'{fitted:.2f} | {fitted_shift:+.2f} |')

@@ -155,6 +155,17 @@ def test_isoflop_parabola_uses_the_sizes_around_the_minimum():
     assert abs(np.log10(everything.n_opt) - best) > np.log10(5)
 
 
+def test_best_log2_lr_is_the_vertex_of_a_parabola_in_log2_lr():
+    """Losses on an exact parabola in log2(lr) with its vertex between grid points give the
+    vertex back; a minimum at the grid's edge, or beside a diverged run, is that grid point."""
+    curve = {2.0 ** k: 1.0 + 0.1 * (k + 6.3) ** 2 for k in range(-10, -2)}
+    assert fit.best_log2_lr(curve) == pytest.approx(-6.3)
+    assert fit.best_log2_lr({2.0 ** k: -k for k in range(-10, -2)}) == -3.0
+    assert fit.best_log2_lr({0.25: float('inf'), 0.125: 1.0, 0.0625: 1.2}) == -3.0
+    # a diverged neighbour (inf) must not move the vertex off the grid point
+    assert fit.best_log2_lr({0.5: float('inf'), 0.25: 1.0, 0.125: 1.2}) == -2.0
+
+
 def test_selections_and_holdout():
     C = np.array([1.0, 2.0, 2.0, 3.0, 4.0])
     L = np.array([5.0, 4.0, 4.5, 4.2, 3.0])

@@ -415,6 +415,20 @@ def fit_parabola(N, L, budget: float, window: int = PARABOLA_WINDOW) -> Parabola
                     inside=inside, n_opt=float(n_opt), loss_opt=loss_opt)
 
 
+def best_log2_lr(curve: dict) -> float:
+    """log2 of the best learning rate of {lr: loss} on a grid even in log2(lr): the vertex of
+    the parabola through the lowest loss and its two neighbours (less noisy than the grid's
+    argmin); the grid point where it lies at the grid's end or beside a diverged run (loss inf)."""
+    lrs = sorted(curve)
+    i = min(range(len(lrs)), key=lambda j: curve[lrs[j]])
+    if i in (0, len(lrs) - 1) or not np.isfinite([curve[lrs[i - 1]], curve[lrs[i + 1]]]).all():
+        return float(np.log2(lrs[i]))
+    x = np.log2([lrs[i - 1], lrs[i], lrs[i + 1]])
+    y = [curve[lrs[j]] for j in (i - 1, i, i + 1)]
+    curvature = y[0] - 2 * y[1] + y[2]     # positive: the middle one is the lowest
+    return float(x[1] + 0.5 * (y[0] - y[2]) / curvature * (x[2] - x[1]))
+
+
 def isoflop_parabolas(N, L, budget) -> tuple[list, list]:
     """One parabola per budget with >= 3 distinct sizes; and notes on the budgets skipped."""
     N, L = np.asarray(N, np.float64), np.asarray(L, np.float64)

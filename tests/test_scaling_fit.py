@@ -269,13 +269,25 @@ def test_families_report_side_by_side(tmp_path, monkeypatch):
                   'final_metrics': {'fid': 100.0 / (i + 1), 'bound_bits_per_dim': r['loss'],
                                     'probe_accuracy': 1 - r['loss'] / 10,
                                     'knn_accuracy': 1 - r['loss'] / 10}})
-    for sweep in ('scaling_dit_mnist', 'scaling_mae_mnist'):
+    for sweep in ('scaling_dit_mnist', 'scaling_mae_mnist', 'mae_mup_wsd'):
         (tmp_path / sweep).mkdir()
         _write_jsonl(tmp_path / sweep / 'results.jsonl', runs)
+    # an lr sweep: under µP (the family's default) every width's best log2 lr is -6.3; runs that
+    # set model.mup_base_width=0 are standard, their optimum one octave lower per doubling
+    lr_rows = [{'loss': 1.0 + 0.1 * (k - best) ** 2, 'overrides': {
+        'model.embed_dim': w, 'optim.lr': 2.0 ** k, **mup}}
+        for w in (32, 64, 128) for k in range(-10, -2)
+        for best, mup in ((-6.3, {}), (-6.3 - np.log2(w / 32), {'model.mup_base_width': 0}))]
+    _write_jsonl(tmp_path / 'mae_mup_wsd' / 'lr_results.jsonl', lr_rows)
+    transfer = families.lr_transfer(lr_rows, mup_default=32)
+    assert transfer['µP'] == pytest.approx({32: 0.0, 64: 0.0, 128: 0.0}, abs=1e-9)
+    assert transfer['standard'] == pytest.approx({32: 0.0, 64: -1.0, 128: -2.0}, abs=1e-9)
     out = tmp_path / 'out'
     assert families.main(['--results', str(tmp_path), '--out', str(out), '--n-boot', '5']) == 0
     text = (out / 'report.md').read_text()
     assert '| DiT: ' in text and '| MAE: ' in text and '| AR bytes' not in text
+    assert 'µP: +0.00 octave at width 64 (base 32); standard: -2.00 octave at width 128' in text
+    assert text.count('| power law in N and in C |') == 3   # the synthetic law resolves both
     assert 'Missing sweeps: AR bytes' in text
     assert 'FID against log10 forward GFLOPs, all runs: Pearson' in text
     assert 'Spearman -1.00 (9 runs)' in text          # FID strictly falls with GFLOPs

@@ -1,4 +1,5 @@
-"""The scaling exponents of four families side by side: byte-level GPT, iGPT, DiT and MAE.
+"""The scaling exponents of the families side by side: byte-level GPT, iGPT, DiT and MAE (with
+the standard parametrization and one learning rate, and with µP and cooldown branches).
 
     python experiments/scaling/families_report.py [--results experiments/results]
         [--out experiments/results/scaling_families] [--n-boot 200]
@@ -8,8 +9,10 @@ family with the same code (dul_jax/scaling/report.py run_fits: bootstrap interva
 the held-out largest run; seed repeats merged at their mean) and writes report.md and
 exponents.png, plus the family-specific checks: DiT's FID against forward GFLOPs (Peebles & Xie
 2023) and against the loss (Liang et al. 2024), MAE's probe accuracy against its reconstruction
-loss (Xie et al. 2023) and the epochs where its 8,000 images run out. Losses are in each family's
-own units, so only exponents compare across rows.
+loss (Xie et al. 2023) and the epochs where its 8,000 images run out, the cooldown branches
+against cosine runs, how far the best learning rate moves with width (µP against the standard
+parametrization, where a family has an lr sweep) and the scaling regime each family's fits
+support. Losses are in each family's own units, so only exponents compare across rows.
 """
 
 import argparse
@@ -39,6 +42,9 @@ class Family:
     units: str
     literature: dict    # quantity -> 'value (source)'
     examples: int = 0   # training examples of the data set, for epochs (0: not shown)
+    # results.jsonl (under --results) of a learning-rate sweep over widths, for the µP column
+    lr_sweep: str = ''
+    mup_default: int = 0   # model.mup_base_width of runs whose overrides do not set it
 
 
 FAMILIES = (
@@ -47,12 +53,17 @@ FAMILIES = (
                          'pure)', 'a': '0.73 (Kaplan 2020); 0.50 (Hoffmann 2022)',
                          'L(N, D)': 'alpha 0.34, beta 0.28 (Hoffmann 2022)'}),
     Family('iGPT', 'iGPT on 8x8 digits, one data budget (igpt_digits.py)',
-           'scaling_igpt_digits', 'nats/pixel', {'a': '~0.7 (Henighan 2020, all domains)'}),
+           'scaling_igpt_digits', 'nats/pixel', {'a': '~0.7 (Henighan 2020, all domains)'},
+           lr_sweep='mup_transfer/results.jsonl'),
     Family('DiT', 'diffusion transformer on MNIST (dit_mnist.py)', 'scaling_dit_mnist',
            'v-MSE, min-SNR-5', {'a': '0.568 (Liang 2024)'}, examples=8000),
     Family('MAE', 'masked autoencoder on MNIST (mae_mnist.py)', 'scaling_mae_mnist',
            'masked-patch MSE', {}, examples=8000),
+    Family('MAE µP', 'MAE on binarized MNIST with µP, cooldown branches of warmup-stable-decay '
+           'runs (mae_mup_wsd.py)', 'mae_mup_wsd', 'masked-patch MSE', {}, examples=50000,
+           lr_sweep='mae_mup_wsd/lr_results.jsonl', mup_default=32),
 )
+COOLDOWN_TABLE = 'mae_mup_wsd/cooldown_vs_cosine.md'   # written by experiments/mae_mup_wsd.py
 QUANTITIES = (('alpha_N', 'L(N) = A N^-alpha'), ('alpha_C', 'L(C) = A C^-alpha'),
               ('a', 'IsoFLOP N_opt ~ C^a'), ('joint_alpha', 'L(N, D): alpha'),
               ('joint_beta', 'L(N, D): beta'))
@@ -109,15 +120,66 @@ def _seed_cell(s):
     return f'{100 * mean:.2f}% of the loss ({count} pairs)'
 
 
+def _resolved(est):
+    """An exponent whose 95% interval excludes 0."""
+    return est is not None and est[1] > 0
+
+
+def regime(s) -> str:
+    """What the fits support, read from which exponents are resolved (interval above 0)."""
+    n, c = _resolved(s['alpha_N']), _resolved(s['alpha_C'])
+    if n and c:
+        return 'power law in N and in C'
+    if c:
+        return 'power law in C only: the loss follows training length, not size'
+    if n:
+        return 'power law in N only'
+    return 'no power law resolved'
+
+
+def lr_transfer(rows, mup_default=0) -> dict:
+    """{'µP' or 'standard': {width: fitted best log2 lr - the smallest width's}} of a
+    learning-rate sweep over widths (rows: result dicts with the lr and width in overrides)."""
+    curves = {}
+    for r in rows:
+        o = r['overrides']
+        kind = 'µP' if o.get('model.mup_base_width', mup_default) else 'standard'
+        loss = math.inf if r.get('diverged') or r.get('loss') is None else r['loss']
+        curves.setdefault(kind, {}).setdefault(o['model.embed_dim'], {})[o['optim.lr']] = loss
+    if 'µP' in curves and 'standard' in curves:   # the base width is one model both ways
+        base = min(curves['µP'])
+        curves['standard'].setdefault(base, curves['µP'][base])
+    out = {}
+    for kind, widths in curves.items():
+        base = fit.best_log2_lr(widths[min(widths)])
+        out[kind] = {w: fit.best_log2_lr(c) - base for w, c in sorted(widths.items())}
+    return out
+
+
+def _transfer_cell(transfer) -> str:
+    if not transfer:
+        return 'not run'
+    parts = []
+    for kind in ('µP', 'standard'):
+        if kind in transfer and len(transfer[kind]) > 1:
+            widths = transfer[kind]
+            worst = max((w for w in widths if w != min(widths)), key=lambda w: abs(widths[w]))
+            parts.append(f'{kind}: {widths[worst]:+.2f} octave at width {worst} (base '
+                         f'{min(widths)})')
+    return '; '.join(parts) or 'one width only'
+
+
 def exponent_table(summaries):
     lines = ['| family | runs | loss units | ' + ' | '.join(q for _, q in QUANTITIES)
-             + ' | literature | held-out largest run: error | seed spread |',
-             '|---|---|---|' + '---|' * len(QUANTITIES) + '---|---|---|']
+             + ' | literature | held-out largest run: error | seed spread | µP: best lr off '
+             "the base width's (worst width) | regime |",
+             '|---|---|---|' + '---|' * len(QUANTITIES) + '---|---|---|---|---|']
     for family, s in summaries:
         lit = '; '.join(f'{k}: {v}' for k, v in family.literature.items()) or 'none published'
         lines.append(f'| {family.name}: {family.what} | {s["runs"]} | {family.units} | '
                      + ' | '.join(_cell(s[k]) for k, _ in QUANTITIES)
-                     + f' | {lit} | {_holdout_cell(s)} | {_seed_cell(s)} |')
+                     + f' | {lit} | {_holdout_cell(s)} | {_seed_cell(s)} | '
+                     f'{_transfer_cell(s.get("transfer"))} | {regime(s)} |')
     lines += ['', 'With an irreducible term, L = E + A x^-alpha (its alpha):', '',
               '| family | L(N): alpha | L(C): alpha |', '|---|---|---|']
     for family, s in summaries:
@@ -276,7 +338,11 @@ def main(argv=None):
             missing.append(f'{family.name}: no {path}')
             continue
         loaded[family.name] = report.load_results(path)
-        summaries.append((family, family_summary(family, loaded[family.name], args.n_boot)))
+        summary = family_summary(family, loaded[family.name], args.n_boot)
+        lr_path = os.path.join(args.results, family.lr_sweep) if family.lr_sweep else ''
+        if lr_path and os.path.isfile(lr_path):
+            summary['transfer'] = lr_transfer(report.load_results(lr_path), family.mup_default)
+        summaries.append((family, summary))
     if not summaries:
         print(f'error: no results.jsonl under {args.results}', file=sys.stderr)
         return 1
@@ -290,9 +356,11 @@ def main(argv=None):
              f'intervals over {args.n_boot} resamples of the runs, convergence, and the error '
              'of predicting the largest run from the rest. Losses are in each family\'s units, '
              'so exponents compare across rows, the losses themselves do not. Seed spread: the '
-             'mean |loss difference| of runs repeated with a second seed, relative to their '
-             'loss: the noise floor under the fits.')
-    lines = ['# Scaling laws of four families, side by side', '', intro, '',
+             'mean |loss difference| of runs repeated with another seed, relative to their '
+             'loss: the noise floor under the fits. µP: the fitted best learning rate (parabola '
+             'vertex in log2 lr) of the width furthest from the base width\'s, in octaves. '
+             'Regime: which of L(N) and L(C) have a 95% interval above 0.')
+    lines = ['# Scaling laws of the families, side by side', '', intro, '',
              '![exponents](exponents.png)', '', *exponent_table(summaries), '']
     if missing:
         lines += ['Missing sweeps: ' + '; '.join(missing), '']
@@ -300,6 +368,14 @@ def main(argv=None):
         lines += dit_section(loaded['DiT'], args.out)
     if 'MAE' in loaded:
         lines += mae_section(loaded['MAE'])
+    cooldown = os.path.join(args.results, COOLDOWN_TABLE)
+    if os.path.isfile(cooldown):
+        with open(cooldown) as f:
+            lines += ['## Cooldown branches against cosine runs (MAE µP)', '',
+                      ('Hägele et al. 2024: a warmup-stable-decay run cooled down at step k '
+                       'over k/5 steps reaches the loss of a cosine run of the same length '
+                       'trained from scratch, so one stable run gives every length for the '
+                       'price of its decays.'), '', f.read().strip(), '']
     lines += ['Each family\'s own report (plots, every fit, every run): '
               + ', '.join(f'[{f.name}](../{f.sweep}/report.md)' for f, _ in summaries), '']
     with open(os.path.join(args.out, 'report.md'), 'w') as f:

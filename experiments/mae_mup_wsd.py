@@ -1,7 +1,7 @@
 """The cooldown branches and the report of the MAE µP + warmup-stable-decay study
 (experiments/scaling/mae_mup_wsd.py).
 
-    python experiments/mae_mup_wsd.py branches runs/mae_mup_wsd
+    python experiments/mae_mup_wsd.py branches runs/mae_mup_wsd [stable_w32 ...]
     python experiments/mae_mup_wsd.py report runs/mae_mup_wsd [--out DIR]
 
 `branches` trains, from each finished stable run WORKDIR/runs/stable_*, one cooldown branch per
@@ -43,8 +43,10 @@ def stable_dirs(workdir):
     return sorted(run_dirs(workdir, 'stable_'), key=lambda d: (int(d.split('_')[1][1:]), d))
 
 
-def branches(workdir) -> None:
+def branches(workdir, only=()) -> None:
     for name in stable_dirs(workdir):
+        if only and name not in only:
+            continue
         stable = os.path.join(workdir, 'runs', name)
         seeded = '_s' in name
         for k in study.SEEDED_BRANCH_STEPS if seeded else study.BRANCH_STEPS:
@@ -159,6 +161,26 @@ def cooldown_table(workdir, branches_by_run) -> str:
     return '\n'.join(lines)
 
 
+def extrapolation_table(rows) -> str:
+    """L(N, D) fitted without the widest model, predicting each of its branches: extrapolation
+    in N by one width step (the report's own check holds out one run only)."""
+    runs = report.merge_seeds([r for r in rows if report.usable(r)])
+    N, D, L = (np.array([r[k] for r in runs], np.float64) for k in ('N', 'D', 'loss'))
+    widest = N == N.max()
+    law = fit.fit_chinchilla(N[~widest], D[~widest], L[~widest])
+    p = law.params
+    lines = [(f'L(N, D) = {p["E"]:.4g} + {p["A"]:.4g} / N^{p["alpha"]:.3f} + {p["B"]:.4g} / '
+             f'D^{p["beta"]:.3f}, fitted to the {int((~widest).sum())} points of the narrower '
+             f'widths (converged: {law.converged}), predicting the widest model (N = '
+             f'{N.max():.3g}), which it never saw:'), '',
+             '| run | D | measured | predicted | error |', '|---|---|---|---|---|']
+    for i in np.flatnonzero(widest)[np.argsort(D[widest])]:
+        predicted = float(law.predict(N[i], D[i]))
+        lines.append(f'| {runs[i]["name"]} | {D[i]:.3g} | {L[i]:.5f} | {predicted:.5f} | '
+                     f'{100 * (predicted / L[i] - 1):+.1f}% |')
+    return '\n'.join(lines)
+
+
 def write(workdir, out) -> None:
     os.makedirs(out, exist_ok=True)
     curves = lr_curves(workdir)
@@ -182,6 +204,10 @@ def write(workdir, out) -> None:
     with open(os.path.join(out, 'cooldown_vs_cosine.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
+    text = extrapolation_table(rows)
+    with open(os.path.join(out, 'extrapolation.md'), 'w') as f:
+        f.write(text + '\n')
+    print(text)
     report.write_report(rows, out, title='Scaling laws: MAE with µP and cooldown branches '
                         '(binarized MNIST)', literature=False, units=study.REPORT['units'])
     print(f'wrote {out}')
@@ -191,10 +217,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('command', choices=('branches', 'report'))
     p.add_argument('workdir')
+    p.add_argument('runs', nargs='*', help='branches: only these stable runs (default: all)')
     p.add_argument('--out', default='experiments/results/mae_mup_wsd')
     args = p.parse_args()
     if args.command == 'branches':
-        branches(args.workdir)
+        branches(args.workdir, args.runs)
     else:
         write(args.workdir, args.out)
 

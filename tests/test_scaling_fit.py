@@ -279,6 +279,12 @@ def test_families_report_side_by_side(tmp_path, monkeypatch):
         for w in (32, 64, 128) for k in range(-10, -2)
         for best, mup in ((-6.3, {}), (-6.3 - np.log2(w / 32), {'model.mup_base_width': 0}))]
     _write_jsonl(tmp_path / 'mae_mup_wsd' / 'lr_results.jsonl', lr_rows)
+    # a second seed of µP's width 64, tilted: the mean curve's vertex is 0.05 octave lower
+    seed_1 = [dict(r, loss=r['loss'] + 0.02 * (np.log2(r['overrides']['optim.lr']) + 6.3),
+                   overrides={**r['overrides'], 'seed': 1}) for r in lr_rows
+              if r['overrides']['model.embed_dim'] == 64 and len(r['overrides']) == 2]
+    transfer = families.lr_transfer(lr_rows + seed_1, mup_default=32)
+    assert transfer['µP'] == pytest.approx({32: 0.0, 64: -0.05, 128: 0.0}, abs=1e-9)
     transfer = families.lr_transfer(lr_rows, mup_default=32)
     assert transfer['µP'] == pytest.approx({32: 0.0, 64: 0.0, 128: 0.0}, abs=1e-9)
     assert transfer['standard'] == pytest.approx({32: 0.0, 64: -1.0, 128: -2.0}, abs=1e-9)

@@ -127,7 +127,10 @@ def _resolved(est):
 
 def regime(s) -> str:
     """What the fits support, read from which exponents are resolved (interval above 0)."""
-    n, c = _resolved(s['alpha_N']), _resolved(s['alpha_C'])
+    # N matters where L(N) or the joint law's alpha is resolved (an IsoFLOP sweep's L(N) mixes
+    # sizes trained to different lengths; the joint law separates them)
+    n = _resolved(s['alpha_N']) or _resolved(s['joint_alpha'])
+    c = _resolved(s['alpha_C'])
     if n and c:
         return 'power law in N and in C'
     if c:
@@ -139,16 +142,24 @@ def regime(s) -> str:
 
 def lr_transfer(rows, mup_default=0) -> dict:
     """{'µP' or 'standard': {width: fitted best log2 lr - the smallest width's}} of a
-    learning-rate sweep over widths (rows: result dicts with the lr and width in overrides)."""
-    curves = {}
+    learning-rate sweep over widths (rows: result dicts with the lr and width in overrides), on
+    the mean loss over seeds; at the base width both parametrizations pool their runs."""
+    seeds = {}   # kind -> width -> lr -> the losses of its seeds
     for r in rows:
         o = r['overrides']
         kind = 'µP' if o.get('model.mup_base_width', mup_default) else 'standard'
         loss = math.inf if r.get('diverged') or r.get('loss') is None else r['loss']
-        curves.setdefault(kind, {}).setdefault(o['model.embed_dim'], {})[o['optim.lr']] = loss
-    if 'µP' in curves and 'standard' in curves:   # the base width is one model both ways
-        base = min(curves['µP'])
-        curves['standard'].setdefault(base, curves['µP'][base])
+        seeds.setdefault(kind, {}).setdefault(o['model.embed_dim'], {}).setdefault(
+            o['optim.lr'], []).append(loss)
+    if 'µP' in seeds and 'standard' in seeds:
+        # the base width is one model both ways (the same runs twice): per rate, the seeds of
+        # whichever parametrization ran more of them
+        base = min(seeds['µP'])
+        mup, sp = seeds['µP'].get(base, {}), seeds['standard'].get(base, {})
+        pooled = {lr: max(mup.get(lr, []), sp.get(lr, []), key=len) for lr in {*mup, *sp}}
+        seeds['µP'][base] = seeds['standard'][base] = pooled
+    curves = {kind: {w: {lr: float(np.mean(v)) for lr, v in lrs.items()}
+                     for w, lrs in widths.items()} for kind, widths in seeds.items()}
     out = {}
     for kind, widths in curves.items():
         base = fit.best_log2_lr(widths[min(widths)])
@@ -359,7 +370,8 @@ def main(argv=None):
              'mean |loss difference| of runs repeated with another seed, relative to their '
              'loss: the noise floor under the fits. µP: the fitted best learning rate (parabola '
              'vertex in log2 lr) of the width furthest from the base width\'s, in octaves. '
-             'Regime: which of L(N) and L(C) have a 95% interval above 0.')
+             'Regime: which of L(N) (or the joint law\'s alpha) and L(C) have a 95% interval '
+             'above 0.')
     lines = ['# Scaling laws of the families, side by side', '', intro, '',
              '![exponents](exponents.png)', '', *exponent_table(summaries), '']
     if missing:

@@ -30,6 +30,10 @@ CONFIG_HELP = ("a config file with get_config(), or a shipped config's name such
                '(`dul-jax configs` lists them)')
 
 
+# The words every command that takes --config.KEY=VALUE uses to say so: one that reads CONFIG,
+# and one that reads the config a run kept.
+OVERRIDES_HELP = 'Any config value can be set after the flags as --config.KEY=VALUE'
+RUN_OVERRIDES_HELP = "with the run's own config; --config.KEY=VALUE overrides it"
 WORKDIR_HELP = 'the run folder (local or gs://): checkpoints, metrics, samples'
 RUN_HELP = 'the folder of a trained run (local or gs://)'
 _SHIPPED_NAMES = ('demo', 'igpt_digits', 'gated_pixelcnn_digits', 'mae_digits', 'ddpm_unet_digits',
@@ -37,6 +41,22 @@ _SHIPPED_NAMES = ('demo', 'igpt_digits', 'gated_pixelcnn_digits', 'mae_digits', 
                   'tiny_shakespeare_char')
 _SHIPPED = ('shipped configs (`dul-jax configs` says what each is):\n  ' +
             '\n  '.join(_SHIPPED_NAMES) + '\n  ... and MNIST, pod-sized and scaling configs')
+
+
+class _KeepIndented(argparse.HelpFormatter):
+    """Wraps prose to the terminal but keeps indented lines (the shipped configs) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return '\n'.join(indent + line if line.startswith(' ') else fill(line, width, indent)
+                         for line in text.splitlines())
+
+
+def _config_command(sub, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand that reads --config CONFIG; its help ends with the shipped configs."""
+    parser = sub.add_parser(name, epilog=_SHIPPED, formatter_class=_KeepIndented, **kwargs)
+    parser.add_argument('--config', required=True, help=CONFIG_HELP)
+    return parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,49 +70,51 @@ def _parser() -> argparse.ArgumentParser:
                'VALUE is parsed as the type of the key\'s default; see `dul-jax COMMAND -h`.')
     p.add_argument('--version', action='version', version=f'dul-jax {__version__}')
     sub = p.add_subparsers(dest='command', required=True)
-    train = sub.add_parser(
-        'train', help='train a model (resumes if WORKDIR has checkpoints)',
+    train = _config_command(
+        sub, 'train', help='train a model (resumes if WORKDIR has checkpoints)',
         description='Train the model of CONFIG in WORKDIR, or resume it from its latest '
-                    'checkpoint; then evaluate it and write samples. Any config value can be set '
-                    'after the flags as --config.KEY=VALUE (e.g. --config.train.steps=2000).',
-        epilog=_SHIPPED, formatter_class=argparse.RawDescriptionHelpFormatter)
-    train.add_argument('--config', required=True, help=CONFIG_HELP)
+                    f'checkpoint; then evaluate it and write samples. {OVERRIDES_HELP} (e.g. '
+                    '--config.train.steps=2000).')
     train.add_argument('--workdir', required=True, help=WORKDIR_HELP)
     train.add_argument('--debug', action='store_true',
                        help='NaN checks, chex assertions, and the step run without jit')
     sub.add_parser('configs', help='list the shipped configs: name, task, data, what it is')
     config = sub.add_parser('config', help='`dul-jax config show --config C`: the resolved config')
     config_sub = config.add_subparsers(dest='config_command', required=True)
-    show = config_sub.add_parser(
-        'show', help='print the config a run would use, overrides applied',
+    _config_command(
+        config_sub, 'show', help='print the config a run would use, overrides applied',
         description='Print CONFIG with the --config.KEY=VALUE overrides applied, as the JSON a '
                     "run keeps in WORKDIR/config.json: every key it would use, before anything is "
                     'built.')
-    show.add_argument('--config', required=True, help=CONFIG_HELP)
     ev = sub.add_parser(
         'eval', help='evaluate the latest checkpoint on the whole eval split',
-        description="Evaluate the latest checkpoint of WORKDIR with the run's own config; "
-                    '--config.KEY=VALUE overrides it, e.g. --config.eval.max_examples=0.')
+        description=f'Evaluate the latest checkpoint of WORKDIR {RUN_OVERRIDES_HELP}, e.g. '
+                    '--config.eval.max_examples=0.')
     ev.add_argument('--workdir', required=True, help=RUN_HELP)
-    inspect = sub.add_parser('inspect', help='print shardings, bytes per device, collectives')
-    inspect.add_argument('--config', required=True, help=CONFIG_HELP)
-    aot = sub.add_parser(
-        'compile', help='compile a run ahead of time for a TPU slice or GPU node; say if it fits',
+    _config_command(
+        sub, 'inspect', help='print shardings, bytes per device, collectives',
+        description="Build the run of CONFIG on this host's devices as `dul-jax train` would and "
+                    "print each parameter's logical axes and sharding, the bytes per device and "
+                    f'the collectives in the compiled train step. {OVERRIDES_HELP} (e.g. '
+                    '--config.mesh.fsdp=-1).')
+    aot = _config_command(
+        sub, 'compile',
+        help='compile a run ahead of time for a TPU slice or GPU node; say if it fits',
         description='Compile the train and eval steps of `dul-jax train` for TOPOLOGY on this '
                     'host (no accelerator needed: libtpu or the CUDA plugin compiles), and print '
                     'per-chip memory, FLOPs, collectives and a roofline estimate of step time '
-                    'and MFU. Exits 2 with one sentence when the run does not fit.')
-    aot.add_argument('--config', required=True, help=CONFIG_HELP)
+                    'and MFU. Exits 2 with one sentence when the run does not fit. '
+                    f'{OVERRIDES_HELP} (e.g. --config.train.batch_size=512).')
     aot.add_argument('--topology', default='',
                      help="KIND:SHAPE, e.g. v5e:16x16, v5p:4x4x8, v6e:8x8, v4:4x4x4, h100:8 "
                           "(default: the config's `target`)")
     aot.add_argument('--save', default='', help='write the serialized train step to FILE')
-    plan = sub.add_parser(
-        'plan', help='rank meshes, remat and microbatching for N chips by compiling each',
+    plan = _config_command(
+        sub, 'plan', help='rank meshes, remat and microbatching for N chips by compiling each',
         description='Try the meshes (data x fsdp x tensor), remat policies and microbatch counts '
                     'that N chips of KIND allow, rule out analytically those whose state cannot '
-                    'fit, compile the most promising ahead of time, and print a ranked table.')
-    plan.add_argument('--config', required=True, help=CONFIG_HELP)
+                    'fit, compile the most promising ahead of time, and print a ranked table. '
+                    f'{OVERRIDES_HELP} (e.g. --config.train.batch_size=512).')
     plan.add_argument('--chips', required=True, type=int, help='number of chips, e.g. 256')
     plan.add_argument('--kind', required=True, help='chip kind: v4, v5e, v5p, v6e, h100, h200')
     plan.add_argument('--max-compiles', type=int, default=6,
@@ -100,9 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                            'estimate)')
     sample = sub.add_parser(
         'sample', help='write samples from the latest checkpoint',
-        description="Write NUM samples from the latest checkpoint of WORKDIR into "
-                    "WORKDIR/samples/, with the run's own config; --config.KEY=VALUE overrides "
-                    'it, e.g. --config.sample.guidance=2 for a diffusion run.')
+        description='Write NUM samples from the latest checkpoint of WORKDIR into '
+                    f'WORKDIR/samples/, {RUN_OVERRIDES_HELP}, e.g. --config.sample.guidance=2 '
+                    'for a diffusion run.')
     sample.add_argument('--workdir', required=True, help=RUN_HELP)
     sample.add_argument('--num', type=int, default=16, help='how many samples (default 16)')
     sample.add_argument('--seed', type=int, default=0,
@@ -115,9 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument('--label', type=int,
                         help='class-conditional models: every sample of this class (default: '
                              'each class in turn)')
-    for name, what in (('compress', 'images (.npy) or a file'),
-                       ('decompress', 'a compressed file')):
-        coder = sub.add_parser(name, help=f'{name} {what} with the model of a run (exact)')
+    for name, what, by in (('compress', 'images (.npy) or a file', 'latest checkpoint'),
+                           ('decompress', 'a compressed file', 'checkpoint that compressed it')):
+        coder = sub.add_parser(
+            name, help=f'{name} {what} with the model of a run (exact)',
+            description=f"{name.capitalize()} INPUT, {what}, into OUTPUT by the model of "
+                        f"WORKDIR's {by}, {RUN_OVERRIDES_HELP}.")
         coder.add_argument('--workdir', required=True, help=RUN_HELP)
         coder.add_argument('--input', required=True, help=f'{what} (local or gs://)')
         coder.add_argument('--output', required=True, help='the file to write (local or gs://)')
@@ -127,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                     '(default: the latest) to one msgpack file: {"params": nested dicts of numpy '
                     'arrays, "config": config.json text, "data_spec": data_spec.json text, '
                     '"step": int}. Read it with flax.serialization.msgpack_restore(open(FILE, '
-                    '"rb").read()); no checkpoint code is needed.')
+                    '"rb").read()); no checkpoint code is needed. The checkpoint is read '
+                    f'{RUN_OVERRIDES_HELP}.')
     export.add_argument('--workdir', required=True, help=RUN_HELP)
     export.add_argument('--output', required=True, help='FILE.msgpack (local or gs://)')
     export.add_argument('--step', type=int, default=None, help='a kept checkpoint step')
@@ -162,10 +188,11 @@ def _parser() -> argparse.ArgumentParser:
                     'optim.decay_steps=0) at each kept checkpoint K: copy checkpoint K into '
                     'OUT/cooldown_kK_dD and train it on for D steps with the learning rate '
                     'decayed over them (train.steps=K+D, optim.decay_steps=D; the shape is '
-                    'optim.decay_shape, e.g. --config.optim.decay_shape=linear). Up to K a branch '
-                    'is the stable run, so it equals a run of K+D steps trained from scratch '
-                    '(Hagele et al. 2024). Branches run one after another; finished ones are '
-                    'skipped, a killed one resumes. Each writes result.json like a sweep run, '
+                    'optim.decay_shape), '
+                    f'{RUN_OVERRIDES_HELP}, e.g. --config.optim.decay_shape=linear. Up to K a '
+                    'branch is the stable run, so it equals a run of K+D steps trained from '
+                    'scratch (Hagele et al. 2024). Branches run one after another; finished ones '
+                    'are skipped, a killed one resumes. Each writes result.json like a sweep run, '
                     'OUT/results.jsonl lists them all for the fits, and one line per branch says '
                     'its final eval loss.')
     cooldown.add_argument('--workdir', required=True, help='the stable-phase run')

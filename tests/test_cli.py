@@ -222,6 +222,19 @@ def test_every_flag_says_what_it_takes_and_the_configs_named_in_help_are_shipped
               for a in p._actions if not a.help and not isinstance(a, argparse._SubParsersAction)]
     assert silent == []
     assert set(cli._SHIPPED_NAMES) <= set(config_lib.shipped_configs())
+    # every command that takes --config.KEY=VALUE says so (sweep refuses them, configs reads
+    # no config), and every one that reads --config CONFIG lists the shipped configs
+    commands = [p for p in parsers(cli._parser())
+                if not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)]
+    assert len(commands) >= 14
+    for p in commands:
+        text = ' '.join(p.format_help().split())
+        said = '--config.data.KEY=VALUE' if p.prog.endswith('data prepare') else \
+            '--config.KEY=VALUE'
+        takes_overrides = p.prog not in ('dul-jax sweep', 'dul-jax configs')
+        assert (said in text) == takes_overrides, p.prog
+        if any('--config' in a.option_strings for a in p._actions):
+            assert all(f' {name} ' in text for name in cli._SHIPPED_NAMES), p.prog
 
 
 def test_config_show_prints_the_resolved_config(capsys):

@@ -21,6 +21,7 @@ write prints one sentence and exits with status 1.
 import argparse
 import logging
 import os
+import re
 import sys
 
 from dul_jax import __version__
@@ -373,13 +374,43 @@ class _OneLine(logging.Filter):
         return True
 
 
+class _DropAbandonedWrites(logging.Filter):
+    """Drops asyncio's record of a write's error that nothing awaited: orbax stops awaiting a
+    save's writes at the first that fails, and the others' errors (what the store said: an
+    OSError, or TensorStore's status such as "NOT_FOUND: ...") are logged with a traceback each
+    when collected, after the failed save was said in one sentence."""
+    _NEVER_RETRIEVED = ('Future exception was never retrieved',
+                        'Task exception was never retrieved')
+    _STATUS = re.compile(r'[A-Z][A-Z_]+: ')   # how TensorStore's errors begin (an absl status)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self._NEVER_RETRIEVED) or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        return not (isinstance(error, OSError) or
+                    isinstance(error, ValueError) and self._STATUS.match(str(error)))
+
+
+def _drop_closed_loop_callbacks(previous):
+    """sys.unraisablehook without the abandoned writes' TensorStore futures calling back into the
+    event loop orbax closed ("Event loop is closed", one traceback each)."""
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed'):
+            previous(unraisable)
+    return hook
+
+
 def one_line_library_errors() -> None:
     """gcsfs and orbax (through absl's logger) log every failed request or save with its
     traceback before the error reaches the CLI, which ends in one sentence: keep their records
-    to one line each. DUL_JAX_TRACEBACKS=1 keeps the tracebacks."""
+    to one line each, and drop those of the writes a failed save abandoned.
+    DUL_JAX_TRACEBACKS=1 keeps the tracebacks."""
     if os.environ.get('DUL_JAX_TRACEBACKS') != '1':
         for name in ('gcsfs', 'absl'):
             logging.getLogger(name).addFilter(_OneLine())
+        logging.getLogger('asyncio').addFilter(_DropAbandonedWrites())
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
 def entry_point() -> None:

@@ -1,5 +1,6 @@
 """Faults at the edges: bit rot in a checkpoint, a checkpoint write that fails in the background,
-a stop signal during the final eval, a second trainer, and the CLI's one sentence for each."""
+a stop signal during the final eval, a second trainer, a platform the host lacks, a file where a
+folder must be, and the CLI's one sentence for each."""
 
 import errno
 import os
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, save_trained_run, start_cli
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint._src.checkpointers import async_checkpointer
@@ -20,6 +21,7 @@ from dul_jax import config as config_lib
 from dul_jax.errors import UserError, WorldFailed, from_os_error
 from dul_jax.train import loop, workdir_lock, writers
 from dul_jax.train.checkpoint import Checkpointer, digest
+from dul_jax.train.setup import prepare
 
 
 def _tree(seed=0):
@@ -295,3 +297,51 @@ def test_the_cli_says_one_sentence_for_a_missing_module_and_a_failing_disk(tmp_p
     monkeypatch.setattr(cli, 'run', lambda argv: (_ for _ in ()).throw(OSError(errno.EBADF, 'x')))
     with pytest.raises(OSError):
         cli.main(['export'])
+
+
+def _said(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith('error:')]
+
+
+@pytest.mark.integration
+def test_a_platform_the_host_lacks_is_one_sentence_naming_jax_platforms(tmp_path):
+    from jax._src import hardware_utils
+    if hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+        pytest.skip('this host has a TPU')
+    # libtpu is installed, finds no chip in about 3 s, and JAX's backend cannot start
+    proc = start_cli('train', '--config', 'demo', '--workdir', str(tmp_path / 'run'),
+                     '--config.train.steps=1', JAX_PLATFORMS='tpu')
+    _, err = proc.communicate(timeout=60)
+    said = _said(err)
+    assert proc.returncode == 2 and len(said) == 1 and 'Traceback' not in err, err[-3000:]
+    assert said[0].startswith("error: JAX could not start the platform asked for (Unable to "
+                              "initialize backend 'tpu'"), said
+    assert said[0].endswith('unset JAX_PLATFORMS or install and attach that accelerator.'), said
+    assert not (tmp_path / 'run').exists()
+
+
+def test_data_prepared_below_a_file_is_one_sentence_naming_the_folder(tmp_path, capsys):
+    (tmp_path / 'a_file').write_text('')    # root ignores permission bits, not ENOTDIR
+    folder = tmp_path / 'a_file' / 'tfds'
+    assert cli.main(['data', 'prepare', 'digits', '--dir', str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert _said(err) == [(f'error: {folder} cannot be written or read (Not a directory); pass '
+                           'a path you can write to, or change its permissions.')]
+    assert 'Traceback' not in err
+
+
+@pytest.mark.integration
+def test_an_export_below_a_file_is_one_sentence_naming_it(tmp_path, tfds_dir, capsys):
+    workdir = str(tmp_path / 'run')
+    os.mkdir(workdir)
+    cfg = config_lib.load_config(DEMO, tiny_overrides(tfds_dir))
+    save_trained_run(workdir, cfg, prepare(cfg), iter(()), steps=0)
+    in_the_way = tmp_path / 'a_file'
+    in_the_way.write_text('')
+    # the checkpoint loads, then the output's folder cannot be made: a file stands there
+    assert cli.main(['export', '--workdir', workdir, '--output',
+                     str(in_the_way / 'run.msgpack')]) == 2
+    err = capsys.readouterr().err
+    assert _said(err) == [(f'error: {in_the_way} cannot be written or read (File exists); pass '
+                           'a path you can write to, or change its permissions.')]
+    assert 'Traceback' not in err and in_the_way.read_text() == ''

@@ -1,20 +1,27 @@
 """Workdirs on Google Cloud Storage, against a GCS emulator started on 127.0.0.1
 (gcp-storage-emulator, with the behaviours of GCS it lacks added in tests/gcs_emulator.py): train,
-Ctrl-C save, bit-identical resume, eval, sample, TensorBoard, the lease lock, a two-run sweep."""
+Ctrl-C save, bit-identical resume, eval, sample, TensorBoard, the lease lock, a two-run sweep,
+and a bucket deleted mid-run."""
 
 import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import flax.serialization
 import jax
 import numpy as np
 import pytest
-from conftest import gcs_emulator
+from conftest import gcs_emulator, start_cli
 from etils import epath
 
 import dul_jax
@@ -252,3 +259,73 @@ def test_the_cli_against_an_emulator_says_one_line_without_credential_warnings(b
             'with `dul-jax train`.')
     assert proc.stderr.splitlines() == [said]
 
+
+def _stored(url: str) -> bool:
+    """Whether the emulator holds the object at `url` (its JSON API's metadata GET)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return False
+        raise
+
+
+def test_a_bucket_deleted_mid_run_stops_training_at_the_next_save_in_one_sentence(tfds_dir):
+    # an emulator of its own, as its bucket is deleted (the other tests keep the module's); the
+    # deletion answers every later write "not found", which no client retries, so the trainer
+    # must see it at once: exit status 1 and one sentence, no traceback, within a save or two
+    every = 4
+    overrides = {'data.tfds_dir': tfds_dir, 'model.num_layers': 1, 'model.num_heads': 2,
+                 'model.embed_dim': 32, 'model.mlp_dim': 64, 'model.dropout': 0.0,
+                 'train.batch_size': 16, 'train.eval_every': 0, 'train.steps': 10**6,
+                 'train.ckpt_every': every, 'optim.schedule': 'constant',
+                 # nothing logged before it fails: the first logged MFU measures the CPU's peak
+                 # (a 2048^3 matmul, 10-20 s), and the first write after the deletion is then
+                 # the next checkpoint's
+                 'train.log_every': 10**6}
+    with gcs_emulator('vanishing') as env:
+        url = env['STORAGE_EMULATOR_HOST']
+        proc = start_cli('train', '--config', DEMO, '--workdir', 'gs://vanishing/run',
+                         *(f'--config.{k}={v}' for k, v in overrides.items()),
+                         DUL_JAX_TRACEBACKS='0', **env)
+        try:
+            # the first checkpoint is committed: on GCS orbax writes this marker last
+            marker = urllib.parse.quote(f'run/checkpoints/{every}/commit_success.txt', safe='')
+            deadline = time.monotonic() + 120
+            while not _stored(f'{url}/storage/v1/b/vanishing/o/{marker}'):
+                assert proc.poll() is None, proc.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, 'no checkpoint was committed in 120 s'
+                time.sleep(0.05)
+            # the bucket and everything in it deleted at once (the emulator's own reset: through
+            # the JSON API the objects must go first, and the trainer keeps writing new ones)
+            urllib.request.urlopen(f'{url}/wipe', timeout=10).read()
+            deleted = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+            took = time.monotonic() - deleted
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    lines = err.splitlines()
+    said = [line for line in lines if line.startswith('error:')]
+    assert proc.returncode == 1 and 'Traceback' not in err and said == lines[-1:], err[-3000:]
+    found = re.fullmatch(r'error: saving checkpoint (\d+) in gs://vanishing/run/checkpoints '
+                         r'failed \((.*)\); training stopped at step (\d+), and the last good '
+                         r'checkpoint is step (\d+): check that it still exists \(a deleted '
+                         r'bucket takes its checkpoints with it\), recreate it if not, and rerun '
+                         r'the same command to resume from what is there\.', said[0])
+    assert found, said[0]
+    failed, cause, stopped, last = int(found[1]), found[2], int(found[3]), int(found[4])
+    assert re.search(r'NOT_FOUND|FileNotFoundError', cause), cause
+    # the save after the last good one failed, and training stopped before the one after it
+    assert last >= every and failed == last + every and failed <= stopped <= failed + every
+    assert took < 20, took   # not minutes of retries, as for a store that cannot be reached
+    # what the trainer held only locally (its log, staged metrics) is kept there and named
+    kept = re.findall(r'^warning: could not upload to gs://vanishing/run\S* \(.*\); the files '
+                      r'are kept in (\S+)\.$', err, re.MULTILINE)
+    try:
+        assert any(os.path.isfile(os.path.join(k, 'process_0.log')) for k in kept), err[-3000:]
+    finally:
+        for folder in kept:
+            shutil.rmtree(folder, ignore_errors=True)

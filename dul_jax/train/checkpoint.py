@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +67,7 @@ class Checkpointer:
                                              handler_registry=handlers)
         self.saving = None                     # the step being written in the background
         self.committed = self.latest_step()    # the newest step known to be on disk
+        self.failed = False                    # a failed save was raised (WorldFailed)
 
     def latest_step(self) -> int | None:
         """The newest step saved in the directory, or None if there is none."""
@@ -81,6 +84,7 @@ class Checkpointer:
         self.wait_if_done(step)
         if self.saving is not None:   # orbax finishes it before starting this one: see how it ends
             self.wait(step)
+        ongoing = sys.exc_info()[1]
         items = {'state': ocp.args.PyTreeSave(state),
                  'digest': ocp.args.JsonSave(digest(state))}
         if data_iterator is not None:
@@ -89,7 +93,7 @@ class Checkpointer:
         try:
             started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
         except Exception as e:  # noqa: BLE001 (orbax re-raises a failed background save here)
-            raise self._failed(self.saving or step, step, e) from None
+            raise self._failed(self.saving or step, step, e, ongoing) from None
         if started:
             self.saving = step
         return started
@@ -100,24 +104,33 @@ class Checkpointer:
         if self.saving is None:
             return
         done = not self.manager.is_saving_in_progress()
+        ongoing = sys.exc_info()[1]
         try:   # once done, waiting costs nothing and raises what the finishing thread met
             self.manager.wait_until_finished() if done else self.manager.check_for_errors()
         except Exception as e:  # noqa: BLE001 (whatever the store or the disk raised)
-            raise self._failed(self.saving, step, e) from None
+            raise self._failed(self.saving, step, e, ongoing) from None
         if done:
             self.committed, self.saving = self.saving, None
 
-    def _failed(self, saving: int, step: int, error: Exception) -> WorldFailed:
-        self.saving = None
-        cause = _cause(error)
+    def _failed(self, saving: int, step: int, error: Exception,
+                ongoing: BaseException | None = None) -> WorldFailed:
+        """The one sentence for a failed save; `ongoing` is the exception that was being handled
+        when the save was waited for (not its cause: see _cause)."""
+        self.saving, self.failed = None, True
+        cause = _cause(error, ongoing)
         full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or \
             'No space left' in cause
+        # a write answered "not found": the folder, or on an object store the bucket, is gone
+        gone = cause.startswith('FileNotFoundError') or 'NOT_FOUND' in cause
         last = f'step {self.committed}' if self.committed is not None else 'none yet'
-        todo = ('free space there' if full else
-                'check that it can be written (space, permissions, the store reachable)')
+        todo = ('free space there and rerun the same command to resume from it' if full else
+                'check that it still exists (a deleted bucket takes its checkpoints with it), '
+                'recreate it if not, and rerun the same command to resume from what is there'
+                if gone else 'check that it can be written (space, permissions, the store '
+                'reachable) and rerun the same command to resume from it')
         return WorldFailed(f'saving checkpoint {saving} in {self.directory} failed ({cause}); '
                            f'training stopped at step {step}, and the last good checkpoint is '
-                           f'{last}: {todo} and rerun the same command to resume from it.')
+                           f'{last}: {todo}.')
 
     def restore(self, abstract_state, data_iterator=None, step: int | None = None,
                 fall_back: bool = True, set_aside: bool = True):
@@ -235,19 +248,36 @@ class Checkpointer:
     def wait(self, step: int | None = None) -> None:
         """Block until pending asynchronous saves are on disk; WorldFailed if one failed (training
         stopped at `step`, default the step being saved)."""
+        ongoing = sys.exc_info()[1]
         try:
             self.manager.wait_until_finished()
         except Exception as e:  # noqa: BLE001 (whatever the store or the disk raised)
-            raise self._failed(self.saving, self.saving if step is None else step, e) from None
+            raise self._failed(self.saving, self.saving if step is None else step, e,
+                               ongoing) from None
         if self.saving is not None:
             self.committed, self.saving = self.saving, None
 
     def close(self) -> None:
-        """Finish pending asynchronous writes, then release the manager (WorldFailed as `wait`)."""
+        """Finish pending asynchronous writes, then release the manager (WorldFailed as `wait`).
+        Once a failed save has been raised, what else the store raises while closing (orbax's
+        step metadata of that save, written in its own thread) is dropped: it was said."""
         try:
-            self.wait()
+            if not self.failed:
+                self.wait()
         finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
             self.manager.close()
+        except Exception as e:  # noqa: BLE001 (whatever the store or the disk raised)
+            if not self.failed:
+                last = f'step {self.committed}' if self.committed is not None else 'none'
+                raise WorldFailed(f'closing the checkpoints in {self.directory} failed '
+                                  f'({_cause(e)}); the last good checkpoint is {last}: check that '
+                                  'it can be written, and rerun the same command.') from None
+        if self.failed:   # orbax stops waiting at a save's first failed write, not its others:
+            _join_orbax_threads()   # let them end (and log) before the failure is said
 
     def reached_preemption(self, step: int) -> bool:
         """True on every process once any process received SIGTERM (multi-process sync point)."""
@@ -345,13 +375,26 @@ def _unreadable(state_dir, window: int = 64) -> str | None:
     return None
 
 
-def _cause(error: Exception) -> str:
+def _cause(error: Exception, ongoing: BaseException | None = None) -> str:
     """The first line of the innermost exception: orbax wraps TensorStore's precise message
-    ("OUT_OF_RANGE: Error reading ...") in a generic one with a long spec."""
-    while (error.__cause__ or error.__context__) is not None:
+    ("OUT_OF_RANGE: Error reading ...") in a generic one with a long spec. The walk stops at
+    `ongoing`, an exception that was being handled when the one met was raised: Python makes it
+    the innermost one's context, and it is not the cause (a metrics upload that failed before
+    the checkpoint it was written with was waited for)."""
+    while (error.__cause__ or error.__context__) not in (None, ongoing):
         error = error.__cause__ or error.__context__
     text = str(error).strip()
     return f'{type(error).__name__}: {text.splitlines()[0][:200]}' if text else type(error).__name__
+
+
+def _join_orbax_threads(timeout_s: float = 30.0) -> None:
+    """Wait (at most `timeout_s` in all) for the threads orbax started that are still running:
+    the other writes of a save whose first failed write orbax has already raised."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        mine = thread is threading.current_thread()
+        if type(thread).__module__.startswith('orbax.') and not mine:
+            threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 
 
 def restore_state(directory: str, abstract_state, step: int | None = None):

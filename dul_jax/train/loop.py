@@ -170,6 +170,7 @@ def train(cfg, workdir: str, debug: bool = False) -> dict[str, float]:
                 known = from_os_error(e)
                 if not isinstance(known, WorldFailed):
                     raise
+                ckpt.wait(run.step)   # a save the same outage failed is the sentence to end in
                 last = f'step {ckpt.committed}' if ckpt.committed is not None else 'none yet'
                 raise WorldFailed(f'training stopped at step {run.step}, and the last good '
                                   f'checkpoint is {last} in {ckpt.directory}: {known}') from None

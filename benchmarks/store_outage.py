@@ -52,10 +52,11 @@ def main() -> None:
             [exe, 'train', '--config', 'demo', '--workdir', 'gs://bucket/run',
              *(f'--config.{k}={v}' for k, v in overrides.items())],
             stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=folder)
-        # the first checkpoint is committed once its step folder has the orbax metadata
+        # the first checkpoint is committed: on GCS orbax writes this marker last (its
+        # _CHECKPOINT_METADATA is there from the save's start)
         code = ('import sys, gcsfs; fs = gcsfs.GCSFileSystem(); '
-                f'sys.exit(0 if fs.glob("bucket/run/checkpoints/{args.ckpt_every}/'
-                '_CHECKPOINT_METADATA") else 1)')
+                f'sys.exit(0 if fs.exists("bucket/run/checkpoints/{args.ckpt_every}/'
+                'commit_success.txt") else 1)')
         probe = [sys.executable, '-c', code]
         while subprocess.run(probe, env=env, check=False, capture_output=True).returncode:
             if trainer.poll() is not None:

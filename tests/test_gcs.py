@@ -1,7 +1,7 @@
 """Workdirs on Google Cloud Storage, against a GCS emulator started on 127.0.0.1
 (gcp-storage-emulator, with the behaviours of GCS it lacks added in tests/gcs_emulator.py): train,
 Ctrl-C save, bit-identical resume, eval, sample, TensorBoard, the lease lock, a two-run sweep,
-and a bucket deleted mid-run."""
+a bucket that does not exist, and one deleted mid-run."""
 
 import errno
 import hashlib
@@ -34,6 +34,7 @@ from dul_jax.train import checkpoint, loop, workdir_lock
 from dul_jax.train import run as run_lib
 from dul_jax.train.checkpoint import restore_state
 from dul_jax.train.setup import prepare
+from dul_jax.train.writers import MetricWriter
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, 'experiments', 'configs', 'demo.py')
@@ -260,6 +261,57 @@ def test_the_cli_against_an_emulator_says_one_line_without_credential_warnings(b
     assert proc.stderr.splitlines() == [said]
 
 
+def test_a_workdir_in_a_bucket_that_does_not_exist_is_refused_in_one_sentence(bucket, capsys,
+                                                                              monkeypatch):
+    said = ('error: the bucket gs://no-such-bucket does not exist; create it, or fix the bucket '
+            'in --workdir gs://no-such-bucket/run.')
+    # the command as users run it (its gcsfs finds the bucket missing at the lease's upload) ...
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, '-m', 'dul_jax.cli', 'train', '--config', DEMO,
+                           '--workdir', 'gs://no-such-bucket/run'], capture_output=True,
+                          text=True, cwd=REPO, timeout=120, check=False)
+    took = time.monotonic() - start
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1:] == [said], proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr and took < 60, took  # refused before a model is built
+    # ... and in-process, where gcsfs's bucket-type lookup finds it missing at the mkdir
+    def build(*args, **kwargs):
+        raise AssertionError('the model was built before the bucket was checked')
+    monkeypatch.setattr(loop, 'prepare', build)
+    assert cli.main(['train', '--config', DEMO, '--workdir', 'gs://no-such-bucket/run']) == 2
+    assert capsys.readouterr().err.splitlines()[-1:] == [said]
+
+
+def test_metrics_uploaded_to_a_bucket_deleted_since_are_kept_locally_and_named(bucket, capsys):
+    import fsspec
+    fs = fsspec.core.url_to_fs(bucket)[0]
+    fs.mkdir('short-lived')
+    writer = MetricWriter('gs://short-lived/run', names=())
+    writer.start()
+    writer.write(1, {'loss': 0.5})
+    writer.sync(force=True)
+    assert json.loads(epath.Path('gs://short-lived/run/metrics.jsonl').read_text())['loss'] == 0.5
+    fs.rm('short-lived', recursive=True)   # the bucket and its copy gone; nothing changed since
+    assert not fs.exists('short-lived')
+    writer.close()
+    kept = os.path.join(writer.local, 'metrics.jsonl')
+    try:
+        assert json.loads(epath.Path(kept).read_text())['loss'] == 0.5
+        err = capsys.readouterr().err
+        assert re.fullmatch(r'warning: could not upload to gs://short-lived/run \(.*\); the files '
+                            rf'are kept in {re.escape(writer.local)}\.\n', err), err
+    finally:
+        shutil.rmtree(writer.local, ignore_errors=True)
+    # where the store takes the final upload, the staged copy is deleted
+    writer = MetricWriter(f'{bucket}/runs/metrics_only', names=())
+    writer.start()
+    writer.write(1, {'loss': 0.25})
+    writer.sync(force=True)
+    writer.close()
+    assert not os.path.exists(writer.local)
+    remote = epath.Path(f'{bucket}/runs/metrics_only/metrics.jsonl').read_text()
+    assert json.loads(remote)['loss'] == 0.25
+
+
 def _stored(url: str) -> bool:
     """Whether the emulator holds the object at `url` (its JSON API's metadata GET)."""
     try:
@@ -326,6 +378,9 @@ def test_a_bucket_deleted_mid_run_stops_training_at_the_next_save_in_one_sentenc
                       r'are kept in (\S+)\.$', err, re.MULTILINE)
     try:
         assert any(os.path.isfile(os.path.join(k, 'process_0.log')) for k in kept), err[-3000:]
+        # the metrics too, though uploaded at the last good save and unchanged since: the
+        # deleted bucket took that copy with it
+        assert any(os.path.isfile(os.path.join(k, 'metrics.jsonl')) for k in kept), err[-3000:]
     finally:
         for folder in kept:
             shutil.rmtree(folder, ignore_errors=True)

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 
 from dul_jax import storage
@@ -34,6 +35,8 @@ def exclusive(workdir: str, enabled: bool = True):
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        if storage.is_url(root) and isinstance(e, FileNotFoundError):  # gcsfs: no such bucket
+            raise _no_bucket(workdir) from None
         raise UserError(f'--workdir {workdir} cannot be written ({e.strerror or e}); pass a '
                         'folder you can write to.') from None
     holder = f'pid {os.getpid()} on {os.uname().nodename}'
@@ -84,6 +87,8 @@ def _lease(lock_path, holder, workdir):
         fs.rm_file(key)  # its holder stopped renewing it: killed, or its host lost
     try:
         fs.pipe_file(key, token.encode(), mode='create')
+    except FileNotFoundError:  # GCS answers an upload "not found" only where the bucket is missing
+        raise _no_bucket(workdir) from None
     except (FileExistsError, OSError) as e:
         raise UserError(f'another trainer took the lease on {workdir} at the same moment '
                         f'({type(e).__name__}); pass another --workdir.') from None
@@ -111,3 +116,9 @@ def _lease(lock_path, holder, workdir):
         except OSError as e:  # the store went away: the lease expires on its own
             print(f'warning: could not remove the lease {lock_path} ({str(e).splitlines()[0]}); '
                   f'it expires {LEASE_TTL_S:.0f} s after its last renewal.', file=sys.stderr)
+
+
+def _no_bucket(workdir: str) -> UserError:
+    url = urllib.parse.urlsplit(workdir)
+    return UserError(f'the bucket {url.scheme}://{url.netloc} does not exist; create it, or fix '
+                     f'the bucket in --workdir {workdir}.')

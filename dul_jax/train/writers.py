@@ -108,8 +108,12 @@ class MetricWriter:
             return
         for tracker in reversed(self.trackers):
             tracker.close()
-        if self._staging is not None and _uploaded_or_kept(
-                lambda: self.sync(force=True), self.remote, self._staging):
+        if self._staging is None:
+            return
+        # every file again, not just the changed ones: only an upload that succeeds now shows the
+        # store holds them (a bucket deleted since the last upload took those copies with it)
+        self._uploaded.clear()
+        if _uploaded_or_kept(lambda: self.sync(force=True), self.remote, self._staging):
             shutil.rmtree(self._staging)
 
 

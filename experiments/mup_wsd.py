@@ -1,13 +1,13 @@
-"""The cooldown branches and the report of the MAE µP + warmup-stable-decay study
-(experiments/scaling/mae_mup_wsd.py).
+"""The cooldown branches and the report of a µP + warmup-stable-decay study, STUDY being
+experiments/scaling/STUDY.py (mae_mup_wsd, dit_mup_wsd):
 
-    python experiments/mae_mup_wsd.py branches runs/mae_mup_wsd [stable_w32 ...]
-    python experiments/mae_mup_wsd.py report runs/mae_mup_wsd [--out DIR]
+    python experiments/mup_wsd.py STUDY branches runs/STUDY [stable_w32 ...]
+    python experiments/mup_wsd.py STUDY report runs/STUDY [--out DIR]
 
 `branches` trains, from each finished stable run WORKDIR/runs/stable_*, one cooldown branch per
 BRANCH_STEPS k (SEEDED_BRANCH_STEPS for the seed repeats), decaying over k/5 steps, into
 WORKDIR/runs/stable_*/cooldowns, smallest width first; a finished branch is skipped, a killed one
-resumes. `report` writes into DIR (default experiments/results/mae_mup_wsd): lr_transfer.md and
+resumes. `report` writes into DIR (default experiments/results/STUDY): lr_transfer.md and
 .png (loss against lr at the base width and at the check width, µP), cooldown_vs_cosine.md, the
 scaling fits of every branch with seed repeats at their mean (report.md and its plots, by
 dul_jax.scaling.report), results.jsonl with every branch and lr_results.jsonl with the lr runs.
@@ -29,7 +29,7 @@ from dul_jax.config import load_file_module
 from dul_jax.scaling import cooldown, fit, report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-study = load_file_module(os.path.join(HERE, 'scaling', 'mae_mup_wsd.py'), 'sweep', '')
+study = None   # the study's module, set by main()
 
 
 def run_dirs(workdir, prefix):
@@ -113,8 +113,8 @@ def lr_plot(curves, path) -> None:
         lrs = sorted(curves[w])
         ax.plot(lrs, [curves[w][lr] for lr in lrs], marker='o', label=f'width {w} (µP)')
     ax.set_xscale('log', base=2)
-    ax.set_xlabel('learning rate (base width 32)')
-    ax.set_ylabel('masked-patch MSE, test')
+    ax.set_xlabel(f'learning rate (base width {study.BASE_WIDTH})')
+    ax.set_ylabel(f"{study.REPORT['units']}, test")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -208,22 +208,28 @@ def write(workdir, out) -> None:
     with open(os.path.join(out, 'extrapolation.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
-    report.write_report(rows, out, title='Scaling laws: MAE with µP and cooldown branches '
-                        '(binarized MNIST)', literature=False, units=study.REPORT['units'])
+    report.write_report(rows, out, title=f"Scaling laws: {study.REPORT['title']}",
+                        literature=False, units=study.REPORT['units'])
     print(f'wrote {out}')
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('study', help='the sweep file experiments/scaling/STUDY.py')
     p.add_argument('command', choices=('branches', 'report'))
     p.add_argument('workdir')
     p.add_argument('runs', nargs='*', help='branches: only these stable runs (default: all)')
-    p.add_argument('--out', default='experiments/results/mae_mup_wsd')
+    p.add_argument('--out', help='report: the folder (default experiments/results/STUDY)')
     args = p.parse_args()
+    global study
+    path = os.path.join(HERE, 'scaling', f'{args.study}.py')
+    if not os.path.isfile(path):
+        p.error(f'no study {path}')
+    study = load_file_module(path, 'sweep', '')
     if args.command == 'branches':
         branches(args.workdir, args.runs)
     else:
-        write(args.workdir, args.out)
+        write(args.workdir, args.out or os.path.join('experiments', 'results', args.study))
 
 
 if __name__ == '__main__':

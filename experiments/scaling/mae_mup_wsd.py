@@ -2,8 +2,8 @@
 binarized MNIST (50,000 train / 10,000 test images, six times mnist_test's 8,000):
 
     dul-jax sweep --sweep experiments/scaling/mae_mup_wsd.py --workdir runs/mae_mup_wsd --no-report
-    python experiments/mae_mup_wsd.py branches runs/mae_mup_wsd     # the cooldown branches
-    python experiments/mae_mup_wsd.py report runs/mae_mup_wsd       # tables, fits and plots
+    python experiments/mup_wsd.py mae_mup_wsd branches runs/mae_mup_wsd   # the cooldown branches
+    python experiments/mup_wsd.py mae_mup_wsd report runs/mae_mup_wsd     # tables, fits, plots
 
 Three parts, all patch-4 MAEs (49 patches, 75% masked, pixel MSE), encoder depth 4 and decoder
 depth 2 with the decoder half the encoder's width, so the whole model grows with width (the
@@ -46,7 +46,8 @@ COSINE_STEPS = (600, 2400)             # the lengths k + k/5 of the seeds' branc
 # runs lean to the lower side); None lists the lr_* runs only, the first phase
 LR = 2.0 ** -8
 
-REPORT = {'units': 'masked-patch MSE', 'literature': False}
+REPORT = {'units': 'masked-patch MSE', 'literature': False,
+          'title': 'MAE with µP and cooldown branches (binarized MNIST)'}
 
 
 def shape(width):

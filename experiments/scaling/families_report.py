@@ -62,8 +62,13 @@ FAMILIES = (
     Family('MAE µP', 'MAE on binarized MNIST with µP, cooldown branches of warmup-stable-decay '
            'runs (mae_mup_wsd.py)', 'mae_mup_wsd', 'masked-patch MSE', {}, examples=50000,
            lr_sweep='mae_mup_wsd/lr_results.jsonl', mup_default=32),
+    Family('DiT µP', 'unconditional DiT on binarized MNIST with µP, cooldown branches of '
+           'warmup-stable-decay runs (dit_mup_wsd.py)', 'dit_mup_wsd', 'v-MSE, min-SNR-5', {},
+           examples=50000, lr_sweep='dit_mup_wsd/lr_results.jsonl', mup_default=32),
 )
-COOLDOWN_TABLE = 'mae_mup_wsd/cooldown_vs_cosine.md'   # written by experiments/mae_mup_wsd.py
+# the cooldown-vs-cosine tables written by experiments/mup_wsd.py, by family
+COOLDOWN_TABLES = (('MAE µP', 'mae_mup_wsd/cooldown_vs_cosine.md'),
+                   ('DiT µP', 'dit_mup_wsd/cooldown_vs_cosine.md'))
 QUANTITIES = (('alpha_N', 'L(N) = A N^-alpha'), ('alpha_C', 'L(C) = A C^-alpha'),
               ('a', 'IsoFLOP N_opt ~ C^a'), ('joint_alpha', 'L(N, D): alpha'),
               ('joint_beta', 'L(N, D): beta'))
@@ -380,14 +385,17 @@ def main(argv=None):
         lines += dit_section(loaded['DiT'], args.out)
     if 'MAE' in loaded:
         lines += mae_section(loaded['MAE'])
-    cooldown = os.path.join(args.results, COOLDOWN_TABLE)
-    if os.path.isfile(cooldown):
-        with open(cooldown) as f:
-            lines += ['## Cooldown branches against cosine runs (MAE µP)', '',
-                      ('Hägele et al. 2024: a warmup-stable-decay run cooled down at step k '
-                       'over k/5 steps reaches the loss of a cosine run of the same length '
-                       'trained from scratch, so one stable run gives every length for the '
-                       'price of its decays.'), '', f.read().strip(), '']
+    tables = [(name, os.path.join(args.results, path)) for name, path in COOLDOWN_TABLES
+              if os.path.isfile(os.path.join(args.results, path))]
+    if tables:
+        lines += ['## Cooldown branches against cosine runs', '',
+                  ('Hägele et al. 2024: a warmup-stable-decay run cooled down at step k over k/5 '
+                   'steps reaches the loss of a cosine run of the same length trained from '
+                   'scratch, so one stable run gives every length for the price of its '
+                   'decays.'), '']
+        for name, path in tables:
+            with open(path) as f:
+                lines += [f'### {name}', '', f.read().strip(), '']
     lines += ['Each family\'s own report (plots, every fit, every run): '
               + ', '.join(f'[{f.name}](../{f.sweep}/report.md)' for f, _ in summaries), '']
     with open(os.path.join(args.out, 'report.md'), 'w') as f:

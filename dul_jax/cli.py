@@ -282,6 +282,11 @@ def run(argv: list[str]) -> int:
     if args.command == 'cooldown':
         _cooldown(args, overrides)
         return 0
+    if args.command == 'configs' and overrides:
+        raise UserError('dul-jax configs takes no --config.KEY=VALUE; it lists the shipped '
+                        'configs as they are.')
+    if args.command == 'sample' and args.num <= 0:   # said before the trainer's imports
+        raise UserError(f'--num must be positive, got {args.num}.')
     from dul_jax import config as config_lib
     if args.command == 'configs':
         print(config_lib.describe_shipped())
@@ -324,8 +329,6 @@ def run(argv: list[str]) -> int:
     elif args.command == 'eval':
         loop.eval_command(cfg, args.workdir)
     elif args.command == 'sample':
-        if args.num <= 0:
-            raise UserError(f'--num must be positive, got {args.num}.')
         loop.sample_command(cfg, args.workdir, args.num, args.seed)
     elif args.command in ('compress', 'decompress'):
         from dul_jax import compress

@@ -72,7 +72,11 @@ def test_mistakes_in_configs_and_folders_are_said_before_jax_is_imported(tmp_pat
              (['train', '--config', 'demo', '--workdir', str(tmp_path), '--config.nope=1'],
               'error: unknown config key "nope"; check the spelling'),
              (['eval', '--workdir', str(tmp_path / 'none')],
-              f'error: {tmp_path / "none"} has no config.json')]
+              f'error: {tmp_path / "none"} has no config.json'),
+             (['sample', '--workdir', str(tmp_path), '--num', '0'],
+              'error: --num must be positive, got 0.'),
+             (['configs', '--config.train.steps=3'],
+              'error: dul-jax configs takes no --config.KEY=VALUE')]
     code = ('import sys\nfrom dul_jax import cli, config\n'
             f'for argv in {[argv for argv, _ in cases]!r}:\n    assert cli.main(argv) == 2\n'
             'for name in config.shipped_configs():\n    config.load_config(name)\n'

@@ -82,41 +82,62 @@ def _as_seed_repeat(row, stable_name):
     return dict(row, overrides=overrides)
 
 
-def lr_curves(workdir) -> dict[int, dict[float, float]]:
+def lr_curves(workdir) -> dict[tuple[str, int], dict[float, float]]:
+    """{(parametrization, width): {lr: loss}} of the lr_* runs. At the base width both
+    parametrizations are the same model (m = 1), so its runs count as 'both'."""
     curves = collections.defaultdict(dict)
     for d in run_dirs(workdir, 'lr_'):
         r = _result(os.path.join(workdir, 'runs', d, 'result.json'))
+        o = r['overrides']
         loss = float('inf') if r.get('diverged') or r.get('loss') is None else r['loss']
-        curves[r['overrides']['model.embed_dim']][r['overrides']['optim.lr']] = loss
+        kind = 'µP' if o.get('model.mup_base_width', study.BASE_WIDTH) else 'standard'
+        if o['model.embed_dim'] == study.BASE_WIDTH:
+            kind = 'both'
+        curves[kind, o['model.embed_dim']][o['optim.lr']] = loss
     return dict(curves)
+
+
+def _order(key):
+    kind, width = key
+    return ('both', 'µP', 'standard').index(kind), width
 
 
 def lr_table(curves) -> str:
     lrs = sorted({lr for c in curves.values() for lr in c})
-    base = fit.best_log2_lr(curves[study.BASE_WIDTH])
-    lines = ['| width | ' + ' | '.join(f'lr 2^{math.log2(lr):.0f}' for lr in lrs)
+    base = fit.best_log2_lr(curves['both', study.BASE_WIDTH])
+    lines = ['| width | parametrization | ' + ' | '.join(f'lr 2^{math.log2(lr):.0f}' for lr in lrs)
              + ' | fitted best log2 lr | off the base width |',
-             '|---|' + '---|' * len(lrs) + '---|---|']
-    for w in sorted(curves):
-        best = min(curves[w], key=curves[w].get)
-        cells = [('' if lr not in curves[w] else
-                  f'**{curves[w][lr]:.5f}**' if lr == best else f'{curves[w][lr]:.5f}')
+             '|---|---|' + '---|' * len(lrs) + '---|---|']
+    for kind, w in sorted(curves, key=_order):
+        c = curves[kind, w]
+        best = min(c, key=c.get)
+        cells = [('' if lr not in c else f'**{c[lr]:.5f}**' if lr == best else f'{c[lr]:.5f}')
                  for lr in lrs]
-        fitted = fit.best_log2_lr(curves[w])
-        lines.append(f'| {w} | ' + ' | '.join(cells) + f' | {fitted:.2f} | {fitted - base:+.2f} |')
+        fitted = fit.best_log2_lr(c)
+        label = 'µP = standard' if kind == 'both' else kind
+        lines.append(f'| {w} | {label} | ' + ' | '.join(cells)
+                     + f' | {fitted:.2f} | {fitted - base:+.2f} |')
     return '\n'.join(lines)
 
 
 def lr_plot(curves, path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for w in sorted(curves):
-        lrs = sorted(curves[w])
-        ax.plot(lrs, [curves[w][lr] for lr in lrs], marker='o', label=f'width {w} (µP)')
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    # a diverging rate would flatten every curve: losses above 2x the best sit on the top edge
+    top = 2 * min(min(c.values()) for c in curves.values())
+    for kind, w in sorted(curves, key=_order):
+        lrs = sorted(curves[kind, w])
+        line, = ax.plot(lrs, [min(curves[kind, w][lr], top) for lr in lrs], marker='o',
+                        linestyle='--' if kind == 'standard' else '-',
+                        label=f'width {w} ({"µP = standard" if kind == "both" else kind})')
+        off = [lr for lr in lrs if curves[kind, w][lr] > top]
+        ax.plot(off, [top] * len(off), marker='^', markersize=9, linestyle='',
+                color=line.get_color())
+    ax.set_ylim(top=top * 1.02)
     ax.set_xscale('log', base=2)
-    ax.set_xlabel(f'learning rate (base width {study.BASE_WIDTH})')
+    ax.set_xlabel(f'learning rate (µP base width {study.BASE_WIDTH})')
     ax.set_ylabel(f"{study.REPORT['units']}, test")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -17,6 +17,8 @@ schedule, T = 1000, v-prediction, min-SNR-5 weighting):
            decay over k/5 steps;
   cosine_* full cosine runs of width 64 at 600 and 2,400 steps, three seeds each, against the
            branches of the same length, with width 64's stable run repeated with seeds 1 and 2.
+  lr_sp_*  the same lr runs in the standard parametrization (model.mup_base_width=0) at widths 64
+           and 128, for the both-ways check: under it the best rate drifts with width.
 AdamW (b2 0.95, weight decay 0), batch 32, warm-up 100 steps, decay to 10% of the rate; no EMA
 (the cooldown does the averaging, Hägele et al. 2024, and an EMA would lag a short branch
 differently from a long one). At most 76,800 images are seen (1.5 epochs). The loss is the
@@ -36,6 +38,7 @@ LR_OCTAVES = range(-11, -3)            # 2^-11 .. 2^-4
 LR_STEPS = 600
 LR_CHECK_WIDTH = 128
 LR_CHECK_OCTAVES = (-7, -6, -5)        # around width 32's optimum
+SP_WIDTHS, SP_OCTAVES = (64, 128), range(-10, -4)   # the standard parametrization's lr runs
 STABLE_STEPS, CKPT_EVERY = 2000, 250
 BRANCH_STEPS = (250, 500, 1000, 2000)   # k; each branch decays over the next k/5 steps
 DECAY_FRACTION_OF_K = 0.2
@@ -76,9 +79,10 @@ def stable(width, seed=0):
         'train.keep_checkpoints': STABLE_STEPS // CKPT_EVERY, **({'seed': seed} if seed else {})})
 
 
-def lr_run(width, k):
-    return SweepRun(f'lr_w{width}_2^{k}', {**shape(width), 'optim.lr': 2.0 ** k,
-                                           'train.steps': LR_STEPS})
+def lr_run(width, k, standard=False):
+    return SweepRun(f'lr_{"sp_" if standard else ""}w{width}_2^{k}', {
+        **shape(width), 'optim.lr': 2.0 ** k, 'train.steps': LR_STEPS,
+        **({'model.mup_base_width': 0} if standard else {})})
 
 
 def get_sweep():
@@ -94,4 +98,5 @@ def get_sweep():
         **shape(SEEDED_WIDTH), 'train.steps': steps, 'optim.schedule': 'cosine',
         **({'seed': seed} if seed else {})})
         for steps in COSINE_STEPS for seed in (0, *SEEDS)]
+    runs += [lr_run(width, k, standard=True) for width in SP_WIDTHS for k in SP_OCTAVES]
     return c, runs
